@@ -1,0 +1,35 @@
+"""User-facing errors: each says what went wrong, on which file, and what to do about it.
+
+The CLI prints these without a traceback and exits non-zero; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class LesionlabError(Exception):
+    """An error caused by the user's input or environment, with a message meant for a person."""
+
+
+class DataError(LesionlabError):
+    """A dataset, CSV, split file or image cannot be used as given."""
+
+
+class ImageDecodeError(DataError):
+    """One image file cannot be decoded; names the file and the reason."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class CheckpointError(LesionlabError):
+    """A checkpoint or run directory is missing, truncated or inconsistent."""
+
+
+class WeightsError(LesionlabError):
+    """Pretrained weights are missing or fail their checksum."""
+
+
+class ConfigError(LesionlabError):
+    """A recipe or a --set override is invalid."""
