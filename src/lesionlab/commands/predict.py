@@ -1,0 +1,92 @@
+"""`lesionlab predict RUN IMAGE...`: classify image files with a run directory or an exported .onnx file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lesionlab.inference.base import Predictor
+    from lesionlab.inference.files import FilePrediction
+
+DEFAULT_EXPLAIN_DIR = "explanations"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `predict` verb."""
+    parser = subparsers.add_parser(
+        "predict", help="classify images (files, folders or globs) with a run or an .onnx file",
+        description="Rank the 7 classes for each image, with the top class and whether it is malignant "
+                    "(akiec, bcc, mel). A research tool, not a diagnosis.",
+    )
+    parser.add_argument("run", metavar="RUN", help="run directory (PyTorch) or exported .onnx file")
+    parser.add_argument("images", metavar="IMAGE", nargs="+", help="image files, folders of images, or globs")
+    parser.add_argument("--json", action="store_true", help="print one JSON document for programs")
+    parser.add_argument("--explain", action="store_true",
+                        help="also write a Grad-CAM overlay PNG per image (needs a run directory, not .onnx)")
+    parser.add_argument("--out", type=Path, default=Path(DEFAULT_EXPLAIN_DIR),
+                        help=f"folder for --explain overlays (default: ./{DEFAULT_EXPLAIN_DIR})")
+    parser.add_argument("--top", type=int, default=3, metavar="K",
+                        help="classes listed per image (default 3)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for inference")
+    parser.set_defaults(handler=run_predict)
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    """Predict every image; list failures as `file: reason` and exit 1 if there were any."""
+    from lesionlab.errors import ConfigError
+    from lesionlab.inference import load_predictor
+    from lesionlab.inference.files import expand_image_paths, predict_files
+
+    if args.top < 1:
+        raise ConfigError(f"--top {args.top}: list at least one class")
+    predictor = load_predictor(args.run, threads=args.threads)
+    if args.explain and not predictor.can_explain:
+        raise predictor.explain_unavailable_error()
+    paths, failures = expand_image_paths(args.images)
+    outcome = predict_files(predictor, paths, args.out if args.explain else None)
+    failures = failures + outcome.failures
+    top = min(args.top, len(predictor.classes))
+    if args.json:
+        print(json.dumps(_json_document(predictor, outcome.predictions, failures, top), indent=2))
+    else:
+        print(_text_table(outcome.predictions, top))
+        print(f"\n{len(outcome.predictions)} image(s) predicted, {len(failures)} failed; model "
+              f"{predictor.model_id}. A research tool, not a diagnosis.")
+    for path, reason in failures:
+        print(f"{path}: {reason}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _json_document(predictor: Predictor, predictions: list[FilePrediction], failures: list[tuple[Path, str]],
+                   top: int) -> dict[str, object]:
+    """Everything a program needs, including every class's probability and any failures."""
+    return {
+        "model_id": predictor.model_id,
+        "backend": predictor.backend,
+        "predictions": [
+            {"image": str(item.path), **item.prediction.to_dict(top_k=top),
+             **({"overlay": str(item.overlay)} if item.overlay else {})}
+            for item in predictions
+        ],
+        "failures": [{"image": str(path), "error": reason} for path, reason in failures],
+    }
+
+
+def _text_table(predictions: list[FilePrediction], top: int) -> str:
+    """One row per image: the top class, its probability, malignant or benign, the runners-up."""
+    from lesionlab.evaluation.report import Table, format_table
+
+    rows = []
+    for item in predictions:
+        prediction = item.prediction
+        ranked = ", ".join(f"{entry.code} {entry.probability:.3f}" for entry in prediction.ranked[:top])
+        rows.append((item.path.name, prediction.top_class, f"{prediction.top_probability:.3f}",
+                     "malignant" if prediction.malignant else "benign", ranked,
+                     str(item.overlay) if item.overlay else ""))
+    table = Table(headers=("image", "top class", "probability", "malignant/benign", f"top {top}", "overlay"),
+                  rows=tuple(rows), numeric_from=2)
+    return format_table(table)

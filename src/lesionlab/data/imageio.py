@@ -1,0 +1,237 @@
+"""Decode any image a user may hand us into one predictable form: upright, size-checked 8-bit RGB.
+
+Datasets collected from many clinics contain grayscale scans, palette PNGs, CMYK JPEGs from print workflows,
+16-bit TIFFs and phone photos whose pixels are stored sideways with an EXIF rotation flag. Every later step
+(resize, cache, transforms, ONNX serving) assumes RGB uint8, so all of that is normalised here, once.
+
+Choices:
+- Transparent pixels (RGBA, LA, palette with a transparent entry) are composited on **white**, not dropped:
+  the RGB values under fully transparent pixels are arbitrary (often black), and white is what a viewer shows.
+- 16-bit integer images are scaled with the fixed factor 255/65535 (not clipped, not stretched per image), so
+  a pixel keeps the same brightness whatever else is in the picture. 32-bit float images have no fixed range
+  and are stretched linearly from their own minimum and maximum.
+- Pixels are counted from the header *before* decoding, against a limit of our own (`max_pixels`, default 50
+  megapixels, `$LESIONLAB_MAX_PIXELS` to change it), so a decompression bomb is refused cheaply. Pillow's own,
+  higher limit (its `DecompressionBombError`) is reported the same way; its warning is silenced because ours
+  applies first.
+- The whole image is decoded (`load()`), so a truncated file fails here and not in the middle of training.
+
+MedMNIST images live inside an `.npz` archive; their path is `file.npz#<part>/<index>` and decoding reads the
+part's array once per process.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+from PIL import Image, ImageOps
+from tqdm import tqdm
+
+from lesionlab.errors import ConfigError, ImageDecodeError
+
+DEFAULT_MAX_PIXELS = 50_000_000
+MAX_PIXELS_ENV = "LESIONLAB_MAX_PIXELS"
+WHITE = (255, 255, 255, 255)
+SIXTEEN_BIT_MAX = 65535
+_HIGH_DEPTH_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+_NPZ_MEMBER = re.compile(r"^(?P<archive>.+\.npz)#(?P<part>[A-Za-z]+)/(?P<index>\d+)$", re.IGNORECASE)
+_PIL_FAILURES = (OSError, SyntaxError, ValueError, TypeError, EOFError, IndexError, KeyError)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+def pixel_limit() -> int:
+    """The largest image (width x height) lesionlab decodes: `$LESIONLAB_MAX_PIXELS`, else 50 megapixels."""
+    configured = os.environ.get(MAX_PIXELS_ENV)
+    if configured is None:
+        return DEFAULT_MAX_PIXELS
+    try:
+        limit = int(configured)
+    except ValueError:
+        raise ConfigError(
+            f"{MAX_PIXELS_ENV}={configured!r} is not a whole number of pixels; "
+            f"set it like {MAX_PIXELS_ENV}=80000000 or unset it"
+        ) from None
+    if limit <= 0:
+        raise ConfigError(f"{MAX_PIXELS_ENV}={configured!r} must be positive")
+    return limit
+
+
+def npz_member_path(archive: str | os.PathLike[str], part: str, index: int) -> str:
+    """The path string that names one image inside a MedMNIST archive, e.g. `dermamnist.npz#train/12`."""
+    return f"{os.fspath(archive)}#{part}/{index}"
+
+
+def parse_npz_member(path: str) -> tuple[str, str, int] | None:
+    """Split `file.npz#part/index` into its pieces, or return None for an ordinary file path."""
+    match = _NPZ_MEMBER.match(path)
+    if match is None:
+        return None
+    return match["archive"], match["part"], int(match["index"])
+
+
+@functools.lru_cache(maxsize=4)
+def npz_part_images(archive: str, part: str) -> np.ndarray:
+    """Read one part's image array from a MedMNIST archive, once per process.
+
+    The arrays are read whole (an `.npz` is a zip, so it cannot be memory-mapped); holding the decoded array
+    rather than the open archive keeps forked DataLoader workers from sharing a file offset.
+    """
+    key = f"{part}_images"
+    try:
+        with np.load(archive) as archive_arrays:
+            return archive_arrays[key]
+    except KeyError:
+        raise ImageDecodeError(archive, f"the archive has no array '{key}'") from None
+    except (OSError, ValueError) as error:
+        raise ImageDecodeError(archive, f"cannot read the archive ({error})") from None
+
+
+def _load_npz_member(path: str, archive: str, part: str, index: int) -> Image.Image:
+    """Turn one MedMNIST array row (grayscale HxW or colour HxWx3) into an RGB image."""
+    images = npz_part_images(archive, part)
+    if index >= len(images):
+        raise ImageDecodeError(
+            path, f"index {index} is past the end of '{part}_images' ({len(images)} images)"
+        )
+    pixels = images[index]
+    if pixels.ndim == 3 and pixels.shape[-1] == 1:
+        pixels = pixels[..., 0]
+    return Image.fromarray(np.ascontiguousarray(pixels)).convert("RGB")
+
+
+def _high_depth_to_uint8(pixels: np.ndarray) -> np.ndarray:
+    """Map a 16-bit or float image to 0..255 without clipping its bright end (see the module docstring)."""
+    values = pixels.astype(np.float64)
+    low, high = float(values.min()), float(values.max())
+    if np.issubdtype(pixels.dtype, np.integer) and low >= 0 and high <= SIXTEEN_BIT_MAX:
+        scaled = values * (255.0 / SIXTEEN_BIT_MAX)
+    elif high > low:
+        scaled = (values - low) * (255.0 / (high - low))
+    else:
+        scaled = np.zeros_like(values)
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def _has_transparency(image: Image.Image) -> bool:
+    return image.mode in _ALPHA_MODES or "transparency" in image.info
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert a decoded image of any Pillow mode to 8-bit RGB, compositing transparency on white."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in _HIGH_DEPTH_MODES:
+        return Image.fromarray(_high_depth_to_uint8(np.asarray(image))).convert("RGB")
+    if _has_transparency(image):
+        with_alpha = image.convert("RGBA")
+        background = Image.new("RGBA", with_alpha.size, WHITE)
+        return Image.alpha_composite(background, with_alpha).convert("RGB")
+    return image.convert("RGB")
+
+
+def load_rgb(path: str | os.PathLike[str], max_pixels: int | None = None) -> Image.Image:
+    """Decode an image file (or `file.npz#part/index`) fully into upright RGB; raise ImageDecodeError.
+
+    `max_pixels` defaults to `pixel_limit()`; an image with more pixels is refused before it is decoded.
+    """
+    text = os.fspath(path)
+    member = parse_npz_member(text)
+    if member is not None:
+        return _load_npz_member(text, *member)
+    limit = pixel_limit() if max_pixels is None else max_pixels
+    if not Path(text).is_file():
+        raise ImageDecodeError(text, "file not found (or not a regular file)")
+    try:
+        with Image.open(text) as image:
+            width, height = image.size
+            if width * height > limit:
+                raise ImageDecodeError(text, _too_large_reason(width, height, limit))
+            image.load()
+            upright = ImageOps.exif_transpose(image)
+            return to_rgb(upright)
+    except Image.DecompressionBombError as error:
+        raise ImageDecodeError(
+            text,
+            f"refused by Pillow as a possible decompression bomb ({error}); "
+            "downscale the image before using it",
+        ) from None
+    except _PIL_FAILURES as error:
+        raise ImageDecodeError(
+            text, f"cannot decode image ({type(error).__name__}: {error}); re-export or remove the file"
+        ) from None
+
+
+def _too_large_reason(width: int, height: int, limit: int) -> str:
+    return (
+        f"{width}x{height} = {width * height / 1e6:.1f} megapixels exceeds the limit of {limit / 1e6:g} "
+        f"megapixels; downscale the image or raise the limit with {MAX_PIXELS_ENV}"
+    )
+
+
+def read_image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """Width and height from the header alone (no decode), for a quick survey of a dataset."""
+    text = os.fspath(path)
+    member = parse_npz_member(text)
+    if member is not None:
+        archive, part, _ = member
+        height, width = npz_part_images(archive, part).shape[1:3]
+        return int(width), int(height)
+    try:
+        with Image.open(text) as image:
+            return image.size
+    except Image.DecompressionBombError as error:
+        raise ImageDecodeError(
+            text, f"refused by Pillow as a possible decompression bomb ({error})"
+        ) from None
+    except _PIL_FAILURES as error:
+        raise ImageDecodeError(text, f"cannot read image header ({type(error).__name__}: {error})") from None
+
+
+def resize_square(image: Image.Image, size: int) -> Image.Image:
+    """Squash an image to `size x size` with bilinear filtering.
+
+    Pillow's bilinear resize widens its filter when shrinking (antialiasing), which is exactly what
+    torchvision's `Resize((size, size))` does on PIL images in the reference; the cache and on-the-fly loading
+    both call this one function, so their pixels are identical.
+    """
+    if image.size == (size, size):
+        return image
+    return image.resize((size, size), Image.Resampling.BILINEAR)
+
+
+def load_resized_array(path: str | os.PathLike[str], size: int) -> np.ndarray:
+    """Decode, make RGB and squash to `size x size`; return a uint8 array of shape (size, size, 3)."""
+    return np.array(resize_square(load_rgb(path), size), dtype=np.uint8)
+
+
+def map_images(
+    function: Callable[[T], R], items: Sequence[T], workers: int, description: str, progress: bool = True
+) -> Iterator[R]:
+    """Apply an image-decoding function to many items in order, with a tqdm bar.
+
+    Threads, not processes: Pillow releases the GIL while decoding and resizing, so two threads keep two cores
+    busy without pickling arrays between processes. `workers=0` runs in the calling thread.
+    """
+    with tqdm(total=len(items), desc=description, unit="img", disable=not progress) as bar:
+        if workers <= 0:
+            for item in items:
+                yield function(item)
+                bar.update()
+            return
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for result in pool.map(function, items):
+                yield result
+                bar.update()

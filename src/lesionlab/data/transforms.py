@@ -1,0 +1,79 @@
+"""Augmentation presets and evaluation preprocessing, as torchvision transforms v2 on uint8 CHW tensors.
+
+Inputs are already squashed to `size x size` by the loader (cache or on the fly); every pipeline optionally
+turns the image gray (repeated to 3 channels, as the reference fed grayscale to ImageNet models), applies its
+augmentations on uint8, then scales to float32 [0, 1] and normalises with the model's mean/std.
+
+Presets:
+- `reference`: the reference's augmentation: RandomRotation(20), ColorJitter(brightness=0.3, contrast=0.3),
+  horizontal and vertical flips.
+- `none`: no augmentation.
+- `strong`: for dermoscopy, where a lesion has no "up": RandomResizedCrop(scale 0.6..1), both flips, any
+  rotation (RandomRotation(180), bilinear), ColorJitter(0.2, 0.2, 0.2, 0.05) for differences between
+  dermatoscopes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torchvision.transforms import v2
+
+from lesionlab.errors import ConfigError
+
+
+def _reference(size: int) -> list[v2.Transform]:
+    return [
+        v2.RandomRotation(degrees=20),
+        v2.ColorJitter(brightness=0.3, contrast=0.3),
+        v2.RandomHorizontalFlip(p=0.5),
+        v2.RandomVerticalFlip(p=0.5),
+    ]
+
+
+def _none(size: int) -> list[v2.Transform]:
+    return []
+
+
+def _strong(size: int) -> list[v2.Transform]:
+    return [
+        v2.RandomResizedCrop(size, scale=(0.6, 1.0), antialias=True),
+        v2.RandomHorizontalFlip(p=0.5),
+        v2.RandomVerticalFlip(p=0.5),
+        v2.RandomRotation(degrees=180, interpolation=v2.InterpolationMode.BILINEAR),
+        v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.05),
+    ]
+
+
+PRESETS: dict[str, Callable[[int], list[v2.Transform]]] = {
+    "reference": _reference,
+    "none": _none,
+    "strong": _strong,
+}
+
+
+def _input_steps(size: int, grayscale: bool) -> list[v2.Transform]:
+    """Make sure of the size (a no-op for loader output) and apply the grayscale mode."""
+    steps: list[v2.Transform] = [v2.Resize((size, size), antialias=True)]
+    if grayscale:
+        steps.append(v2.Grayscale(num_output_channels=3))
+    return steps
+
+
+def _output_steps(mean: Sequence[float], std: Sequence[float]) -> list[v2.Transform]:
+    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
+
+
+def train_transform(
+    preset: str, size: int, grayscale: bool, mean: Sequence[float], std: Sequence[float]
+) -> v2.Compose:
+    """The training pipeline for one preset (`reference`, `none`, `strong`)."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown augmentation preset '{preset}'; choose one of {', '.join(PRESETS)}")
+    return v2.Compose([*_input_steps(size, grayscale), *PRESETS[preset](size), *_output_steps(mean, std)])
+
+
+def eval_transform(size: int, grayscale: bool, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
+    """The deterministic pipeline for validation, testing and prediction."""
+    return v2.Compose([*_input_steps(size, grayscale), *_output_steps(mean, std)])

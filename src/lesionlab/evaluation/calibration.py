@@ -1,0 +1,102 @@
+"""Temperature scaling (Guo et al., 2017): one scalar T that divides the logits so that the softmax
+probabilities match observed frequencies, without changing any decision (argmax is unchanged by T > 0).
+
+T is fitted on the validation part only, by minimising the negative log-likelihood with L-BFGS over log T
+(which keeps T positive without a constraint). Fitting it on the test part would leak the test labels into
+the reported calibration. The fitted value is saved beside the run's best checkpoint together with that
+checkpoint's sha256, so a temperature is never applied to weights it was not fitted for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional
+
+from lesionlab.errors import CheckpointError
+from lesionlab.io_utils import atomic_write_json
+
+TEMPERATURE_FILE = "temperature.json"
+
+
+@dataclass(frozen=True)
+class TemperatureFit:
+    """A fitted temperature and what it was fitted on, as saved in `temperature.json`."""
+
+    temperature: float
+    fitted_on: str
+    samples: int
+    nll_before: float
+    nll_after: float
+    checkpoint_sha256: str
+
+
+def softmax_probabilities(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Class probabilities of logits (..., C) divided by `temperature`."""
+    return torch.softmax(torch.as_tensor(logits, dtype=torch.float64) / temperature, dim=-1).numpy()
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray, max_iterations: int = 200) -> float:
+    """The temperature T > 0 minimising the mean NLL of `labels` under softmax(logits / T)."""
+    logit_tensor = torch.as_tensor(logits, dtype=torch.float64)
+    label_tensor = torch.as_tensor(labels, dtype=torch.long)
+    log_temperature = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS(
+        [log_temperature], lr=1.0, max_iter=max_iterations, line_search_fn="strong_wolfe"
+    )
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = functional.cross_entropy(logit_tensor / log_temperature.exp(), label_tensor)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return float(log_temperature.detach().exp())
+
+
+def fit_temperature_record(
+    logits: np.ndarray, labels: np.ndarray, fitted_on: str, checkpoint: Path
+) -> TemperatureFit:
+    """Fit T and describe the fit: the part it came from and the NLL before and after."""
+    temperature = fit_temperature(logits, labels)
+    logit_tensor = torch.as_tensor(logits, dtype=torch.float64)
+    label_tensor = torch.as_tensor(labels, dtype=torch.long)
+    return TemperatureFit(
+        temperature=temperature,
+        fitted_on=fitted_on,
+        samples=len(labels),
+        nll_before=float(functional.cross_entropy(logit_tensor, label_tensor)),
+        nll_after=float(functional.cross_entropy(logit_tensor / temperature, label_tensor)),
+        checkpoint_sha256=file_sha256(checkpoint),
+    )
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_temperature(path: Path, fit: TemperatureFit) -> Path:
+    """Write `temperature.json` atomically."""
+    return atomic_write_json(path, asdict(fit))
+
+
+def load_temperature(path: Path, checkpoint: Path) -> TemperatureFit | None:
+    """The saved temperature for `checkpoint`, or None where there is none or it belongs to other weights."""
+    if not Path(path).is_file():
+        return None
+    try:
+        fit = TemperatureFit(**json.loads(Path(path).read_text(encoding="utf-8")))
+    except (ValueError, TypeError) as error:
+        raise CheckpointError(f"{path}: unreadable temperature file ({error}); delete it to refit") from error
+    return fit if fit.checkpoint_sha256 == file_sha256(checkpoint) else None

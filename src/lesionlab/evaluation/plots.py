@@ -1,0 +1,172 @@
+"""The report's PNG figures: confusion matrices, ROC curves, a reliability diagram and training curves.
+
+Figures are drawn on `matplotlib.figure.Figure` objects with the Agg canvas (no pyplot state, no display
+needed) and written through `atomic_write_bytes`. Every figure has a title, labelled axes and the class
+codes, so it reads on its own when lifted out of the report.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
+
+from lesionlab.evaluation.metrics import ReliabilityBins
+from lesionlab.io_utils import atomic_write_bytes
+
+DPI = 110
+
+
+def save_figure(figure: Figure, path: Path) -> Path:
+    """Render a figure to PNG bytes and write them atomically."""
+    FigureCanvasAgg(figure)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def plot_confusion_matrices(
+    labels: np.ndarray, predicted: np.ndarray, class_codes: Sequence[str], title: str, path: Path
+) -> Path:
+    """Counts and row-normalised (recall per true class) confusion matrices side by side, every cell
+    annotated."""
+    figure = Figure(figsize=(13, 5.6), layout="constrained")
+    count_axes, share_axes = figure.subplots(1, 2)
+    every_class = np.arange(len(class_codes))
+    for axes, normalize, fmt, subtitle in (
+        (count_axes, None, "d", "counts"),
+        (share_axes, "true", ".2f", "row-normalised: share of each true class"),
+    ):
+        ConfusionMatrixDisplay.from_predictions(
+            labels,
+            predicted,
+            labels=every_class,
+            display_labels=list(class_codes),
+            normalize=normalize,
+            values_format=fmt,
+            cmap="Blues",
+            ax=axes,
+            colorbar=True,
+        )
+        axes.set_title(subtitle)
+        axes.set_xlabel("predicted class")
+        axes.set_ylabel("true class")
+    figure.suptitle(f"Confusion matrix — {title}")
+    return save_figure(figure, path)
+
+
+def plot_roc_curves(
+    labels: np.ndarray, probabilities: np.ndarray, class_codes: Sequence[str], title: str, path: Path
+) -> Path:
+    """One-vs-rest ROC curve per class (classes absent from the data, or the only class present, are
+    skipped)."""
+    figure = Figure(figsize=(7, 6.2), layout="constrained")
+    axes = figure.subplots()
+    for index, code in enumerate(class_codes):
+        positives = labels == index
+        if positives.any() and not positives.all():
+            RocCurveDisplay.from_predictions(positives, probabilities[:, index], name=code, ax=axes)
+    axes.plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance (AUC = 0.5)")
+    axes.set_xlabel("false positive rate (1 - specificity)")
+    axes.set_ylabel("true positive rate (sensitivity)")
+    axes.set_title(f"ROC curves, one class vs rest — {title}")
+    axes.legend(loc="lower right", fontsize="small")
+    return save_figure(figure, path)
+
+
+def plot_reliability_diagram(bins: ReliabilityBins, title: str, path: Path) -> Path:
+    """Accuracy against mean confidence per confidence bin, with the share of images in each bin beneath."""
+    figure = Figure(figsize=(6.5, 7), layout="constrained")
+    accuracy_axes, count_axes = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    width = np.diff(bins.edges)
+    left = bins.edges[:-1]
+    filled = bins.counts > 0
+    accuracy_axes.bar(
+        left[filled],
+        bins.accuracy[filled],
+        width=width[filled],
+        align="edge",
+        edgecolor="black",
+        color="tab:blue",
+        alpha=0.8,
+        label="accuracy in bin",
+    )
+    centres = left + width / 2
+    accuracy_axes.plot(
+        centres[filled],
+        bins.mean_confidence[filled],
+        linestyle="none",
+        marker="D",
+        color="tab:red",
+        label="mean confidence in bin",
+    )
+    accuracy_axes.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
+    accuracy_axes.set_ylabel("accuracy")
+    accuracy_axes.set_ylim(0, 1)
+    accuracy_axes.set_title(f"Reliability diagram (ECE = {bins.expected_calibration_error:.3f}) — {title}")
+    accuracy_axes.legend(loc="upper left", fontsize="small")
+    count_axes.bar(
+        left, bins.counts / bins.counts.sum(), width=width, align="edge", edgecolor="black", color="tab:grey"
+    )
+    count_axes.set_xlim(0, 1)
+    count_axes.set_xlabel("confidence (probability of the predicted class)")
+    count_axes.set_ylabel("share of images")
+    return save_figure(figure, path)
+
+
+TRAINING_PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("loss", ("train_loss", "val_loss")),
+    ("accuracy", ("train_accuracy", "val_accuracy")),
+    ("balanced accuracy", ("train_balanced_accuracy", "val_balanced_accuracy")),
+)
+
+
+def read_history(path: Path) -> list[dict[str, str]]:
+    """The rows of a run's `history.csv` (one per epoch, with `stage` and `epoch` columns)."""
+    with Path(path).open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def plot_training_curves(history: Path, path: Path) -> Path:
+    """Loss, accuracy and balanced accuracy per epoch, epochs of all stages in sequence, stages shaded.
+
+    Each stage starts where the previous one ended (stage 2 fine-tunes stage 1's chosen checkpoint), so one
+    continuous axis with stage boundaries shows the whole training as it happened.
+    """
+    rows = read_history(history)
+    columns = rows[0].keys() if rows else ()
+    step = np.arange(1, len(rows) + 1)
+    stages = [row["stage"] for row in rows]
+    figure = Figure(figsize=(13, 4.2), layout="constrained")
+    for axes, (quantity, names) in zip(
+        figure.subplots(1, len(TRAINING_PANELS)), TRAINING_PANELS, strict=True
+    ):
+        for name in (name for name in names if name in columns):
+            values = np.array([float(row[name]) if row[name] not in ("", None) else np.nan for row in rows])
+            axes.plot(step, values, marker="o", markersize=3, label=name.replace("_", " "))
+        for stage in dict.fromkeys(stages):
+            inside = step[[s == stage for s in stages]]
+            axes.axvspan(
+                inside[0] - 0.5, inside[-1] + 0.5, alpha=0.08 if int(stage) % 2 else 0.0, color="black"
+            )
+            axes.text(
+                inside.mean(),
+                1.01,
+                f"stage {stage}",
+                transform=axes.get_xaxis_transform(),
+                ha="center",
+                va="bottom",
+                fontsize="small",
+            )
+        axes.set_xlabel("epoch (all stages in sequence)")
+        axes.set_ylabel(quantity)
+        axes.set_title(quantity, pad=16)
+        axes.legend(fontsize="small")
+    figure.suptitle(f"Training history — {history.parent.name}")
+    return save_figure(figure, path)

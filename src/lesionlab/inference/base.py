@@ -1,0 +1,134 @@
+"""The `Predictor` interface: image in, `Prediction` out, whatever runs the network underneath.
+
+The CLI, the web service and the benchmark talk only to this interface, so a run directory (PyTorch) and an
+exported `.onnx` file (ONNX Runtime) are interchangeable. This module imports no torch: the ONNX path must
+work on a machine without PyTorch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from lesionlab.data.imageio import load_rgb
+from lesionlab.data.preprocess_np import preprocess_array
+from lesionlab.errors import LesionlabError
+from lesionlab.inference.prediction import Prediction
+from lesionlab.models.checkpoint import ModelCard
+
+
+class ExplainUnavailableError(LesionlabError):
+    """Grad-CAM was asked of a predictor that cannot compute gradients (an ONNX file)."""
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an image becomes the network's input; taken from the model card so training and inference agree."""
+
+    input_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    grayscale: bool
+
+    @classmethod
+    def from_card(cls, card: ModelCard) -> Preprocessing:
+        """Read the input size, normalisation and colour mode a model was trained with."""
+        return cls(int(card.input_size), tuple(card.mean), tuple(card.std), bool(card.grayscale))
+
+    def to_batch(self, image: Image.Image) -> np.ndarray:
+        """One RGB image as a float32 `(1, 3, size, size)` batch."""
+        rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
+        return preprocess_array(rgb, self.input_size, self.grayscale, self.mean, self.std)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """A prediction with its Grad-CAM heat map and the overlay shown to people (uint8 RGB, input size)."""
+
+    prediction: Prediction
+    heatmap: np.ndarray
+    overlay: np.ndarray
+
+    def overlay_png(self) -> bytes:
+        """The overlay encoded as PNG, for files and for the web API."""
+        buffer = io.BytesIO()
+        Image.fromarray(self.overlay).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+
+def file_digest(path: str | os.PathLike[str]) -> str:
+    """The sha256 of a file: a model id that changes whenever the weights do."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Predictor(ABC):
+    """Turns images into class probabilities with one loaded model; safe to call from several threads."""
+
+    backend: str = ""
+
+    def __init__(self, card: ModelCard, source: Path, weights_sha256: str) -> None:
+        self.card = card
+        self.source = source
+        self.classes: tuple[str, ...] = tuple(card.classes)
+        self.preprocessing = Preprocessing.from_card(card)
+        name = card.run_name or source.stem
+        self.model_id = f"{name}:{self.backend}:{weights_sha256[:12]}"
+
+    @abstractmethod
+    def predict_batch(self, batch: np.ndarray) -> np.ndarray:
+        """Softmax probabilities `(N, classes)` for a pre-processed float32 batch `(N, 3, size, size)`."""
+
+    def predict_many(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """Probabilities for many pre-processed images, in batches so memory stays bounded."""
+        starts = range(0, len(images), batch_size)
+        chunks = [self.predict_batch(images[start:start + batch_size]) for start in starts]
+        return np.concatenate(chunks, axis=0)
+
+    @property
+    def can_explain(self) -> bool:
+        """Whether `explain` works here (it needs gradients, so PyTorch only)."""
+        return False
+
+    def predict_image(self, image: Image.Image) -> Prediction:
+        """Classify one decoded image."""
+        probabilities = self.predict_batch(self.preprocessing.to_batch(image))
+        return Prediction.from_probabilities(self.classes, probabilities[0])
+
+    def predict_file(self, path: str | os.PathLike[str]) -> Prediction:
+        """Decode an image file (raising `ImageDecodeError` naming it) and classify it."""
+        return self.predict_image(load_rgb(path))
+
+    def explain(self, image: Image.Image) -> Explanation:
+        """Grad-CAM for the predicted class; only predictors backed by PyTorch can do this."""
+        raise self.explain_unavailable_error()
+
+    def explain_unavailable_error(self) -> ExplainUnavailableError:
+        """The error to raise (or show) when Grad-CAM is asked of this predictor but it cannot explain."""
+        return ExplainUnavailableError(
+            f"{self.source}: Grad-CAM needs the PyTorch model, and this is a {self.backend} predictor; "
+            f"pass the run directory the model was exported from instead."
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """What is loaded, for `/health` and logs."""
+        return {
+            "model_id": self.model_id,
+            "backend": self.backend,
+            "source": str(self.source),
+            "arch": self.card.arch,
+            "classes": list(self.classes),
+            "input_size": self.preprocessing.input_size,
+            "can_explain": self.can_explain,
+        }

@@ -1,0 +1,55 @@
+"""A `Predictor` over an exported `.onnx` file with ONNX Runtime; it never imports torch."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from lesionlab.errors import CheckpointError
+from lesionlab.inference.base import Predictor, file_digest
+from lesionlab.inference.onnx_metadata import QUANTIZATION_KEY, card_from_metadata
+
+
+def session_options(threads: int | None) -> ort.SessionOptions:
+    """All graph optimisations on; `threads` fixes the intra-op pool so benchmarks compare like with like."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return options
+
+
+class OnnxPredictor(Predictor):
+    """Runs an exported model; its classes and pre-processing come from the file's own metadata."""
+
+    backend = "onnx"
+
+    def __init__(self, path: str | os.PathLike[str], threads: int | None = None) -> None:
+        model_path = Path(path)
+        if not model_path.is_file():
+            raise CheckpointError(f"{model_path}: no such ONNX file; create it with `lesionlab export RUN`.")
+        try:
+            self.session = ort.InferenceSession(str(model_path), sess_options=session_options(threads),
+                                                providers=["CPUExecutionProvider"])
+        except (ort.capi.onnxruntime_pybind11_state.Fail,
+                ort.capi.onnxruntime_pybind11_state.InvalidProtobuf,
+                ort.capi.onnxruntime_pybind11_state.InvalidGraph) as error:
+            raise CheckpointError(f"{model_path}: ONNX Runtime cannot load this file ({error}); it is "
+                                  f"truncated or not an ONNX model. Re-export it with `lesionlab export`."
+                                  ) from error
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        self.quantization = metadata.get(QUANTIZATION_KEY, "unknown")
+        self.input_name = self.session.get_inputs()[0].name
+        super().__init__(card_from_metadata(metadata, model_path), model_path, file_digest(model_path))
+
+    def predict_batch(self, batch: np.ndarray) -> np.ndarray:
+        """Softmax probabilities from the exported graph (its output is already softmax)."""
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+
+    def describe(self) -> dict[str, object]:
+        """Adds the quantization to the common description."""
+        return {**super().describe(), "quantization": self.quantization}

@@ -1,0 +1,61 @@
+"""What an exported `.onnx` file says about itself, in its `metadata_props`.
+
+An ONNX file travels alone, so it carries everything needed to use it correctly: the class order, the input
+size, the normalisation, the colour mode and the resize rule, plus the full model card. `lesionlab.export`
+writes these keys and `OnnxPredictor` reads them back; both sides use this module, so the names cannot drift
+apart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+
+from lesionlab.errors import CheckpointError
+from lesionlab.models.checkpoint import ModelCard
+
+PREFIX = "lesionlab."
+CARD_KEY = f"{PREFIX}model_card"
+QUANTIZATION_KEY = f"{PREFIX}quantization"
+INPUT_NAME = "image"
+OUTPUT_NAME = "probabilities"
+RESIZE_RULE = (
+    "decode to RGB (EXIF orientation applied), squash to input_size x input_size (aspect ratio not kept, "
+    "Pillow bilinear with antialiasing), scale to [0, 1], then (x - mean) / std per channel; with grayscale "
+    "true, luminance (0.2989 R + 0.587 G + 0.114 B, truncated to uint8) is repeated over the 3 channels first"
+)
+
+
+def metadata_for(card: ModelCard, quantization: str) -> dict[str, str]:
+    """The metadata_props of an exported model: readable keys for people and other programs, and the card."""
+    return {
+        f"{PREFIX}classes": json.dumps(list(card.classes)),
+        f"{PREFIX}input_size": str(card.input_size),
+        f"{PREFIX}mean": json.dumps(list(card.mean)),
+        f"{PREFIX}std": json.dumps(list(card.std)),
+        f"{PREFIX}grayscale": json.dumps(bool(card.grayscale)),
+        f"{PREFIX}resize": RESIZE_RULE,
+        f"{PREFIX}input": f"{INPUT_NAME}: float32 [batch, 3, {card.input_size}, {card.input_size}], "
+                          f"pre-processed as {PREFIX}resize says",
+        f"{PREFIX}output": f"{OUTPUT_NAME}: float32 [batch, {card.num_classes}], softmax probabilities in "
+                           f"{PREFIX}classes order",
+        f"{PREFIX}run_name": card.run_name,
+        QUANTIZATION_KEY: quantization,
+        CARD_KEY: json.dumps(card.to_dict()),
+    }
+
+
+def card_from_metadata(metadata: Mapping[str, str], path: str | os.PathLike[str]) -> ModelCard:
+    """Rebuild the model card stored in an exported file; a foreign or damaged file is a `CheckpointError`."""
+    if CARD_KEY not in metadata:
+        raise CheckpointError(f"{path}: this ONNX file has no {CARD_KEY} metadata, so its classes and "
+                              f"pre-processing are unknown; export it with `lesionlab export RUN`.")
+    try:
+        payload = json.loads(metadata[CARD_KEY])
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{path}: {CARD_KEY} metadata is not valid JSON ({error}); re-export the model "
+                              f"with `lesionlab export`.") from error
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"{path}: {CARD_KEY} metadata is not a JSON object; re-export the model.")
+    return ModelCard.from_dict(payload, path)

@@ -1,0 +1,60 @@
+"""Real images from a run's own split, pre-processed for its model: to check an export and to calibrate int8.
+
+Checking an export on random tensors proves little (softmax of noise is flat and every backend agrees on it);
+the run's validation images are what the model will see. Calibration must use training images, never the
+validation images the int8 model is then scored on.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from lesionlab.data.imageio import load_rgb
+from lesionlab.data.readers import Sample, read_dataset
+from lesionlab.data.split import read_split
+from lesionlab.errors import DataError
+from lesionlab.inference.base import Preprocessing
+
+SPLIT_FILE = "split.csv"
+
+
+@dataclass(frozen=True)
+class ImageBatch:
+    """Pre-processed images `(N, 3, size, size)` with their labels and ids, in one array."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    image_ids: tuple[str, ...]
+
+
+def split_samples(run_dir: str | os.PathLike[str], part: str, data: str | os.PathLike[str] | None,
+                  limit: int | None, seed: int = 0) -> list[Sample]:
+    """Up to `limit` samples of one part of the run's split, drawn with a fixed seed (all when None)."""
+    split_path = Path(run_dir) / SPLIT_FILE
+    if not split_path.is_file():
+        raise DataError(f"{split_path}: the run has no split file, so there are no images to check or "
+                        f"calibrate with; pass a run directory written by `lesionlab train`.")
+    split = read_split(split_path, read_dataset(data))
+    samples = list(split.parts.get(part, []))
+    if not samples:
+        raise DataError(f"{split_path}: the '{part}' part is empty; export needs {part} images to use.")
+    if limit is not None and limit < len(samples):
+        samples = random.Random(seed).sample(samples, limit)
+    return samples
+
+
+def load_batch(samples: list[Sample], preprocessing: Preprocessing, description: str) -> ImageBatch:
+    """Decode and pre-process samples into one batch, with a progress bar."""
+    arrays = [preprocessing.to_batch(load_rgb(sample.path)) for sample in tqdm(samples, desc=description,
+                                                                                  unit="image", leave=False)]
+    return ImageBatch(
+        images=np.concatenate(arrays, axis=0),
+        labels=np.array([sample.label for sample in samples], dtype=np.int64),
+        image_ids=tuple(sample.image_id for sample in samples),
+    )

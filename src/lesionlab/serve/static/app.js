@@ -1,0 +1,127 @@
+// The page's only script: send the chosen image to the API and draw the answer.
+// Everything shown comes from the JSON response and is inserted as text, never as HTML.
+"use strict";
+
+const state = { canExplain: false, maxUploadMb: 10 };
+
+const el = (id) => document.getElementById(id);
+
+function setStatus(message, isError = false) {
+  const status = el("status");
+  status.textContent = message;
+  status.classList.toggle("error", isError);
+}
+
+async function loadHealth() {
+  try {
+    const response = await fetch("/health");
+    const health = await response.json();
+    state.canExplain = health.can_explain;
+    state.maxUploadMb = health.max_upload_mb;
+    el("model-id").textContent = `${health.model_id} (${health.arch}, ${health.backend})`;
+    el("drop-hint").textContent = `JPEG, PNG, BMP, TIFF or WebP, up to ${health.max_upload_mb} MB`;
+  } catch (error) {
+    el("model-id").textContent = "unavailable";
+    setStatus(`The service does not answer: ${error}`, true);
+  }
+}
+
+function renderBars(classes) {
+  const bars = el("bars");
+  bars.replaceChildren();
+  for (const entry of classes) {
+    const percent = (100 * entry.probability).toFixed(1);
+    const item = document.createElement("li");
+    item.className = entry.malignant ? "bar malignant" : "bar benign";
+
+    const name = document.createElement("span");
+    name.className = "bar-name";
+    name.textContent = `${entry.name} (${entry.code})`;
+
+    const track = document.createElement("span");
+    track.className = "bar-track";
+    const fill = document.createElement("span");
+    fill.className = "bar-fill";
+    fill.style.width = `${percent}%`;
+    track.append(fill);
+
+    const value = document.createElement("span");
+    value.className = "bar-value";
+    value.textContent = `${percent}%`;
+
+    item.append(name, track, value);
+    bars.append(item);
+  }
+}
+
+function renderResult(result) {
+  const top = result.classes[0];
+  el("top-class").textContent = `${top.name} (${top.code})`;
+  el("top-probability").textContent = `${(100 * result.top_probability).toFixed(1)}%`;
+  const flag = el("malignancy");
+  flag.textContent = result.malignant
+    ? "Malignant class (akiec, bcc or mel)"
+    : "Benign class";
+  flag.className = result.malignant ? "malignancy malignant" : "malignancy benign";
+  renderBars(result.classes);
+
+  const overlayFigure = el("overlay-figure");
+  if (result.overlay_png_base64) {
+    el("overlay").src = `data:image/png;base64,${result.overlay_png_base64}`;
+    overlayFigure.hidden = false;
+  } else {
+    overlayFigure.hidden = true;
+  }
+  el("result").hidden = false;
+}
+
+async function classify(file) {
+  if (file.size > state.maxUploadMb * 1e6) {
+    setStatus(`${file.name} is ${(file.size / 1e6).toFixed(1)} MB; the limit is ${state.maxUploadMb} MB.`, true);
+    return;
+  }
+  el("preview").src = URL.createObjectURL(file);
+  setStatus(`Analysing ${file.name}…`);
+  const body = new FormData();
+  body.append("file", file);
+  const route = state.canExplain ? "/explain" : "/predict";
+  try {
+    const response = await fetch(route, { method: "POST", body });
+    const payload = await response.json();
+    if (!response.ok) {
+      const detail = typeof payload.detail === "string" ? payload.detail : JSON.stringify(payload.detail);
+      setStatus(`Not analysed: ${detail}`, true);
+      el("result").hidden = true;
+      return;
+    }
+    renderResult(payload);
+    setStatus(`Result for ${file.name}`);
+  } catch (error) {
+    setStatus(`The request failed: ${error}`, true);
+  }
+}
+
+function setUpDropZone() {
+  const zone = el("drop-zone");
+  const input = el("file-input");
+  input.addEventListener("change", () => {
+    if (input.files.length > 0) classify(input.files[0]);
+  });
+  for (const type of ["dragenter", "dragover"]) {
+    zone.addEventListener(type, (event) => {
+      event.preventDefault();
+      zone.classList.add("dragging");
+    });
+  }
+  for (const type of ["dragleave", "drop"]) {
+    zone.addEventListener(type, () => zone.classList.remove("dragging"));
+  }
+  zone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    const files = event.dataTransfer.files;
+    if (files.length > 0) classify(files[0]);
+  });
+}
+
+setUpDropZone();
+loadHealth();

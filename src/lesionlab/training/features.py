@@ -1,0 +1,85 @@
+"""Train only the head on backbone features: the cheap way to run a frozen-backbone stage on a CPU.
+
+With every feature block frozen and BatchNorm `frozen`, the backbone is a fixed function of the image, so a
+forward+backward pass through it is wasted work. Two shortcuts follow:
+- per batch, run the backbone under `torch.no_grad()` and build a gradient graph for the head only
+  (`frozen_backbone_forward`); augmentation stays fresh every epoch;
+- with `feature_cache: {views: K}`, compute the pooled features of K augmented views of every training
+  image once per stage (`FeatureCache`), then each epoch draws one cached view per sampled image and trains
+  the head on vectors. `views: 1` with `augment: none` is exact: the same features the image path computes.
+Dropout and everything else in the head still run in train mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from lesionlab.models.registry import pooled_features
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def to_device(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """Move an image batch to the device, in channels-last layout when asked (faster convolutions on CPU)."""
+    images = images.to(device, non_blocking=True)
+    if channels_last and images.dim() == 4:
+        return images.contiguous(memory_format=torch.channels_last)
+    return images
+
+
+def frozen_backbone_forward(model: nn.Module, channels_last: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A forward function that builds no graph through the (frozen, eval-mode) backbone."""
+
+    def forward(images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            features = pooled_features(model, images)
+        return model.classifier(features)
+
+    return forward
+
+
+@torch.inference_mode()
+def extract_features(model: nn.Module, loader: DataLoader, device: torch.device, channels_last: bool,
+                     description: str) -> Batch:
+    """Pooled backbone features and labels of every item a loader yields, in order."""
+    features: list[torch.Tensor] = []
+    labels: list[torch.Tensor] = []
+    for images, batch_labels in tqdm(loader, desc=description, unit="batch", leave=False):
+        features.append(pooled_features(model, to_device(images, device, channels_last)).float().cpu())
+        labels.append(batch_labels)
+    return torch.cat(features), torch.cat(labels)
+
+
+@dataclass
+class FeatureCache:
+    """K augmented views of every training image as pooled features: `views` (K, N, D), `labels` (N,)."""
+
+    views: torch.Tensor
+    labels: torch.Tensor
+
+    @classmethod
+    def build(cls, model: nn.Module, view_count: int, loader_factory: Callable[[int], DataLoader],
+              device: torch.device, channels_last: bool) -> FeatureCache:
+        """Run the frozen backbone over the (augmenting) training set `view_count` times.
+
+        `loader_factory(view)` returns a sequential, seeded loader for one pass, so the cache is reproducible.
+        """
+        passes = [extract_features(model, loader_factory(view), device, channels_last,
+                                   f"feature cache view {view + 1}/{view_count}")
+                  for view in range(view_count)]
+        return cls(views=torch.stack([features for features, _ in passes]), labels=passes[0][1])
+
+    def batches(self, order: torch.Tensor, batch_size: int, generator: torch.Generator,
+                drop_last: bool) -> Iterator[Batch]:
+        """Yield (features, labels) for the sampled item `order`, one random cached view per draw."""
+        view_of_draw = torch.randint(self.views.shape[0], (len(order),), generator=generator)
+        stop = len(order) - (len(order) % batch_size if drop_last else 0)
+        for start in range(0, stop, batch_size):
+            items = order[start:start + batch_size]
+            yield self.views[view_of_draw[start:start + batch_size], items], self.labels[items]

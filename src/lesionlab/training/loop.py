@@ -1,0 +1,359 @@
+"""One training stage, read top to bottom: set up, then for each epoch train, validate, checkpoint, commit.
+
+`train_stage` is the whole story of a stage; the helpers above it are the small pieces it calls. All
+randomness of an epoch (sampler, DataLoader worker seeds, augmentation, dropout) derives from
+(seed, stage, epoch) at the start of that epoch, so a run resumed from its last completed epoch continues
+exactly as if never interrupted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from lesionlab.classes import CLASS_CODES, NUM_CLASSES
+from lesionlab.data.dataset import LesionDataset
+from lesionlab.errors import ConfigError, LesionlabError
+from lesionlab.models.checkpoint import ModelCard, load_state, save_checkpoint
+from lesionlab.models.freeze import FreezePlan, apply_plan, plan_table, resolve_plan, set_train_mode
+from lesionlab.models.registry import Architecture, architecture
+from lesionlab.training.features import FeatureCache, extract_features, frozen_backbone_forward, to_device
+from lesionlab.training.imbalance import class_counts, loss_class_weights, make_criterion, make_sampler
+from lesionlab.training.recipe import Recipe, StageConfig
+from lesionlab.training.rundir import RunDirectory
+
+log = logging.getLogger(__name__)
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+Forward = Callable[[torch.Tensor], torch.Tensor]
+FEATURE_CACHE_EPOCH = 0
+
+
+class DivergedError(LesionlabError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class RunProgress:
+    """Where a run stands after its last completed epoch: the JSON part of the resume state."""
+
+    stage: int = 0
+    epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] | None = None
+    stage_bests: dict[str, dict[str, Any]] = field(default_factory=dict)
+    scheduler: dict[str, Any] | None = None
+    train_seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> RunProgress:
+        """Inverse of `to_dict`."""
+        return cls(**payload)
+
+
+@dataclass
+class StageData:
+    """What a stage trains and validates on, and how batches are produced."""
+
+    train_set: LesionDataset
+    val_set: LesionDataset
+    workers: int
+    device: torch.device
+    channels_last: bool
+
+
+def derive_seed(seed: int, stage: int, epoch: int) -> int:
+    """A 63-bit seed that depends only on (seed, stage, epoch), so resumed epochs replay identically."""
+    digest = hashlib.sha256(f"lesionlab/{seed}/{stage}/{epoch}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def score(labels: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
+    """Accuracy, balanced accuracy (mean recall, the ISIC 2018 metric) and macro F1 over all seven classes."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return {
+            "val_accuracy": float(accuracy_score(labels, predictions)),
+            "val_balanced_accuracy": float(balanced_accuracy_score(labels, predictions)),
+            "val_macro_f1": float(f1_score(labels, predictions, labels=list(range(NUM_CLASSES)),
+                                           average="macro", zero_division=0)),
+        }
+
+
+def is_better(rule: str, candidate: dict[str, Any], best: dict[str, Any] | None) -> bool:
+    """Whether an epoch beats the stage's best so far; ties keep the earlier epoch.
+
+    `reference` is the reference's rule: higher validation accuracy, ties broken by lower training loss.
+    """
+    if best is None:
+        return True
+    if rule == "reference":
+        candidate_key = (candidate["val_accuracy"], -candidate["train_loss"])
+        return candidate_key > (best["val_accuracy"], -best["train_loss"])
+    return candidate[f"val_{rule}"] > best[f"val_{rule}"]
+
+
+def make_optimizer(stage: StageConfig, parameters: list[nn.Parameter]) -> torch.optim.Optimizer:
+    """Adam, AdamW or SGD (with Nesterov momentum) over the trainable parameters."""
+    if not parameters:
+        raise ConfigError(f"trainable plan {stage.trainable!r} leaves no parameter to train; include "
+                          f"`head` or some blocks.")
+    if stage.optimizer == "adam":
+        return torch.optim.Adam(parameters, lr=stage.lr, weight_decay=stage.weight_decay)
+    if stage.optimizer == "adamw":
+        return torch.optim.AdamW(parameters, lr=stage.lr, weight_decay=stage.weight_decay)
+    return torch.optim.SGD(parameters, lr=stage.lr, momentum=stage.momentum, nesterov=stage.momentum > 0,
+                           weight_decay=stage.weight_decay)
+
+
+def make_scheduler(stage: StageConfig, optimizer: torch.optim.Optimizer,
+                   steps_per_epoch: int) -> tuple[torch.optim.lr_scheduler.LRScheduler | None, bool]:
+    """The stage's learning-rate schedule and whether it steps per batch (onecycle) or per epoch."""
+    schedulers = torch.optim.lr_scheduler
+    if stage.scheduler == "step":
+        return schedulers.StepLR(optimizer, step_size=stage.step_size, gamma=stage.gamma), False
+    if stage.scheduler == "cosine":
+        return schedulers.CosineAnnealingLR(optimizer, T_max=stage.epochs), False
+    if stage.scheduler == "onecycle":
+        return schedulers.OneCycleLR(optimizer, max_lr=stage.lr, epochs=stage.epochs,
+                                     steps_per_epoch=steps_per_epoch), True
+    return None, False
+
+
+def epoch_draws(data: StageData, stage: StageConfig) -> int:
+    """How many training items one epoch draws (the sampler may oversample)."""
+    sampler = make_sampler(data.train_set.labels, stage.sampler_weights, torch.Generator())
+    return len(data.train_set) if sampler is None else sampler.num_samples
+
+
+def batch_count(draws: int, batch_size: int) -> int:
+    """Batches per epoch; a last partial batch is dropped when a full one exists (BatchNorm needs >1 item)."""
+    return draws // batch_size if draws > batch_size else 1
+
+
+def image_batches(data: StageData, stage: StageConfig, epoch_seed: int) -> DataLoader:
+    """A seeded DataLoader over augmented training images."""
+    generator = torch.Generator().manual_seed(epoch_seed)
+    sampler = make_sampler(data.train_set.labels, stage.sampler_weights, generator)
+    draws = len(data.train_set) if sampler is None else sampler.num_samples
+    return DataLoader(data.train_set, batch_size=stage.batch_size, sampler=sampler, shuffle=sampler is None,
+                      generator=torch.Generator().manual_seed(epoch_seed + 1), num_workers=data.workers,
+                      drop_last=draws > stage.batch_size, pin_memory=data.device.type == "cuda")
+
+
+def cached_batches(cache: FeatureCache, data: StageData, stage: StageConfig,
+                   epoch_seed: int) -> Iterator[Batch]:
+    """Batches of cached features in sampler order (same sampler and seed as the image path)."""
+    generator = torch.Generator().manual_seed(epoch_seed)
+    sampler = make_sampler(data.train_set.labels, stage.sampler_weights, generator)
+    order = (torch.tensor(list(sampler), dtype=torch.long) if sampler is not None
+             else torch.randperm(len(data.train_set), generator=generator))
+    return cache.batches(order, stage.batch_size, generator, drop_last=len(order) > stage.batch_size)
+
+
+def val_loader(data: StageData, stage: StageConfig) -> DataLoader:
+    """Validation images in file order, no augmentation."""
+    return DataLoader(data.val_set, batch_size=stage.eval_batch_size, shuffle=False, num_workers=data.workers,
+                      pin_memory=data.device.type == "cuda")
+
+
+def train_epoch(forward: Forward, batches: Iterable[Batch], total: int, criterion: nn.Module,
+                optimizer: torch.optim.Optimizer, batch_scheduler: Any, data: StageData,
+                description: str) -> tuple[float, int, float]:
+    """One pass over the training batches; returns (mean loss, items seen, seconds)."""
+    loss_sum, seen = 0.0, 0
+    start = time.perf_counter()
+    bar = tqdm(batches, total=total, desc=description, unit="batch", leave=False)
+    for batch_index, (inputs, labels) in enumerate(bar, start=1):
+        inputs = to_device(inputs, data.device, data.channels_last)
+        labels = labels.to(data.device, non_blocking=True)
+        loss = criterion(forward(inputs), labels)
+        if not torch.isfinite(loss):
+            raise DivergedError(f"batch {batch_index}: training loss is {loss.item()}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if batch_scheduler is not None:
+            batch_scheduler.step()
+        loss_sum += loss.item() * len(labels)
+        seen += len(labels)
+        bar.set_postfix(loss=f"{loss_sum / seen:.4f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
+    bar.close()
+    return loss_sum / max(seen, 1), seen, time.perf_counter() - start
+
+
+@torch.inference_mode()
+def evaluate(forward: Forward, batches: Iterable[Batch],
+             data: StageData) -> tuple[float, np.ndarray, np.ndarray]:
+    """Unweighted cross-entropy, labels and predictions over the validation set."""
+    loss_sum, labels_seen, predictions = 0.0, [], []
+    for inputs, labels in batches:
+        logits = forward(to_device(inputs, data.device, data.channels_last)).float().cpu()
+        loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
+        labels_seen.append(labels.numpy())
+        predictions.append(logits.argmax(dim=1).numpy())
+    truth = np.concatenate(labels_seen)
+    return loss_sum / max(len(truth), 1), truth, np.concatenate(predictions)
+
+
+def model_card(recipe: Recipe, spec: Architecture, stage: int, epoch: int, metrics: dict[str, float],
+               run_name: str) -> ModelCard:
+    """The card saved beside every checkpoint of this run."""
+    return ModelCard(
+        arch=recipe.arch, num_classes=NUM_CLASSES, classes=list(CLASS_CODES), input_size=recipe.image_size,
+        mean=list(spec.mean), std=list(spec.std), grayscale=recipe.grayscale,
+        head_hidden=spec.head_hidden if recipe.head_hidden is None else recipe.head_hidden,
+        dropout=spec.dropout if recipe.dropout is None else recipe.dropout,
+        stage=stage, epoch=epoch, metrics=metrics, run_name=run_name,
+    )
+
+
+def train_stage(model: nn.Module, recipe: Recipe, stage_index: int, data: StageData, run: RunDirectory,
+                progress: RunProgress, optimizer_state: dict[str, Any] | None) -> RunProgress:
+    """Train one stage from its first epoch, or from `progress` when resuming inside it."""
+    stage = recipe.stages[stage_index - 1]
+    spec = architecture(recipe.arch)
+    plan: FreezePlan = resolve_plan(stage.trainable, spec, stage.bn)
+    apply_plan(model, spec, plan)
+    table = plan_table(model, spec, plan)
+    print(f"\nstage {stage_index}/{len(recipe.stages)}: {stage.epochs} epoch(s), {stage.optimizer} "
+          f"lr {stage.lr}, scheduler {stage.scheduler}\n{table}")
+    log.info("stage %d plan\n%s", stage_index, table)
+    if stage.feature_cache is not None and not plan.backbone_frozen():
+        raise ConfigError(f"stages.{stage_index - 1}.feature_cache needs a frozen backbone: `trainable` must "
+                          f"not include feature blocks and `bn` must be `frozen` (got {stage.trainable!r}, "
+                          f"bn {stage.bn!r}).")
+
+    counts = class_counts(data.train_set.labels)
+    weights = loss_class_weights(stage.loss_weights, counts, stage.loss_beta)
+    criterion = make_criterion(None if weights is None else weights.to(data.device), stage.label_smoothing)
+    optimizer = make_optimizer(stage, [p for p in model.parameters() if p.requires_grad])
+    steps = batch_count(epoch_draws(data, stage), stage.batch_size)
+    scheduler, per_batch = make_scheduler(stage, optimizer, steps)
+    resuming = progress.stage == stage_index and progress.epoch > 0
+    if resuming:
+        optimizer.load_state_dict(optimizer_state or {})
+        if scheduler is not None and progress.scheduler is not None:
+            scheduler.load_state_dict(progress.scheduler)
+    else:
+        progress = dataclasses.replace(progress, stage=stage_index, epoch=0, best=None, scheduler=None)
+    first_epoch = progress.epoch + 1
+
+    cache: FeatureCache | None = None
+    val_features: Batch | None = None
+    extra_seconds = 0.0
+    if stage.feature_cache is not None and first_epoch <= stage.epochs:
+        start = time.perf_counter()
+        set_train_mode(model, spec, plan)
+        cache = build_stage_feature_cache(model, recipe, stage_index, stage, data)
+        model.eval()
+        val_features = extract_features(model, val_loader(data, stage), data.device, data.channels_last,
+                                        "validation features")
+        extra_seconds = time.perf_counter() - start
+        log.info("feature cache: %d view(s) of %d images in %.1f s", stage.feature_cache.views,
+                 len(data.train_set), extra_seconds)
+
+    for epoch in range(first_epoch, stage.epochs + 1):
+        epoch_start = time.perf_counter()
+        epoch_seed = derive_seed(recipe.seed, stage_index, epoch)
+        torch.manual_seed(epoch_seed)
+        set_train_mode(model, spec, plan)
+        lr = optimizer.param_groups[0]["lr"]
+        description = f"stage {stage_index} epoch {epoch}/{stage.epochs}"
+        if cache is not None:
+            forward: Forward = model.classifier
+            batches: Iterable[Batch] = cached_batches(cache, data, stage, epoch_seed)
+        else:
+            forward = frozen_backbone_forward(model, data.channels_last) if plan.backbone_frozen() else model
+            batches = image_batches(data, stage, epoch_seed)
+        try:
+            train_loss, seen, train_seconds = train_epoch(forward, batches, steps, criterion, optimizer,
+                                                          scheduler if per_batch else None, data, description)
+        except DivergedError as error:
+            raise DivergedError(
+                f"stage {stage_index} epoch {epoch}, {error}: the run stopped. The last good state is "
+                f"kept in {run.state_tensors} (last completed epoch: stage {progress.stage} epoch "
+                f"{progress.epoch}). Lower the learning rate (e.g. --set stages.{stage_index - 1}.lr="
+                f"{stage.lr / 10:g}) and start a new run, or check the data."
+            ) from None
+        if scheduler is not None and not per_batch:
+            scheduler.step()
+
+        model.eval()
+        if val_features is not None:
+            val_loss, truth, predictions = evaluate(model.classifier, [val_features], data)
+        else:
+            val_loss, truth, predictions = evaluate(model, val_loader(data, stage), data)
+        seconds = time.perf_counter() - epoch_start + (extra_seconds if epoch == first_epoch else 0.0)
+        record = {"stage": stage_index, "epoch": epoch, "lr": lr, "train_loss": train_loss,
+                  "val_loss": val_loss, **score(truth, predictions), "seconds": round(seconds, 3),
+                  "images_per_s": round(seen / train_seconds, 1) if train_seconds > 0 else 0.0}
+        print(f"{description}: train loss {train_loss:.4f}  val loss {val_loss:.4f}  "
+              f"acc {record['val_accuracy']:.4f}  bal acc {record['val_balanced_accuracy']:.4f}  "
+              f"macro F1 {record['val_macro_f1']:.4f}  ({seconds:.1f} s, {record['images_per_s']:.0f} img/s)")
+        log.info("epoch %s", record)
+
+        metrics = {key: value for key, value in record.items()
+                   if key.startswith("val_") or key == "train_loss"}
+        card = model_card(recipe, spec, stage_index, epoch, metrics, run.name)
+        save_checkpoint(run.epoch_stem(stage_index, epoch), model, card)
+        best = progress.best
+        if is_better(recipe.select, record, best):
+            best = dict(record)
+            save_checkpoint(run.stage_best(stage_index), model, card)
+            save_checkpoint(run.best, model, card)
+        progress = dataclasses.replace(
+            progress, epoch=epoch, history=[*progress.history, record], best=best,
+            stage_bests={**progress.stage_bests, str(stage_index): best},
+            scheduler=scheduler.state_dict() if scheduler is not None else None,
+            train_seconds=progress.train_seconds + seconds,
+        )
+        run.save_state(progress.to_dict(), model, optimizer)
+        run.write_history(progress.history)
+        run.prune_checkpoints(stage_index, {epoch, best["epoch"]})
+    return progress
+
+
+def build_stage_feature_cache(model: nn.Module, recipe: Recipe, stage_index: int, stage: StageConfig,
+                              data: StageData) -> FeatureCache:
+    """K augmented views of the training set through the frozen backbone, seeded by (seed, stage, view)."""
+    assert stage.feature_cache is not None
+
+    def loader_for_view(view: int) -> DataLoader:
+        view_seed = derive_seed(recipe.seed, stage_index, FEATURE_CACHE_EPOCH) + view
+        torch.manual_seed(view_seed)
+        return DataLoader(data.train_set, batch_size=stage.eval_batch_size, shuffle=False,
+                          num_workers=data.workers, generator=torch.Generator().manual_seed(view_seed),
+                          pin_memory=data.device.type == "cuda")
+
+    return FeatureCache.build(model, stage.feature_cache.views, loader_for_view, data.device,
+                              data.channels_last)
+
+
+def load_stage_start(model: nn.Module, run: RunDirectory, previous_stage: int) -> None:
+    """Stage k starts from stage k-1's best checkpoint, as in the reference."""
+    model.load_state_dict(load_state(run.stage_best(previous_stage)), strict=True)
+
+
+def stage_is_complete(recipe: Recipe, progress: RunProgress, stage_index: int) -> bool:
+    """Whether `progress` already covers every epoch of a stage."""
+    if progress.stage > stage_index:
+        return True
+    return progress.stage == stage_index and progress.epoch >= recipe.stages[stage_index - 1].epochs

@@ -1,0 +1,310 @@
+"""Training recipes: YAML files read into dataclasses, with `--set key=value` overrides by dotted path.
+
+`configs/default.yaml` *is* the default: every recipe is that file, then the chosen recipe file merged over
+it, then the overrides. The dataclasses below carry no default values of their own, so the YAML file and the
+code cannot drift apart. `stage_defaults` (a mapping) fills the keys a stage leaves out; a recipe's `stages:`
+list replaces the default one as a whole. List indices in dotted paths are 0-based (`stages.1` is the second
+stage).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lesionlab.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+CONFIGS_DIR = REPO_ROOT / "configs"
+DEFAULT_RECIPE = CONFIGS_DIR / "default.yaml"
+STAGE_DEFAULTS_KEY = "stage_defaults"
+SELECT_RULES: tuple[str, ...] = ("balanced_accuracy", "accuracy", "macro_f1", "reference")
+OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "sgd")
+SCHEDULERS: tuple[str, ...] = ("step", "cosine", "onecycle", "none")
+SAMPLER_RULES: tuple[str, ...] = ("none", "inverse", "sqrt-inverse")
+LOSS_RULES: tuple[str, ...] = ("none", "inverse", "sqrt-inverse", "effective-number")
+
+
+@dataclass
+class FeatureCacheConfig:
+    """Cache `views` augmented views of every training image as backbone features, reused every epoch."""
+
+    views: int
+
+
+@dataclass
+class StageConfig:
+    """One training stage: what trains, how it is optimised, and how classes are balanced."""
+
+    trainable: str
+    bn: str
+    optimizer: str
+    lr: float
+    weight_decay: float
+    momentum: float
+    scheduler: str
+    step_size: int
+    gamma: float
+    epochs: int
+    batch_size: int
+    eval_batch_size: int
+    sampler_weights: list[float] | str
+    loss_weights: list[float] | str
+    loss_beta: float
+    label_smoothing: float
+    feature_cache: FeatureCacheConfig | None
+
+
+@dataclass
+class Recipe:
+    """A whole training run: model, data handling, and the ordered stages."""
+
+    arch: str
+    pretrained: str
+    weights_dir: str | None
+    weights_sha256: str | None
+    head_hidden: int | None
+    dropout: float | None
+    image_size: int
+    grayscale: bool
+    augment: str
+    seed: int
+    select: str
+    workers: int
+    cache: bool
+    threads: int | None
+    channels_last: bool
+    deterministic: bool
+    device: str
+    stages: list[StageConfig]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict (stages fully expanded) that `recipe_from_dict` reads back to an equal recipe."""
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        """The resolved recipe as YAML, as written to a run's `config.yaml`."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _type_name(expected: Any) -> str:
+    return getattr(expected, "__name__", str(expected).replace("typing.", ""))
+
+
+def _coerce(value: Any, expected: Any, key: str) -> Any:
+    """Check/convert one value against a field's type; YAML's `1e-3` (a string to PyYAML) becomes a float."""
+    origin = typing.get_origin(expected)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(expected)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"recipe key {key!r}: {value!r} is not a valid {_type_name(expected)}")
+    if origin is list:
+        (item_type,) = typing.get_args(expected)
+        if not isinstance(value, list):
+            raise ConfigError(f"recipe key {key!r}: expected a list, got {value!r}")
+        return [_coerce(item, item_type, f"{key}.{index}") for index, item in enumerate(value)]
+    if dataclasses.is_dataclass(expected):
+        return _build(expected, value, key)
+    if expected is bool:
+        if isinstance(value, bool):
+            return value
+    elif expected is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif expected is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif expected is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise ConfigError(f"recipe key {key!r}: expected {_type_name(expected)}, got {value!r}")
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    """Build a dataclass from a mapping: every field required, no unknown keys."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"recipe key {prefix!r}: expected a mapping, got {raw!r}")
+    hints = _field_types(cls)
+    unknown = sorted(set(raw) - set(hints))
+    if unknown:
+        raise ConfigError(f"unknown recipe key {_join(prefix, unknown[0])!r}; known keys here: "
+                          f"{', '.join(hints)}")
+    missing = [name for name in hints if name not in raw]
+    if missing:
+        raise ConfigError(f"recipe key {_join(prefix, missing[0])!r} is missing (configs/default.yaml "
+                          f"defines every key; was it removed?)")
+    return cls(**{name: _coerce(raw[name], hints[name], _join(prefix, name)) for name in hints})
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _check_choice(value: Any, choices: Sequence[str], key: str) -> None:
+    if isinstance(value, str) and value not in choices:
+        raise ConfigError(f"recipe key {key!r}: {value!r} is not one of {', '.join(choices)}")
+
+
+def _validate(recipe: Recipe) -> None:
+    """Checks that types alone cannot express: choices, positive sizes, at least one stage."""
+    _check_choice(recipe.select, SELECT_RULES, "select")
+    if recipe.image_size < 16:
+        raise ConfigError(f"recipe key 'image_size': {recipe.image_size} is too small (use 16 or more)")
+    if not recipe.stages:
+        raise ConfigError("recipe key 'stages': at least one stage is needed")
+    for index, stage in enumerate(recipe.stages):
+        key = f"stages.{index}"
+        _check_choice(stage.optimizer, OPTIMIZERS, f"{key}.optimizer")
+        _check_choice(stage.scheduler, SCHEDULERS, f"{key}.scheduler")
+        _check_choice(stage.sampler_weights, SAMPLER_RULES, f"{key}.sampler_weights")
+        _check_choice(stage.loss_weights, LOSS_RULES, f"{key}.loss_weights")
+        for name in ("epochs", "batch_size", "eval_batch_size", "step_size"):
+            if getattr(stage, name) < 1:
+                raise ConfigError(f"recipe key '{key}.{name}' must be at least 1")
+        if stage.lr <= 0:
+            raise ConfigError(f"recipe key '{key}.lr' must be positive")
+        if stage.feature_cache is not None and stage.feature_cache.views < 1:
+            raise ConfigError(f"recipe key '{key}.feature_cache.views' must be at least 1")
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as error:
+        raise ConfigError(f"{path}: recipe file not found; pass an existing --config file or a name from "
+                          f"{CONFIGS_DIR}.") from error
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({error}); fix the file.") from error
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a recipe must be a YAML mapping of keys to values.")
+    return raw
+
+
+def resolve_config_path(config: str | os.PathLike[str]) -> Path:
+    """A recipe path as given, or a bare name such as `reference-small` looked up in `configs/`."""
+    path = Path(config).expanduser()
+    if path.exists():
+        return path
+    named = CONFIGS_DIR / f"{path.name}.yaml" if path.suffix == "" else CONFIGS_DIR / path.name
+    return named if named.exists() else path
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge; lists and scalars in `update` replace those in `base`."""
+    merged = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _known_keys_at(path: list[str]) -> set[str] | None:
+    """Field names allowed at a dotted path, or None where any index/key is allowed (inside lists)."""
+    if not path:
+        return {*_field_types(Recipe), STAGE_DEFAULTS_KEY}
+    if path[0] in ("stages", STAGE_DEFAULTS_KEY):
+        depth = 1 if path[0] == STAGE_DEFAULTS_KEY else 2
+        if len(path) < depth:
+            return None
+        rest = path[depth:]
+        if not rest:
+            return set(_field_types(StageConfig))
+        if rest == ["feature_cache"]:
+            return set(_field_types(FeatureCacheConfig))
+    return None
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Apply one `key.path=value` to a raw recipe dict; the value is parsed as YAML."""
+    key, separator, text = assignment.partition("=")
+    key = key.strip()
+    if not separator or not key:
+        raise ConfigError(f"--set {assignment!r}: expected key=value, e.g. --set stages.1.epochs=3")
+    parts = key.split(".")
+    value = yaml.safe_load(text) if text.strip() else None
+    node: Any = raw
+    for depth, part in enumerate(parts):
+        known = _known_keys_at(parts[:depth])
+        if known is not None and part not in known:
+            raise ConfigError(f"--set {assignment!r}: unknown recipe key {'.'.join(parts[: depth + 1])!r}")
+        last = depth == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"--set {assignment!r}: {'.'.join(parts[:depth])} has {len(node)} entries; "
+                                  f"use an index from 0 to {len(node) - 1}")
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                if not isinstance(node.get(part), (dict, list)):
+                    node[part] = {}
+                node = node[part]
+        else:
+            raise ConfigError(f"--set {assignment!r}: {'.'.join(parts[:depth])} is a value, not a mapping")
+
+
+def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
+    """Build a recipe from a merged raw dict: fill stages from `stage_defaults`, then check every key."""
+    raw = dict(raw)
+    stage_defaults = raw.pop(STAGE_DEFAULTS_KEY, None) or {}
+    if not isinstance(stage_defaults, dict):
+        raise ConfigError(f"recipe key {STAGE_DEFAULTS_KEY!r}: expected a mapping")
+    stages = raw.get("stages")
+    if isinstance(stages, list):
+        raw["stages"] = [_merge(stage_defaults, stage) if isinstance(stage, dict) else stage
+                         for stage in stages]
+    recipe = _build(Recipe, raw, "")
+    _validate(recipe)
+    return recipe
+
+
+def load_recipe(config: str | os.PathLike[str] | None = None, overrides: Sequence[str] = ()) -> Recipe:
+    """`configs/default.yaml`, then the recipe file (path or name in configs/), then `--set` overrides."""
+    raw = _read_yaml(DEFAULT_RECIPE)
+    if config is not None:
+        raw = _merge(raw, _read_yaml(resolve_config_path(config)))
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    return recipe_from_dict(raw)
+
+
+def scale_epochs(recipe: Recipe, factor: float) -> Recipe:
+    """Scale every stage's epochs by `factor` (rounded, at least 1), for runs on a budget."""
+    if factor <= 0:
+        raise ConfigError(f"--epochs-scale {factor}: must be positive")
+    stages = [dataclasses.replace(stage, epochs=max(1, round(stage.epochs * factor)))
+              for stage in recipe.stages]
+    return dataclasses.replace(recipe, stages=stages)

@@ -1,0 +1,138 @@
+"""The files of one training run, each written atomically, and the resume state that ties them together.
+
+Layout (see docs/architecture.md): `config.yaml`, `split.csv`, `history.csv`, `run.json`, `train.log`,
+`checkpoints/stage<k>-e<NNN>.{safetensors,json}`, `stage<k>-best.*`, `best.*`, `state.safetensors` and
+`state.json`.
+
+`state.safetensors` alone is what `--resume` reads: it holds the model weights and optimizer tensors of the
+last completed epoch, and the rest of the resume state (epoch, scheduler, history, best so far) as JSON in
+its header, so one atomic rename commits everything at once. `state.json` is a readable copy of that JSON,
+written after.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lesionlab.errors import CheckpointError
+from lesionlab.io_utils import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+HISTORY_COLUMNS: tuple[str, ...] = (
+    "stage", "epoch", "lr", "train_loss", "val_loss", "val_accuracy", "val_balanced_accuracy", "val_macro_f1",
+    "seconds", "images_per_s",
+)
+STATE_KEY = "lesionlab_state"
+MODEL_PREFIX = "model/"
+OPTIMIZER_PREFIX = "optimizer/"
+
+
+class RunDirectory:
+    """Paths and writers for `runs/<name>/`."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.config = self.path / "config.yaml"
+        self.split = self.path / "split.csv"
+        self.history = self.path / "history.csv"
+        self.run_json = self.path / "run.json"
+        self.log = self.path / "train.log"
+        self.state_tensors = self.path / "state.safetensors"
+        self.state_json = self.path / "state.json"
+        self.checkpoints = self.path / "checkpoints"
+        self.best = self.path / "best"
+
+    @property
+    def name(self) -> str:
+        """The run's name (its folder name)."""
+        return self.path.name
+
+    def epoch_stem(self, stage: int, epoch: int) -> Path:
+        """`checkpoints/stage<k>-e<NNN>` (no suffix)."""
+        return self.checkpoints / f"stage{stage}-e{epoch:03d}"
+
+    def stage_best(self, stage: int) -> Path:
+        """`stage<k>-best` (no suffix)."""
+        return self.path / f"stage{stage}-best"
+
+    def write_history(self, rows: list[dict[str, Any]]) -> None:
+        """Rewrite `history.csv` from the full list of epoch rows."""
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(self.history, buffer.getvalue())
+
+    def prune_checkpoints(self, stage: int, keep_epochs: set[int]) -> None:
+        """Delete a stage's epoch checkpoints other than `keep_epochs` (the last and the best)."""
+        for weights in self.checkpoints.glob(f"stage{stage}-e*.safetensors"):
+            epoch = int(weights.stem.rsplit("-e", 1)[1])
+            if epoch not in keep_epochs:
+                weights.unlink(missing_ok=True)
+                weights.with_suffix(".json").unlink(missing_ok=True)
+
+    def save_state(self, state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Commit the resume state: one atomic `state.safetensors`, then its readable `state.json` copy."""
+        from safetensors.torch import save
+
+        optimizer_json, optimizer_tensors = encode_optimizer(optimizer)
+        payload = {**state, "optimizer": optimizer_json}
+        tensors = {f"{MODEL_PREFIX}{name}": tensor.detach().cpu().contiguous()
+                   for name, tensor in model.state_dict().items()}
+        tensors.update({f"{OPTIMIZER_PREFIX}{name}": tensor for name, tensor in optimizer_tensors.items()})
+        atomic_write_bytes(self.state_tensors, save(tensors, metadata={STATE_KEY: json.dumps(payload)}))
+        atomic_write_json(self.state_json, payload)
+
+    def load_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Read the resume state: (JSON state, model state dict, optimizer tensors)."""
+        from safetensors import SafetensorError, safe_open
+
+        if not self.state_tensors.is_file():
+            raise CheckpointError(f"{self.state_tensors}: no resume state in {self.path}; the run never "
+                                  f"finished an epoch. Start it again without --resume.")
+        try:
+            with safe_open(self.state_tensors, framework="pt") as handle:
+                payload = json.loads((handle.metadata() or {})[STATE_KEY])
+                names = handle.keys()
+                tensors = {name: handle.get_tensor(name) for name in names}
+        except (SafetensorError, KeyError, ValueError, OSError) as error:
+            raise CheckpointError(f"{self.state_tensors}: unreadable resume state ({error}); the file is "
+                                  f"damaged. Start a new run.") from error
+        model_state = {name[len(MODEL_PREFIX):]: tensor for name, tensor in tensors.items()
+                       if name.startswith(MODEL_PREFIX)}
+        optimizer_tensors = {name[len(OPTIMIZER_PREFIX):]: tensor for name, tensor in tensors.items()
+                             if name.startswith(OPTIMIZER_PREFIX)}
+        return payload, model_state, optimizer_tensors
+
+
+def encode_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Split an optimizer state dict into JSON (param groups, scalars) and named tensors (moments, steps)."""
+    state_dict = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    per_param: dict[str, dict[str, Any]] = {}
+    for param_id, values in state_dict["state"].items():
+        entry: dict[str, Any] = {}
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{param_id}/{key}"] = value.detach().cpu().contiguous()
+            else:
+                entry[key] = value
+        per_param[str(param_id)] = entry
+    return {"param_groups": state_dict["param_groups"], "state": per_param}, tensors
+
+
+def decode_optimizer(encoded: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Rebuild the optimizer state dict written by `encode_optimizer` (integer parameter ids restored)."""
+    state: dict[int, dict[str, Any]] = {int(param_id): dict(values)
+                                        for param_id, values in encoded["state"].items()}
+    for name, tensor in tensors.items():
+        param_id, key = name.split("/", 1)
+        state.setdefault(int(param_id), {})[key] = tensor
+    return {"state": state, "param_groups": encoded["param_groups"]}

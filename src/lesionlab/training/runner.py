@@ -1,0 +1,245 @@
+"""A training run end to end: recipe + dataset + split in, a complete run directory out.
+
+`train_run` prepares the run folder (resolved config, split copy, run.json), builds data and model, and runs
+the recipe's stages in order, each from the previous stage's best checkpoint. With `resume=True` it continues
+a run from its last completed epoch, mid-recipe included. Only the split's `train` and `val` parts are read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lesionlab.classes import NUM_CLASSES
+from lesionlab.data.cache import DecodedImageCache
+from lesionlab.data.dataset import LesionDataset
+from lesionlab.data.readers import SampleTable, compute_fingerprint
+from lesionlab.data.split import Split, assign_groups, write_split
+from lesionlab.data.transforms import eval_transform, train_transform
+from lesionlab.errors import CheckpointError, ConfigError, DataError
+from lesionlab.io_utils import atomic_write_json, atomic_write_text
+from lesionlab.models.registry import architecture, build_model
+from lesionlab.training.loop import RunProgress, StageData, load_stage_start, stage_is_complete, train_stage
+from lesionlab.training.recipe import Recipe
+from lesionlab.training.rundir import RunDirectory, decode_optimizer
+
+log = logging.getLogger("lesionlab")
+
+
+def now() -> str:
+    """Current UTC time, ISO 8601 to the second."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def pick_device(choice: str) -> torch.device:
+    """`auto` picks CUDA when present, else the CPU."""
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("recipe key 'device' is cuda but no CUDA device is available; use auto or cpu")
+    return torch.device(choice)
+
+
+def subset_table(table: SampleTable, count: int, seed: int) -> SampleTable:
+    """About `count` samples, class-stratified and lesion-grouped (whole lesions only), for budget runs."""
+    if count >= len(table):
+        return table
+    if count < NUM_CLASSES:
+        raise ConfigError(f"--subset {count}: too small; use at least {NUM_CLASSES} images")
+    groups = [f"lesion:{s.lesion_id}" if s.lesion_id else f"image:{s.image_id}" for s in table.samples]
+    fraction = count / len(table)
+    part = assign_groups(np.asarray(table.labels), groups, np.array([fraction, 1.0 - fraction]), seed)
+    samples = [sample for sample, index in zip(table.samples, part, strict=True) if index == 0]
+    return SampleTable(samples, table.root, table.format, compute_fingerprint(samples))
+
+
+def split_samples_table(table: SampleTable, split: Split) -> SampleTable:
+    """The samples a split covers, as a table (the whole dataset unless the split was made on a subset)."""
+    samples = [sample for part in split.parts.values() for sample in part]
+    return SampleTable(samples, table.root, table.format, compute_fingerprint(samples))
+
+
+@contextmanager
+def run_logging(run: RunDirectory) -> Any:
+    """Send lesionlab's log records to the run's `train.log` while the run lasts."""
+    handler = logging.FileHandler(run.log, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    previous_level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(previous_level)
+        handler.close()
+
+
+@contextmanager
+def torch_settings(recipe: Recipe) -> Any:
+    """Apply the recipe's thread count and determinism for the run, then restore the process defaults."""
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    if recipe.threads:
+        torch.set_num_threads(recipe.threads)
+    torch.use_deterministic_algorithms(recipe.deterministic)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _prepare_new_run(run: RunDirectory, recipe: Recipe, table: SampleTable, split: Split) -> None:
+    """Create the run folder with its resolved config, split copy and run.json; never reuse a run folder."""
+    if run.config.exists() or run.state_tensors.exists():
+        raise CheckpointError(f"{run.path}: a run already exists here; choose another --name, or continue it "
+                              f"with `lesionlab train --resume {run.path}`.")
+    run.path.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run.config, recipe.to_yaml())
+    write_split(run.split, split)
+    atomic_write_json(run.run_json, {
+        "name": run.name,
+        "status": "created",
+        "created": now(),
+        "sessions": [],
+        "train_seconds": 0.0,
+        "versions": {package: version(package) for package in ("lesionlab", "torch", "torchvision")},
+        "host": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "dataset": {"root": str(table.root), "format": table.format, "fingerprint": table.fingerprint,
+                    "images": len(table)},
+        "split": {"fingerprint": split.fingerprint, "seed": split.seed, "group": split.group,
+                  **{f"{part}_images": len(samples) for part, samples in split.parts.items()}},
+    })
+
+
+def _update_run_json(run: RunDirectory, **changes: Any) -> dict[str, Any]:
+    """Merge changes into run.json (status, sessions, times)."""
+    payload = json.loads(run.run_json.read_text(encoding="utf-8"))
+    payload.update(changes)
+    atomic_write_json(run.run_json, payload)
+    return payload
+
+
+def _check_resumable(run: RunDirectory, recipe: Recipe) -> None:
+    """A resumed run must be a lesionlab run folder and keep the recipe it started with."""
+    if not run.config.is_file():
+        raise CheckpointError(f"{run.path}: not a lesionlab run directory (no config.yaml); pass the folder "
+                              f"of a run started with `lesionlab train`.")
+    if run.config.read_text(encoding="utf-8") != recipe.to_yaml():
+        raise ConfigError(f"{run.config}: the recipe differs from the one this run started with; a resumed "
+                          f"run keeps its recipe. Start a new run to change it.")
+
+
+def _stage_data(recipe: Recipe, table: SampleTable, split: Split, device: torch.device) -> StageData:
+    """Datasets for the train and val parts, reading pixels from the decoded-image cache when enabled."""
+    if not split.parts.get("train") or not split.parts.get("val"):
+        raise DataError(f"the split of {table.root} needs non-empty train and val parts (it has "
+                        f"{len(split.parts.get('train', []))} train, {len(split.parts.get('val', []))} val); "
+                        f"make a split with a validation fraction above 0.")
+    spec = architecture(recipe.arch)
+    cache = None
+    if recipe.cache:
+        covered = split_samples_table(table, split)
+        cache = DecodedImageCache(covered.fingerprint, recipe.image_size)
+        cache.ensure(covered.samples, workers=max(recipe.workers, 2))
+    size, gray = recipe.image_size, recipe.grayscale
+    train_set = LesionDataset(split.parts["train"], size,
+                              train_transform(recipe.augment, size, gray, spec.mean, spec.std), cache)
+    val_set = LesionDataset(split.parts["val"], size, eval_transform(size, gray, spec.mean, spec.std), cache)
+    return StageData(train_set=train_set, val_set=val_set, workers=recipe.workers, device=device,
+                     channels_last=recipe.channels_last)
+
+
+def train_run(recipe: Recipe, table: SampleTable, split: Split, run_dir: str | os.PathLike[str], *,
+              resume: bool = False) -> Path:
+    """Train every stage of `recipe` into `run_dir` (or continue it with `resume=True`); return the folder."""
+    run = RunDirectory(run_dir)
+    if resume:
+        _check_resumable(run, recipe)
+    else:
+        _prepare_new_run(run, recipe, table, split)
+    session = {"started": now(), "ended": None}
+    sessions = _update_run_json(run, status="running")["sessions"]
+    wall_start = time.perf_counter()
+    with run_logging(run), torch_settings(recipe):
+        try:
+            progress = _run_stages(recipe, table, split, run, resume)
+        except BaseException as error:
+            session.update(ended=now(), error=f"{type(error).__name__}: {error}")
+            _update_run_json(run, status="failed", sessions=[*sessions, session])
+            log.error("run stopped: %s: %s", type(error).__name__, error)
+            raise
+    session.update(ended=now(), wall_seconds=round(time.perf_counter() - wall_start, 1))
+    sessions = [*sessions, session]
+    _update_run_json(run, status="finished", sessions=sessions, started=sessions[0]["started"],
+                     ended=session["ended"], train_seconds=round(progress.train_seconds, 1))
+    return run.path
+
+
+def _run_stages(recipe: Recipe, table: SampleTable, split: Split, run: RunDirectory,
+                resume: bool) -> RunProgress:
+    device = pick_device(recipe.device)
+    data = _stage_data(recipe, table, split, device)
+    torch.manual_seed(recipe.seed)
+    model = build_model(recipe.arch, pretrained="none" if resume else recipe.pretrained,
+                        head_hidden=recipe.head_hidden, dropout=recipe.dropout,
+                        weights_dir=recipe.weights_dir, weights_sha256=recipe.weights_sha256)
+    progress = RunProgress()
+    optimizer_state = None
+    if resume:
+        payload, model_state, optimizer_tensors = run.load_state()
+        optimizer_state = decode_optimizer(payload.pop("optimizer"), optimizer_tensors)
+        progress = RunProgress.from_dict(payload)
+        model.load_state_dict(model_state, strict=True)
+        log.info("resuming %s after stage %d epoch %d", run.path, progress.stage, progress.epoch)
+    model.to(device)
+    if recipe.channels_last:
+        model.to(memory_format=torch.channels_last)
+    for stage_index in range(1, len(recipe.stages) + 1):
+        if stage_is_complete(recipe, progress, stage_index):
+            continue
+        inside = progress.stage == stage_index and progress.epoch > 0
+        if not inside and stage_index > 1:
+            load_stage_start(model, run, stage_index - 1)
+        progress = train_stage(model, recipe, stage_index, data, run, progress,
+                               optimizer_state if inside else None)
+    return progress
+
+
+def summary_rows(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Per stage: best epoch and its validation metrics, and the stage's total seconds (from state.json)."""
+    run = RunDirectory(run_dir)
+    try:
+        state = json.loads(run.state_json.read_text(encoding="utf-8"))
+    except FileNotFoundError as error:
+        raise CheckpointError(f"{run.state_json}: missing; the run has not completed an epoch.") from error
+    rows = []
+    for stage, best in sorted(state["stage_bests"].items(), key=lambda item: int(item[0])):
+        seconds = sum(row["seconds"] for row in state["history"] if str(row["stage"]) == stage)
+        rows.append({"stage": int(stage), "best_epoch": best["epoch"], "val_accuracy": best["val_accuracy"],
+                     "val_balanced_accuracy": best["val_balanced_accuracy"],
+                     "val_macro_f1": best["val_macro_f1"], "seconds": seconds})
+    return rows
+
+
+def summary_table(run_dir: str | os.PathLike[str]) -> str:
+    """The table `lesionlab train` ends with."""
+    header = f"{'stage':>5}  {'best epoch':>10}  {'val acc':>7}  {'bal acc':>7}  {'macro F1':>8}  {'time':>8}"
+    lines = [header]
+    for row in summary_rows(run_dir):
+        lines.append(f"{row['stage']:>5}  {row['best_epoch']:>10}  {row['val_accuracy']:>7.4f}  "
+                     f"{row['val_balanced_accuracy']:>7.4f}  {row['val_macro_f1']:>8.4f}  "
+                     f"{row['seconds'] / 60:>6.1f} m")
+    return "\n".join(lines)

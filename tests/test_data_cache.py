@@ -1,0 +1,136 @@
+"""The decoded-image cache: built once, reused, rebuilt when stale or half-written, equal to live decoding."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lesionlab.data import cache as cache_module
+from lesionlab.data.cache import CACHE_ENV, DecodedImageCache, default_cache_root
+from lesionlab.data.dataset import LesionDataset
+from lesionlab.data.readers import SampleTable, read_dataset
+from lesionlab.data.transforms import eval_transform
+from lesionlab.errors import DataError
+
+SIZE = 16
+
+
+@pytest.fixture
+def table(tiny_ham_dataset: Callable[..., Path]) -> SampleTable:
+    return read_dataset(tiny_ham_dataset(images_per_class=2))
+
+
+@pytest.fixture
+def decode_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record every image the cache decodes."""
+    calls: list[str] = []
+    real = cache_module.load_resized_array
+
+    def counting(path: str, size: int) -> np.ndarray:
+        calls.append(path)
+        return real(path, size)
+
+    monkeypatch.setattr(cache_module, "load_resized_array", counting)
+    return calls
+
+
+def test_second_ensure_is_a_hit(table: SampleTable, tmp_path: Path, decode_calls: list[str]) -> None:
+    DecodedImageCache(table.fingerprint, SIZE, tmp_path).ensure(table.samples, progress=False)
+    assert len(decode_calls) == len(table)
+    reopened = DecodedImageCache(table.fingerprint, SIZE, tmp_path)
+    reopened.ensure(table.samples, progress=False)
+    assert len(decode_calls) == len(table)
+    assert reopened.is_ready([sample.image_id for sample in table.samples])
+    assert reopened.get(table.samples[3].image_id).shape == (SIZE, SIZE, 3)
+
+
+def test_index_of_another_fingerprint_or_size_is_stale(
+    table: SampleTable, tmp_path: Path, decode_calls: list[str]
+) -> None:
+    cache = DecodedImageCache(table.fingerprint, SIZE, tmp_path)
+    cache.ensure(table.samples, progress=False)
+    index = json.loads(cache.index_path.read_text())
+    index["fingerprint"] = "0" * 64
+    cache.index_path.write_text(json.dumps(index))
+    assert not cache.is_ready()
+    DecodedImageCache(table.fingerprint, SIZE, tmp_path).ensure(table.samples, progress=False)
+    assert len(decode_calls) == 2 * len(table)
+    assert json.loads(cache.index_path.read_text())["fingerprint"] == table.fingerprint
+    assert not DecodedImageCache(table.fingerprint, SIZE + 1, tmp_path).is_ready()
+
+
+def test_half_written_array_is_ignored_and_rebuilt(
+    table: SampleTable, tmp_path: Path, decode_calls: list[str]
+) -> None:
+    cache = DecodedImageCache(table.fingerprint, SIZE, tmp_path)
+    cache.ensure(table.samples, progress=False)
+    expected = cache.get(table.samples[-1].image_id)
+    cache.array_path.write_bytes(cache.array_path.read_bytes()[:500])
+    assert not cache.is_ready()
+    fresh = DecodedImageCache(table.fingerprint, SIZE, tmp_path)
+    fresh.ensure(table.samples, progress=False)
+    assert len(decode_calls) == 2 * len(table)
+    assert np.array_equal(fresh.get(table.samples[-1].image_id), expected)
+
+
+def test_failed_build_leaves_no_cache(table: SampleTable, tmp_path: Path) -> None:
+    Path(table.samples[5].path).write_bytes(b"broken")
+    cache = DecodedImageCache(table.fingerprint, SIZE, tmp_path)
+    with pytest.raises(DataError, match=Path(table.samples[5].path).name):
+        cache.ensure(table.samples, progress=False)
+    assert list(tmp_path.iterdir()) == []
+    assert not cache.is_ready()
+
+
+def test_unbuilt_cache_and_unknown_id_are_clear_errors(table: SampleTable, tmp_path: Path) -> None:
+    cache = DecodedImageCache(table.fingerprint, SIZE, tmp_path)
+    with pytest.raises(DataError, match="missing or stale"):
+        cache.get(table.samples[0].image_id)
+    cache.ensure(table.samples[:3], progress=False)
+    with pytest.raises(DataError, match=f"'{table.samples[4].image_id}' is not in the decoded-image cache"):
+        cache.get(table.samples[4].image_id)
+
+
+def test_cache_pickles_without_its_memmap(table: SampleTable, tmp_path: Path) -> None:
+    cache = DecodedImageCache(table.fingerprint, SIZE, tmp_path)
+    cache.ensure(table.samples, progress=False)
+    first = cache.get(table.samples[0].image_id)
+    clone = pickle.loads(pickle.dumps(cache))
+    assert clone._pixels is None
+    assert np.array_equal(clone.get(table.samples[0].image_id), first)
+
+
+def test_default_root_follows_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    assert default_cache_root() == tmp_path
+    monkeypatch.delenv(CACHE_ENV)
+    assert default_cache_root() == Path.home() / ".cache" / "lesionlab"
+
+
+def test_dataset_items_match_with_and_without_cache(table: SampleTable, tmp_path: Path) -> None:
+    cache = DecodedImageCache(table.fingerprint, SIZE, tmp_path)
+    cache.ensure(table.samples, progress=False)
+    transform = eval_transform(SIZE, False, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    cached = LesionDataset(table.samples, SIZE, transform, cache=cache)
+    live = LesionDataset(table.samples, SIZE, transform)
+    for index in (0, 7, len(table) - 1):
+        (cached_image, cached_label), (live_image, live_label) = cached[index], live[index]
+        assert cached_image.dtype == torch.float32 and cached_image.shape == (3, SIZE, SIZE)
+        assert (
+            torch.equal(cached_image, live_image) and cached_label == live_label == table.samples[index].label
+        )
+    raw = LesionDataset(table.samples, SIZE)[2][0]
+    assert raw.dtype == torch.uint8 and raw.shape == (3, SIZE, SIZE)
+
+
+def test_dataset_refuses_a_cache_of_another_size_or_unbuilt(table: SampleTable, tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="holds 16px images but the dataset wants 32px"):
+        LesionDataset(table.samples, 32, cache=DecodedImageCache(table.fingerprint, SIZE, tmp_path))
+    with pytest.raises(DataError, match="missing, stale or lacks"):
+        LesionDataset(table.samples, SIZE, cache=DecodedImageCache(table.fingerprint, SIZE, tmp_path))

@@ -1,0 +1,86 @@
+"""Temperature scaling and test-time augmentation on synthetic logits and tensors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lesionlab.errors import ConfigError
+from lesionlab.evaluation.calibration import (
+    fit_temperature,
+    fit_temperature_record,
+    load_temperature,
+    save_temperature,
+    softmax_probabilities,
+)
+from lesionlab.evaluation.metrics import expected_calibration_error, negative_log_likelihood
+from lesionlab.evaluation.tta import DEFAULT_VIEWS, apply_view, average_view_probabilities, parse_views
+
+
+def overconfident_logits(count: int, scale: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Logits of a calibrated model (labels drawn from its softmax) multiplied by `scale`: T = scale is
+    ideal."""
+    rng = np.random.default_rng(seed)
+    calibrated = rng.normal(scale=2.0, size=(count, 7))
+    probabilities = softmax_probabilities(calibrated)
+    labels = np.array([rng.choice(7, p=row) for row in probabilities])
+    return calibrated * scale, labels
+
+
+def test_temperature_scaling_reduces_nll_of_an_overconfident_model() -> None:
+    logits, labels = overconfident_logits(4000, scale=4.0, seed=0)
+    temperature = fit_temperature(logits, labels)
+    assert temperature == pytest.approx(4.0, rel=0.15)
+    held_out, held_out_labels = overconfident_logits(4000, scale=4.0, seed=1)
+    before = softmax_probabilities(held_out)
+    after = softmax_probabilities(held_out, temperature)
+    assert (
+        negative_log_likelihood(held_out_labels, after)
+        < negative_log_likelihood(held_out_labels, before) - 0.3
+    )
+    assert expected_calibration_error(held_out_labels, after) < expected_calibration_error(
+        held_out_labels, before
+    )
+    assert np.array_equal(after.argmax(axis=1), before.argmax(axis=1))
+
+
+def test_temperature_file_is_ignored_when_the_checkpoint_changes(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "best.safetensors"
+    checkpoint.write_bytes(b"weights v1")
+    logits, labels = overconfident_logits(500, scale=2.0, seed=2)
+    fit = fit_temperature_record(logits, labels, fitted_on="val", checkpoint=checkpoint)
+    assert fit.nll_after < fit.nll_before and fit.samples == 500
+    save_temperature(tmp_path / "temperature.json", fit)
+    assert load_temperature(tmp_path / "temperature.json", checkpoint) == fit
+    checkpoint.write_bytes(b"weights v2")
+    assert load_temperature(tmp_path / "temperature.json", checkpoint) is None
+    assert load_temperature(tmp_path / "absent.json", checkpoint) is None
+
+
+def test_views_are_exact_rearrangements_of_the_pixels() -> None:
+    batch = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
+    for name in DEFAULT_VIEWS:
+        view = apply_view(name, batch)
+        assert view.shape == batch.shape
+        assert torch.equal(view.sort(dim=-1).values.sum(), batch.sort(dim=-1).values.sum())
+    assert torch.equal(apply_view("hflip", batch)[..., 0], batch[..., -1])
+    assert torch.equal(apply_view("rot180", batch), apply_view("hflip", apply_view("vflip", batch)))
+    assert torch.equal(apply_view("rot90", apply_view("rot270", batch)), batch)
+
+
+def test_parse_views_starts_with_identity_and_rejects_unknown_names() -> None:
+    assert parse_views(None) == DEFAULT_VIEWS
+    assert parse_views("hflip, rot90,hflip") == ("identity", "hflip", "rot90")
+    with pytest.raises(ConfigError, match="unknown TTA view"):
+        parse_views("hflip,mirror")
+
+
+def test_tta_averages_probabilities_of_the_views() -> None:
+    view_logits = np.array([[[2.0, 0.0], [0.0, 2.0]]])
+    averaged = average_view_probabilities(view_logits)
+    assert averaged == pytest.approx(np.array([[0.5, 0.5]]))
+    sharper = average_view_probabilities(np.array([[[4.0, 0.0], [4.0, 0.0]]]), temperature=2.0)
+    assert sharper == pytest.approx(softmax_probabilities(np.array([[2.0, 0.0]])))
