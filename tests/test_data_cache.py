@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from lesionlab.data import cache as cache_module
 from lesionlab.data.cache import CACHE_ENV, DecodedImageCache, default_cache_root
@@ -134,3 +135,14 @@ def test_dataset_refuses_a_cache_of_another_size_or_unbuilt(table: SampleTable, 
         LesionDataset(table.samples, 32, cache=DecodedImageCache(table.fingerprint, SIZE, tmp_path))
     with pytest.raises(DataError, match="missing, stale or lacks"):
         LesionDataset(table.samples, SIZE, cache=DecodedImageCache(table.fingerprint, SIZE, tmp_path))
+
+
+def test_dataloader_workers_read_the_cache_in_their_own_processes(table: SampleTable, tmp_path: Path) -> None:
+    cache = DecodedImageCache(table.fingerprint, SIZE, tmp_path)
+    cache.ensure(table.samples, progress=False)
+    cache.get(table.samples[0].image_id)
+    dataset = LesionDataset(table.samples, SIZE, cache=cache)
+    batches = list(DataLoader(dataset, batch_size=4, num_workers=2))
+    images = torch.cat([images for images, _ in batches])
+    expected = torch.stack([LesionDataset(table.samples, SIZE)[index][0] for index in range(len(table))])
+    assert torch.equal(images, expected)

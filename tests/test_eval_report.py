@@ -13,7 +13,7 @@ import pytest
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score, roc_auc_score
 
 from lesionlab.classes import CLASS_CODES
-from lesionlab.evaluation.evaluate import variant_predictions, write_evaluation
+from lesionlab.evaluation.evaluate import variant_probabilities, write_evaluation
 from lesionlab.evaluation.metrics import expected_calibration_error
 from lesionlab.evaluation.predictions import Predictions
 from lesionlab.evaluation.summary import data_summary
@@ -35,27 +35,26 @@ def evaluation_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One written evaluation with all four variants and a two-stage history."""
     out_dir = tmp_path_factory.mktemp("eval") / "ham10000-test"
     logits, labels, lesions = synthetic_view_logits(400, seed=0)
-    base = Predictions(
-        tuple(f"ISIC_{i:07d}" for i in range(400)),
-        tuple(lesions),
-        labels,
-        np.full((400, 7), 1 / 7),
-        CLASS_CODES,
-    )
+    image_ids = tuple(f"ISIC_{i:07d}" for i in range(400))
     history = out_dir.parent / "history.csv"
     history.write_text(
-        "stage,epoch,train_loss,val_loss,val_accuracy,val_balanced_accuracy\n"
-        "1,1,1.9,1.7,0.55,0.30\n1,2,1.5,1.4,0.62,0.38\n2,1,1.2,1.1,0.70,0.49\n2,2,1.0,1.0,0.73,0.52\n"
+        "stage,epoch,lr,train_loss,val_loss,val_accuracy,val_balanced_accuracy,val_macro_f1,seconds\n"
+        "1,1,1e-3,1.9,1.7,0.55,0.30,0.28,10\n1,2,1e-3,1.5,1.4,0.62,0.38,0.35,10\n"
+        "2,1,2e-4,1.2,1.1,0.70,0.49,0.45,30\n2,2,2e-4,1.0,1.0,0.73,0.52,0.50,30\n"
     )
     write_evaluation(
         out_dir,
-        variant_predictions(base, logits, use_tta=True, temperature=2.5),
+        {
+            name: Predictions(image_ids, tuple(lesions), labels, probabilities, CLASS_CODES)
+            for name, probabilities in variant_probabilities(logits, use_tta=True, temperature=2.5).items()
+        },
         evaluation={
             "run": "unit-run",
             "dataset": "ham10000",
             "split": "test",
             "variant_description": "average of 6 views, temperature 2.5",
             "calibration_note": "T fitted on the validation part.",
+            "training_overlap": {"images": 0, "lesions": 3},
         },
         data=data_summary(
             {"train": [5, 5, 1], "val": [5], "test": labels.tolist()},
@@ -132,6 +131,7 @@ def test_markdown_report_references_only_existing_figures(evaluation_dir: Path) 
     assert len(figures) == 4
     assert all((evaluation_dir / figure).is_file() and figure.endswith(".png") for figure in figures)
     assert "balanced accuracy" in markdown and "+TTA" in markdown and "mel" in markdown
+    assert "3 of their lesions were in the run's training part" in markdown
 
 
 def test_html_report_is_self_contained(evaluation_dir: Path) -> None:

@@ -127,6 +127,20 @@ class BatchCalibrationReader(CalibrationDataReader):
         return None if batch is None else {INPUT_NAME: batch}
 
 
+def float_output_nodes(model: onnx.ModelProto) -> list[str]:
+    """The softmax producing the output and the layer feeding it, which stay float under quantization.
+
+    Quantized, the softmax output would come in steps of 1/255 (probabilities that no longer sum to 1) and
+    the logits in steps of their calibrated range / 255; the last layer is tiny, so float costs nothing.
+    Unnamed nodes get names first, since exclusion works by name.
+    """
+    for index, node in enumerate(model.graph.node):
+        node.name = node.name or f"{node.op_type}_{index}"
+    producers = {output: node for node in model.graph.node for output in node.output}
+    softmax = producers[OUTPUT_NAME]
+    return [softmax.name, producers[softmax.input[0]].name]
+
+
 def quantize_int8(fp32_path: str | os.PathLike[str], out_path: str | os.PathLike[str],
                   calibration_images: np.ndarray) -> Path:
     """Statically quantize an exported model calibrated on `calibration_images`; write it atomically."""
@@ -136,10 +150,12 @@ def quantize_int8(fp32_path: str | os.PathLike[str], out_path: str | os.PathLike
         prepared = Path(work) / "prepared.onnx"
         quantized = Path(work) / "quantized.onnx"
         quant_pre_process(str(fp32_path), str(prepared))
+        model = onnx.load(str(prepared))
         quantize_static(
-            str(prepared), str(quantized), BatchCalibrationReader(calibration_images),
+            model, str(quantized), BatchCalibrationReader(calibration_images),
             quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            nodes_to_exclude=float_output_nodes(model),
         )
         model = onnx.load(str(quantized))
     set_metadata(model, {QUANTIZATION_KEY: INT8_QUANTIZATION})

@@ -9,7 +9,6 @@ import argparse
 import json
 import sys
 import warnings
-from collections.abc import Sequence
 
 from lesionlab.classes import CLASS_CODES
 from lesionlab.data.convert import REFERENCE_SIZE, TARGETS, convert_to_prefix_gray
@@ -23,6 +22,7 @@ from lesionlab.data.split import (
     shared_lesions,
     write_split,
 )
+from lesionlab.evaluation.report import Table, format_table
 
 PATH_HELP = (
     "dataset folder, or its CSV (HAM10000 metadata / ISIC ground truth) or MedMNIST .npz; default: "
@@ -82,21 +82,6 @@ def _add_format_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", dest="fmt", choices=FORMATS, help="dataset layout (default: detected)")
 
 
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """Align a small table for the terminal: first column left, the others right."""
-    cells = [[str(cell) for cell in row] for row in [headers, *rows]]
-    widths = [max(len(row[column]) for row in cells) for column in range(len(headers))]
-    lines = [
-        "  ".join(
-            cell.ljust(width) if column == 0 else cell.rjust(width)
-            for column, (cell, width) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in cells
-    ]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(lines)
-
-
 def _count(value: int | None) -> str:
     return "-" if value is None else f"{value:,}"
 
@@ -120,7 +105,7 @@ def _describe(report: InspectionReport) -> str:
     lines = [
         f"Dataset {report.root} ({report.format}, fingerprint {report.fingerprint[:16]})",
         "",
-        format_table(("class", "images", "share", "lesions"), rows),
+        format_table(Table(("class", "images", "share", "lesions"), tuple(rows))),
         "",
     ]
     if report.sizes is not None:
@@ -157,7 +142,7 @@ def run_split(args: argparse.Namespace) -> int:
         lesions = {sample.lesion_id or f"image:{sample.image_id}" for sample in samples}
         shares = [f"{count / max(len(samples), 1):.1%}" for count in class_counts(samples)]
         rows.append((part, f"{len(samples):,}", f"{len(lesions):,}", *shares))
-    print(format_table(("part", "images", "lesions", *CLASS_CODES), rows))
+    print(format_table(Table(("part", "images", "lesions", *CLASS_CODES), tuple(rows))))
     print(
         f"\nWrote {written} (seed {split.seed}, group {split.group}, fingerprint {split.fingerprint[:16]}); "
         f"lesions shared between parts: {len(shared_lesions(split))}"
@@ -174,6 +159,6 @@ def run_convert(args: argparse.Namespace) -> int:
         for label, (code, count) in enumerate(zip(CLASS_CODES, result.per_class, strict=True))
     ]
     rows.append(("total", f"{result.written:,}"))
-    print(format_table(("class", "images"), rows))
+    print(format_table(Table(("class", "images"), tuple(rows))))
     print(f"\nWrote {result.written:,} grayscale {args.size}x{args.size} PNGs to {result.out_dir}")
     return 0

@@ -77,16 +77,17 @@ def _json_document(predictor: Predictor, predictions: list[FilePrediction], fail
 
 
 def _text_table(predictions: list[FilePrediction], top: int) -> str:
-    """One row per image: the top class, its probability, malignant or benign, the runners-up."""
+    """One row per image: top class, its probability, malignant or benign, the runners-up (and overlay)."""
     from lesionlab.evaluation.report import Table, format_table
 
+    with_overlay = any(item.overlay for item in predictions)
     rows = []
     for item in predictions:
         prediction = item.prediction
         ranked = ", ".join(f"{entry.code} {entry.probability:.3f}" for entry in prediction.ranked[:top])
-        rows.append((item.path.name, prediction.top_class, f"{prediction.top_probability:.3f}",
-                     "malignant" if prediction.malignant else "benign", ranked,
-                     str(item.overlay) if item.overlay else ""))
-    table = Table(headers=("image", "top class", "probability", "malignant/benign", f"top {top}", "overlay"),
-                  rows=tuple(rows), numeric_from=2)
-    return format_table(table)
+        row = (item.path.name, prediction.top_class, f"{prediction.top_probability:.3f}",
+               "malignant" if prediction.malignant else "benign", ranked)
+        rows.append((*row, str(item.overlay)) if with_overlay else row)
+    headers = ("image", "top class", "probability", "malignant/benign", f"top {top}")
+    headers = (*headers, "overlay") if with_overlay else headers
+    return format_table(Table(headers=headers, rows=tuple(rows), numeric_from=len(headers)))

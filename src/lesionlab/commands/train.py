@@ -1,4 +1,4 @@
-"""`lesionlab train`: run a recipe into a run directory, or resume one; ends with a per-stage summary table."""
+"""`lesionlab train`: run a recipe into a run directory, or resume one; ends with a per-stage summary."""
 
 from __future__ import annotations
 
@@ -15,12 +15,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `train` verb."""
     parser = subparsers.add_parser(
         "train", help="train a model from a recipe (two-stage transfer learning by default)",
-        description="Train a recipe (configs/default.yaml unless --config) into runs/<name>/. Without --split, "
-                    "a lesion-grouped split (val 0.15, test 0.15, the recipe's seed) is made and saved in the "
-                    "run folder; training never reads its test part.",
+        description="Train a recipe (configs/default.yaml unless --config) into runs/<name>/. Without "
+                    "--split, a lesion-grouped split (val 0.15, test 0.15, the recipe's seed) is made and "
+                    "saved in the run folder; training never reads its test part.",
     )
     parser.add_argument("--config", help="recipe YAML, or a name in configs/ (e.g. reference-small)")
-    parser.add_argument("--data", help="dataset folder or file (default: $LESIONLAB_DATA, ../shared/data/ham10000)")
+    parser.add_argument("--data", help="dataset folder or file (default: $LESIONLAB_DATA, then "
+                                        "../shared/data/ham10000)")
     parser.add_argument("--format", help="dataset layout (ham10000, isic, prefix, folders, medmnist)")
     parser.add_argument("--split", help="an existing split.csv (from `lesionlab data split`)")
     parser.add_argument("--name", help="run name (default: <arch>-<timestamp>)")
@@ -28,10 +29,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe key by dotted path, value parsed as YAML (repeatable), "
                              "e.g. --set stages.1.epochs=3 --set image_size=160")
-    parser.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last completed epoch")
+    parser.add_argument("--resume", metavar="RUN_DIR",
+                        help="continue a stopped run from its last completed epoch")
     parser.add_argument("--image-size", type=int, help="shortcut for --set image_size=N")
     parser.add_argument("--epochs-scale", type=float, help="scale every stage's epochs (rounded, at least 1)")
-    parser.add_argument("--subset", type=int, help="train on a class-stratified, lesion-grouped subset of N images")
+    parser.add_argument("--subset", type=int,
+                        help="train on a class-stratified, lesion-grouped subset of about N images")
     parser.add_argument("--workers", type=int, help="shortcut for --set workers=N")
     parser.set_defaults(handler=run_train)
 
@@ -48,8 +51,8 @@ def run_train(args: argparse.Namespace) -> int:
         given = [f"--{name.replace('_', '-')}" for name in RESUME_CONFLICTS
                  if getattr(args, name) not in (None, [])]
         if given:
-            raise ConfigError(f"--resume continues a run with its own recipe and split; drop {', '.join(given)} "
-                              f"or start a new run.")
+            raise ConfigError(f"--resume continues a run with its own recipe and split; drop "
+                              f"{', '.join(given)} or start a new run.")
         run_dir = Path(args.resume)
         recipe = load_recipe(run_dir / "config.yaml")
         table = read_dataset(args.data or _recorded_data_root(run_dir), args.format)

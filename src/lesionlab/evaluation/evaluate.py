@@ -8,42 +8,66 @@ without a model. Output folder: `RUN/eval/<dataset-name>-<split>/` holding `pred
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from torch import nn
 
+from lesionlab.data.cache import DecodedImageCache
+from lesionlab.data.dataset import LesionDataset
+from lesionlab.data.readers import Sample, SampleTable
+from lesionlab.data.split import Split
+from lesionlab.data.transforms import eval_transform
 from lesionlab.evaluation import plots
-from lesionlab.evaluation.calibration import softmax_probabilities
+from lesionlab.evaluation.calibration import (
+    TEMPERATURE_FILE,
+    TemperatureFit,
+    fit_temperature_record,
+    load_temperature,
+    save_temperature,
+    softmax_probabilities,
+)
+from lesionlab.evaluation.inference import InferenceSettings, infer_view_logits
 from lesionlab.evaluation.metrics import compute_metrics, reliability_bins, variant_metrics
 from lesionlab.evaluation.predictions import Predictions, write_predictions
 from lesionlab.evaluation.report import build_report, render_html, render_markdown
-from lesionlab.evaluation.tta import average_view_probabilities
+from lesionlab.evaluation.sources import (
+    EvaluationData,
+    model_labels,
+    read_run_json,
+    read_run_recipe,
+    select_evaluation_data,
+)
+from lesionlab.evaluation.summary import data_summary, model_summary
+from lesionlab.evaluation.tta import IDENTITY, average_view_probabilities
 from lesionlab.io_utils import atomic_write_json, atomic_write_text
+from lesionlab.models.checkpoint import BEST_STEM, WEIGHTS_SUFFIX, ModelCard, load_run
+from lesionlab.models.freeze import block_modules, resolve_plan
+from lesionlab.models.registry import architecture
+from lesionlab.training.recipe import Recipe
+from lesionlab.training.runner import pick_device
 
 FIGURES_DIR = "figures"
 
 
-def variant_predictions(
-    base: Predictions, view_logits: np.ndarray, use_tta: bool, temperature: float | None
-) -> dict[str, Predictions]:
-    """Predictions without and with each requested option, most enhanced last.
+def variant_probabilities(
+    view_logits: np.ndarray, use_tta: bool, temperature: float | None
+) -> dict[str, np.ndarray]:
+    """Class probabilities without and with each requested option, most enhanced last.
 
     `view_logits` is (N, views, classes) with the identity view first, so one inference pass gives both the
     plain and the TTA probabilities; the temperature divides each view's logits before the softmax.
     """
-    variants = {"plain": base.with_probabilities(softmax_probabilities(view_logits[:, 0]))}
+    variants = {"plain": softmax_probabilities(view_logits[:, 0])}
     if use_tta:
-        variants["tta"] = base.with_probabilities(average_view_probabilities(view_logits))
+        variants["tta"] = average_view_probabilities(view_logits)
     if temperature is not None:
-        variants["temperature"] = base.with_probabilities(
-            softmax_probabilities(view_logits[:, 0], temperature)
-        )
+        variants["temperature"] = softmax_probabilities(view_logits[:, 0], temperature)
         if use_tta:
-            variants["tta+temperature"] = base.with_probabilities(
-                average_view_probabilities(view_logits, temperature)
-            )
+            variants["tta+temperature"] = average_view_probabilities(view_logits, temperature)
     return variants
 
 
@@ -103,3 +127,185 @@ def write_evaluation(
     atomic_write_text(out_dir / "report.md", render_markdown(report))
     atomic_write_text(out_dir / "report.html", render_html(report, out_dir))
     return metrics
+
+
+@dataclass(frozen=True)
+class EvaluationOptions:
+    """What to evaluate and how: the CLI flags of `lesionlab evaluate`.
+
+    `data=None` evaluates the run's own split (`split` defaults to `test`); other data is evaluated whole
+    unless it carries a split. `tta_views=None` turns TTA off. `device=None` uses the run's recipe device.
+    """
+
+    data: str | Path | None = None
+    fmt: str | None = None
+    split: str | None = None
+    tta_views: tuple[str, ...] | None = None
+    calibrate: bool = True
+    out_dir: Path | None = None
+    device: str | None = None
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """Where the evaluation was written and its metrics.json payload."""
+
+    out_dir: Path
+    metrics: dict[str, Any]
+
+
+def image_dataset(
+    samples: list[Sample], table: SampleTable, card: ModelCard, use_cache: bool
+) -> LesionDataset:
+    """The samples under the model's own preprocessing, pixels read from the decoded-image cache when enabled.
+
+    The cache is keyed by `table` (all of whose images it holds), so evaluating the run's own data reuses the
+    cache its training built.
+    """
+    cache = None
+    if use_cache:
+        cache = DecodedImageCache(table.fingerprint, card.input_size)
+        cache.ensure(table.samples)
+    transform = eval_transform(card.input_size, card.grayscale, card.mean, card.std)
+    return LesionDataset(samples, card.input_size, transform, cache)
+
+
+def ensure_temperature(
+    run_dir: Path,
+    model: nn.Module,
+    card: ModelCard,
+    selection: EvaluationData,
+    settings: InferenceSettings,
+    use_cache: bool,
+) -> TemperatureFit:
+    """The run's temperature for its best checkpoint: read from `temperature.json`, else fitted on the run's
+    validation part (never the test part) and saved there."""
+    checkpoint = run_dir / f"{BEST_STEM}{WEIGHTS_SUFFIX}"
+    path = run_dir / TEMPERATURE_FILE
+    fit = load_temperature(path, checkpoint)
+    if fit is None:
+        validation = selection.run_split.parts["val"]
+        dataset = image_dataset(validation, selection.run_table, card, use_cache)
+        logits = infer_view_logits(model, dataset, settings, (IDENTITY,), "fit temperature on val")[:, 0]
+        labels = model_labels(validation, card.classes, run_dir / "split.csv")
+        fit = fit_temperature_record(logits, labels, "val", checkpoint)
+        save_temperature(path, fit)
+    return fit
+
+
+def describe_variant(views: tuple[str, ...], fit: TemperatureFit | None) -> str:
+    """How the reported probabilities were made, in words."""
+    source = (
+        f"mean probability over {len(views)} views ({', '.join(views)})" if len(views) > 1 else "single view"
+    )
+    return f"{source}, temperature {fit.temperature:.3f}" if fit else f"{source}, uncalibrated softmax"
+
+
+def calibration_note(views: tuple[str, ...], fit: TemperatureFit | None, split: str, own_data: bool) -> str:
+    """What TTA and the temperature are and where the temperature came from, with a caution where it leaks."""
+    notes = []
+    if len(views) > 1:
+        notes.append(f"TTA averages the class probabilities of {len(views)} views: {', '.join(views)}.")
+    if fit is None:
+        notes.append("Temperature scaling is off (--no-calibration).")
+        return " ".join(notes)
+    notes.append(
+        f"Temperature T = {fit.temperature:.3f} was fitted on the run's validation part ({fit.samples} "
+        f"images; NLL {fit.nll_before:.3f} -> {fit.nll_after:.3f}), never on test data. It rescales "
+        f"confidence without changing any single-view decision."
+    )
+    if own_data and split in ("val", "all"):
+        notes.append(
+            "Caution: the evaluated images include that validation part, so calibration looks better "
+            "here than it will on new data."
+        )
+    return " ".join(notes)
+
+
+def training_overlap(samples: list[Sample], run_split: Split) -> dict[str, int]:
+    """How many evaluated images, and lesions, the run trained on: non-zero means optimistic metrics."""
+    train = run_split.parts["train"]
+    train_images = {sample.image_id for sample in train}
+    train_lesions = {sample.lesion_id for sample in train if sample.lesion_id}
+    return {
+        "images": sum(sample.image_id in train_images for sample in samples),
+        "lesions": len({sample.lesion_id for sample in samples if sample.lesion_id in train_lesions}),
+    }
+
+
+def trainable_parameters(model: nn.Module, card: ModelCard, recipe: Recipe) -> int:
+    """Parameters the checkpoint's stage trained, from that stage's freeze plan in the run's recipe."""
+    spec = architecture(card.arch)
+    stage = recipe.stages[card.stage - 1]
+    plan = resolve_plan(stage.trainable, spec, stage.bn)
+    return sum(
+        parameter.numel()
+        for name, block in block_modules(model, spec)
+        if plan.trains(name)
+        for parameter in block.parameters()
+    )
+
+
+def evaluate_run(run_dir: str | Path, options: EvaluationOptions | None = None) -> EvaluationResult:
+    """Evaluate the run's best model as `options` ask and write the evaluation folder."""
+    options = options or EvaluationOptions()
+    run_dir = Path(run_dir)
+    model, card = load_run(run_dir)
+    recipe = read_run_recipe(run_dir)
+    selection = select_evaluation_data(run_dir, options.data, options.fmt, options.split)
+    where = options.data or selection.table.root
+    labels = model_labels(selection.samples, card.classes, where)
+    settings = InferenceSettings(
+        device=pick_device(options.device or recipe.device),
+        batch_size=recipe.stages[-1].eval_batch_size,
+        workers=recipe.workers,
+        channels_last=recipe.channels_last,
+    )
+    views = options.tta_views or (IDENTITY,)
+    dataset = image_dataset(selection.samples, selection.table, card, recipe.cache)
+    view_logits = infer_view_logits(
+        model, dataset, settings, views, f"evaluate {selection.name}-{selection.split}"
+    )
+    fit = (
+        ensure_temperature(run_dir, model, card, selection, settings, recipe.cache)
+        if options.calibrate
+        else None
+    )
+    image_ids = tuple(sample.image_id for sample in selection.samples)
+    lesion_ids = tuple(sample.lesion_id for sample in selection.samples)
+    variants = {
+        name: Predictions(image_ids, lesion_ids, labels, probabilities, tuple(card.classes))
+        for name, probabilities in variant_probabilities(
+            view_logits, len(views) > 1, fit.temperature if fit else None
+        ).items()
+    }
+    own_data = selection.table is selection.run_table
+    evaluation = {
+        "run": run_dir.name,
+        "run_dir": str(run_dir.resolve()),
+        "dataset": selection.name,
+        "data_path": str(Path(where).resolve()),
+        "split": selection.split,
+        "own_split": own_data,
+        "tta_views": list(views) if len(views) > 1 else None,
+        "temperature": asdict(fit) if fit else None,
+        "training_overlap": training_overlap(selection.samples, selection.run_split),
+        "variant_description": describe_variant(views, fit),
+        "calibration_note": calibration_note(views, fit, selection.split, own_data),
+    }
+    data = data_summary(
+        {
+            part: model_labels(samples, card.classes, run_dir / "split.csv")
+            for part, samples in selection.run_split.parts.items()
+        },
+        labels,
+        f"{selection.name}-{selection.split}",
+        card.classes,
+    )
+    run_facts = read_run_json(run_dir)
+    model_facts = model_summary(
+        model, card, trainable_parameters(model, card, recipe), run_facts.get("train_seconds")
+    )
+    out_dir = options.out_dir or run_dir / "eval" / f"{selection.name}-{selection.split}"
+    metrics = write_evaluation(out_dir, variants, evaluation, data, model_facts, run_dir / "history.csv")
+    return EvaluationResult(out_dir, metrics)

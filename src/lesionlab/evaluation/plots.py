@@ -122,8 +122,8 @@ def plot_reliability_diagram(bins: ReliabilityBins, title: str, path: Path) -> P
 
 TRAINING_PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("loss", ("train_loss", "val_loss")),
-    ("accuracy", ("train_accuracy", "val_accuracy")),
-    ("balanced accuracy", ("train_balanced_accuracy", "val_balanced_accuracy")),
+    ("accuracy", ("val_accuracy",)),
+    ("balanced accuracy and macro F1", ("val_balanced_accuracy", "val_macro_f1")),
 )
 
 

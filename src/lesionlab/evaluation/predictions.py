@@ -44,10 +44,6 @@ class Predictions:
         """The predicted label of each image: the most probable class."""
         return self.probabilities.argmax(axis=1)
 
-    def with_probabilities(self, probabilities: np.ndarray) -> Predictions:
-        """The same images and labels with other probabilities (e.g. after TTA or temperature scaling)."""
-        return Predictions(self.image_ids, self.lesion_ids, self.labels, probabilities, self.class_codes)
-
 
 def predictions_to_csv(predictions: Predictions) -> str:
     """Render predictions as CSV text: image_id, lesion_id, true_class, predicted_class, prob_<code>..."""

@@ -203,6 +203,7 @@ def build_report(metrics: dict[str, Any], figures: dict[str, str]) -> Report:
             f"{metrics['samples']} images) on {evaluation['created']}. Predictions: "
             f"{evaluation['variant_description']}."
         ),
+        *_overlap_warning(evaluation["training_overlap"]),
         Heading("Headline"),
         headline_table(metrics),
         Paragraph(
@@ -323,6 +324,18 @@ def console_summary(metrics: dict[str, Any], with_classification_report: bool = 
     if len(metrics["variants"]) > 1:
         sections.append(format_table(variants_table(metrics["variants"])))
     return "\n\n".join(sections)
+
+
+def _overlap_warning(overlap: dict[str, int]) -> list[Block]:
+    """A warning paragraph when the evaluated images (or their lesions) were trained on."""
+    if not overlap["images"] and not overlap["lesions"]:
+        return []
+    return [
+        Paragraph(
+            f"Warning: {overlap['images']} of the evaluated images and {overlap['lesions']} of their lesions "
+            f"were in the run's training part, so these metrics are optimistic."
+        )
+    ]
 
 
 def _markdown_cell(text: str) -> str:

@@ -1,0 +1,77 @@
+"""Argument definitions that several verbs share, so `train`, `run` and `evaluate` spell and explain each flag
+the same way, and the recipe shortcuts (`--image-size`, `--workers`) mean the same `--set` everywhere."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, data_help: str | None = None) -> None:
+    """`--data` and `--format`."""
+    parser.add_argument(
+        "--data",
+        help=data_help or "dataset folder or file (default: $LESIONLAB_DATA, ../shared/data/ham10000)",
+    )
+    parser.add_argument("--format", help="dataset layout (ham10000, isic, prefix, folders, medmnist)")
+
+
+def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--config`, `--set`, and the shortcuts `--image-size`, `--epochs-scale`, `--subset`, `--workers`."""
+    parser.add_argument("--config", help="recipe YAML, or a name in configs/ (e.g. reference-small)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe key by dotted path, value parsed as YAML (repeatable), "
+        "e.g. --set stages.1.epochs=3 --set image_size=160",
+    )
+    parser.add_argument("--image-size", type=int, help="shortcut for --set image_size=N")
+    parser.add_argument("--epochs-scale", type=float, help="scale every stage's epochs (rounded, at least 1)")
+    parser.add_argument(
+        "--subset", type=int, help="train on a class-stratified, lesion-grouped subset of N images"
+    )
+    parser.add_argument("--workers", type=int, help="shortcut for --set workers=N")
+
+
+def add_run_location_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--name` and `--runs-dir`."""
+    parser.add_argument("--name", help="run name (default: <arch>-<timestamp>)")
+    parser.add_argument(
+        "--runs-dir", type=Path, default=Path("runs"), help="folder holding run folders (default: runs)"
+    )
+
+
+def add_tta_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--tta` and `--tta-views`."""
+    parser.add_argument(
+        "--tta",
+        action="store_true",
+        help="test-time augmentation: average the probabilities of flipped and rotated views",
+    )
+    parser.add_argument(
+        "--tta-views",
+        metavar="VIEWS",
+        help="comma-separated views for --tta (implies it): hflip, vflip, rot90, rot180, rot270, "
+        "transpose (default: hflip,vflip,rot90,rot180,rot270)",
+    )
+
+
+def recipe_overrides(args: argparse.Namespace) -> list[str]:
+    """The `--set` assignments plus those the shortcut flags stand for, in that order."""
+    shortcuts = [
+        f"{key}={value}"
+        for key, value in (("image_size", args.image_size), ("workers", args.workers))
+        if value is not None
+    ]
+    return [*args.set, *shortcuts]
+
+
+def tta_views(args: argparse.Namespace) -> tuple[str, ...] | None:
+    """The TTA views the flags ask for (identity first), or None when TTA is off."""
+    from lesionlab.evaluation.tta import parse_views
+
+    if not args.tta and not args.tta_views:
+        return None
+    return parse_views(args.tta_views)

@@ -1,0 +1,69 @@
+"""`lesionlab evaluate RUN`: metrics, calibration, figures and a report for a run's best model on any data."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from lesionlab.commands._common import add_data_arguments, add_tta_arguments, tta_views
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `evaluate` verb."""
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="evaluate a run's best model: metrics with 95%% intervals, calibration, report",
+        description="Run the best model of RUN over a part of its own split (default: test) or over another "
+        "dataset (default: all of it), with the run's own preprocessing, and write predictions.csv, "
+        "metrics.json, report.md, report.html and figures to RUN/eval/<data>-<split>/.",
+    )
+    parser.add_argument(
+        "run", metavar="RUN", type=Path, help="run directory (from `lesionlab train` or `run`)"
+    )
+    add_data_arguments(
+        parser,
+        data_help="another dataset to evaluate on, in any layout lesionlab reads "
+        "(default: the run's own data and split)",
+    )
+    parser.add_argument(
+        "--split",
+        choices=("test", "val", "train", "all"),
+        help="which part: default test for the run's own data, all for other data",
+    )
+    add_tta_arguments(parser)
+    parser.add_argument(
+        "--no-calibration",
+        action="store_true",
+        help="skip temperature scaling (by default a temperature fitted on the run's validation "
+        "part is applied and reported beside the plain figures)",
+    )
+    parser.add_argument("--out", type=Path, help="output folder (default: RUN/eval/<data>-<split>)")
+    parser.add_argument("--device", help="auto, cpu or cuda (default: the run's recipe)")
+    parser.set_defaults(handler=run_evaluate)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """Evaluate, then print the classification report, the headline table and where the report is."""
+    from lesionlab.evaluation.evaluate import EvaluationOptions, evaluate_run
+    from lesionlab.evaluation.report import console_summary
+
+    result = evaluate_run(
+        args.run,
+        EvaluationOptions(
+            data=args.data,
+            fmt=args.format,
+            split=args.split,
+            tta_views=tta_views(args),
+            calibrate=not args.no_calibration,
+            out_dir=args.out,
+            device=args.device,
+        ),
+    )
+    evaluation = result.metrics["evaluation"]
+    print(
+        f"{evaluation['run']} on {evaluation['dataset']}-{evaluation['split']} ({result.metrics['samples']} "
+        f"images, {evaluation['variant_description']}):\n"
+    )
+    print(console_summary(result.metrics))
+    print(f"\nreport: {result.out_dir / 'report.html'}")
+    return 0

@@ -1,0 +1,77 @@
+"""`lesionlab run`: the main job in one command: split, train, calibrate, evaluate the test part, report."""
+
+from __future__ import annotations
+
+import argparse
+
+from lesionlab.commands._common import (
+    add_data_arguments,
+    add_recipe_arguments,
+    add_run_location_arguments,
+    add_tta_arguments,
+    recipe_overrides,
+    tta_views,
+)
+
+RESUME_CONFLICTS = ("data", "format", "config", "set", "image_size", "epochs_scale", "subset", "workers")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `run` verb."""
+    parser = subparsers.add_parser(
+        "run",
+        help="split, train, calibrate and evaluate in one command, ending with the test-part report",
+        description="Make a lesion-grouped 70/15/15 split of the dataset, train the recipe "
+        "(configs/default.yaml unless --config) into runs/<name>/, fit a temperature on the validation "
+        "part, evaluate the best model once on the test part and write runs/<name>/eval/<data>-test/report.html.",
+    )
+    add_data_arguments(parser)
+    add_recipe_arguments(parser)
+    add_run_location_arguments(parser)
+    add_tta_arguments(parser)
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run --name from its last completed epoch, then evaluate it",
+    )
+    parser.set_defaults(handler=run_run)
+
+
+def run_run(args: argparse.Namespace) -> int:
+    """Run the pipeline and print the training summary and the test-part headline table."""
+    from lesionlab.errors import ConfigError
+    from lesionlab.evaluation.report import console_summary
+    from lesionlab.pipeline import PipelineOptions, run_pipeline
+    from lesionlab.training.runner import summary_table
+
+    if args.resume:
+        given = [
+            f"--{name.replace('_', '-')}"
+            for name in RESUME_CONFLICTS
+            if getattr(args, name) not in (None, [])
+        ]
+        if given:
+            raise ConfigError(
+                f"--resume continues a run with its own data, recipe and split; drop "
+                f"{', '.join(given)} or start a new run."
+            )
+    result = run_pipeline(
+        PipelineOptions(
+            data=args.data,
+            fmt=args.format,
+            config=args.config,
+            overrides=tuple(recipe_overrides(args)),
+            epochs_scale=args.epochs_scale,
+            subset=args.subset,
+            name=args.name,
+            runs_dir=args.runs_dir,
+            tta_views=tta_views(args),
+            resume=args.resume,
+        )
+    )
+    metrics = result.evaluation.metrics
+    print(f"\nrun: {result.run_dir}\n{summary_table(result.run_dir)}\n")
+    print(f"test part ({metrics['samples']} images, {metrics['evaluation']['variant_description']}):")
+    print(console_summary(metrics, with_classification_report=False))
+    print(f"\nreport: {result.evaluation.out_dir / 'report.html'}")
+    return 0

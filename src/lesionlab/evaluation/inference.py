@@ -1,0 +1,57 @@
+"""Run a model over a dataset and keep its raw logits, one set per test-time view.
+
+Logits, not probabilities, are kept: temperature scaling divides logits, and the plain, TTA and calibrated
+variants of one evaluation all come from this single pass (the identity view is always first).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from lesionlab.data.dataset import LesionDataset
+from lesionlab.evaluation.tta import IDENTITY, apply_view
+from lesionlab.training.features import to_device
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """Where and how batches run: device, batch size, loader workers, memory layout."""
+
+    device: torch.device
+    batch_size: int
+    workers: int
+    channels_last: bool
+
+
+@torch.inference_mode()
+def infer_view_logits(
+    model: nn.Module,
+    dataset: LesionDataset,
+    settings: InferenceSettings,
+    views: Sequence[str] = (IDENTITY,),
+    description: str = "inference",
+) -> np.ndarray:
+    """Logits of every item under every view, shape (items, views, classes), in dataset order."""
+    model.eval().to(settings.device)
+    if settings.channels_last:
+        model.to(memory_format=torch.channels_last)
+    loader = DataLoader(
+        dataset,
+        batch_size=settings.batch_size,
+        shuffle=False,
+        num_workers=settings.workers,
+        pin_memory=settings.device.type == "cuda",
+    )
+    batches = []
+    for images, _ in tqdm(loader, desc=description, unit="batch", leave=False):
+        images = to_device(images, settings.device, settings.channels_last)
+        per_view = [model(apply_view(view, images)).float().cpu() for view in views]
+        batches.append(torch.stack(per_view, dim=1).numpy())
+    return np.concatenate(batches).astype(np.float64)

@@ -1,0 +1,148 @@
+"""ONNX export: fp32 agrees with PyTorch on real images, dynamic batch, complete metadata, working int8."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from lesionlab.classes import CLASS_CODES
+from lesionlab.cli import main
+from lesionlab.errors import ConfigError, DataError
+from lesionlab.export import export_run
+from lesionlab.inference.onnx_backend import OnnxPredictor
+from lesionlab.inference.run_samples import load_batch, split_samples
+from lesionlab.inference.torch_backend import TorchPredictor
+from lesionlab.models.checkpoint import read_card
+
+pytestmark = pytest.mark.integration
+
+VALIDATION_IMAGES = 24
+
+
+@pytest.fixture(scope="module")
+def exported_run(tmp_path_factory: pytest.TempPathFactory, tiny_run_dir: Path,
+                 shared_data_dir: Path) -> tuple[Path, str]:
+    """A copy of the tiny run after `lesionlab export RUN --int8`, and what the command printed."""
+    run_dir = tmp_path_factory.mktemp("exported") / "run"
+    shutil.copytree(tiny_run_dir, run_dir)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(["export", str(run_dir), "--format", "onnx", "--int8", "--data", str(shared_data_dir),
+                     "--max-images", str(VALIDATION_IMAGES), "--calibration-images", "16"])
+    assert code == 0
+    return run_dir, printed.getvalue()
+
+
+@pytest.fixture(scope="module")
+def validation_images(tiny_run_dir: Path, shared_data_dir: Path) -> np.ndarray:
+    """Pre-processed validation images of the tiny run's own split."""
+    preprocessing = TorchPredictor.from_path(tiny_run_dir).preprocessing
+    samples = split_samples(tiny_run_dir, "val", shared_data_dir, VALIDATION_IMAGES)
+    return load_batch(samples, preprocessing, "validation").images
+
+
+def test_fp32_matches_pytorch_on_validation_images(tiny_run_dir: Path, tiny_onnx_file: Path,
+                                                   validation_images: np.ndarray) -> None:
+    expected = TorchPredictor.from_path(tiny_run_dir).predict_many(validation_images)
+    actual = OnnxPredictor(tiny_onnx_file).predict_many(validation_images)
+    assert np.abs(expected - actual).max() < 1e-4
+    assert np.array_equal(expected.argmax(axis=1), actual.argmax(axis=1))
+    assert np.allclose(actual.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_batch_size_is_dynamic(tiny_onnx_file: Path, validation_images: np.ndarray) -> None:
+    session = ort.InferenceSession(str(tiny_onnx_file), providers=["CPUExecutionProvider"])
+    batch_dimension = session.get_inputs()[0].shape[0]
+    assert isinstance(batch_dimension, str)
+    one = session.run(None, {"image": validation_images[:1]})[0]
+    three = session.run(None, {"image": validation_images[:3]})[0]
+    assert one.shape == (1, 7) and three.shape == (3, 7)
+    assert np.abs(three[:1] - one).max() < 1e-5
+
+
+def test_metadata_describes_the_preprocessing(tiny_run_dir: Path, tiny_onnx_file: Path) -> None:
+    model = onnx.load(str(tiny_onnx_file))
+    assert max(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")) >= 17
+    metadata = {entry.key: entry.value for entry in model.metadata_props}
+    card = read_card(tiny_run_dir / "best.json")
+    assert json.loads(metadata["lesionlab.classes"]) == list(CLASS_CODES)
+    assert metadata["lesionlab.input_size"] == "96"
+    assert json.loads(metadata["lesionlab.mean"]) == card.mean
+    assert json.loads(metadata["lesionlab.std"]) == card.std
+    assert json.loads(metadata["lesionlab.grayscale"]) is False
+    assert "squash" in metadata["lesionlab.resize"]
+    assert metadata["lesionlab.run_name"] == "tiny-run"
+    assert json.loads(metadata["lesionlab.model_card"]) == card.to_dict()
+    assert OnnxPredictor(tiny_onnx_file).card == card
+
+
+def test_export_command_writes_both_files_and_a_table(exported_run: tuple[Path, str]) -> None:
+    run_dir, printed = exported_run
+    export_dir = run_dir / "export"
+    assert sorted(path.name for path in export_dir.iterdir()) == ["model-int8.onnx", "model.onnx"]
+    rows = {line.split()[0] + " " + line.split()[1]: line for line in printed.splitlines()
+            if line.startswith("onnx ")}
+    assert set(rows) == {"onnx fp32", "onnx int8"}
+    assert "100.0%" in rows["onnx fp32"]
+    assert f"Checked on {VALIDATION_IMAGES} validation image(s)" in printed
+
+
+def test_int8_model_is_quantized_and_usable(exported_run: tuple[Path, str],
+                                            validation_images: np.ndarray) -> None:
+    export_dir = exported_run[0] / "export"
+    int8_path, fp32_path = export_dir / "model-int8.onnx", export_dir / "model.onnx"
+    assert int8_path.stat().st_size < fp32_path.stat().st_size / 2
+    graph = onnx.load(str(int8_path)).graph
+    operators = {node.op_type for node in graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= operators
+    per_channel = [node for node in graph.node if node.op_type == "DequantizeLinear"
+                   and any(attribute.name == "axis" for attribute in node.attribute)]
+    assert per_channel, "weights should be quantized per channel"
+    predictor = OnnxPredictor(int8_path)
+    assert predictor.quantization.startswith("int8")
+    assert predictor.classes == CLASS_CODES
+    probabilities = predictor.predict_many(validation_images)
+    assert probabilities.shape == (VALIDATION_IMAGES, 7)
+    assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    assert {node.op_type for node in graph.node if node.output[0] == "probabilities"} == {"Softmax"}
+
+
+def test_export_run_reports_agreement(exported_run: tuple[Path, str], shared_data_dir: Path,
+                                      tmp_path: Path) -> None:
+    report = export_run(exported_run[0], out=tmp_path / "again.onnx", data=shared_data_dir, max_images=8)
+    (fp32,) = report.files
+    assert fp32.path == tmp_path / "again.onnx"
+    assert fp32.agreement.images == 8
+    assert fp32.agreement.max_abs_difference < 1e-4 and fp32.agreement.top1_agreement == 1.0
+    assert fp32.balanced_accuracy == pytest.approx(report.torch_balanced_accuracy)
+
+
+def test_export_needs_a_split_and_an_onnx_name(tmp_path: Path, tiny_run_dir: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    for name in ("best.safetensors", "best.json"):
+        shutil.copy(tiny_run_dir / name, run_dir / name)
+    with pytest.raises(DataError, match=r"split\.csv"):
+        export_run(run_dir)
+    with pytest.raises(ConfigError, match=r"\.onnx"):
+        export_run(tiny_run_dir, out=tmp_path / "model.bin")
+
+
+def test_bench_times_every_backend(exported_run: tuple[Path, str],
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir = exported_run[0]
+    assert main(["bench", str(run_dir), "--threads", "1", "--iters", "3", "--batch-size", "4",
+                 "--batch-iters", "1"]) == 0
+    printed = capsys.readouterr().out
+    lines = {line.split("  ")[0]: line for line in printed.splitlines()}
+    assert {"pytorch eager", "onnxruntime fp32", "onnxruntime int8"} <= set(lines)
+    assert "1.00x" in lines["pytorch eager"]
+    assert str(run_dir / "export" / "model-int8.onnx") in printed
