@@ -10,6 +10,7 @@ import torch
 
 from lesionlab.errors import ConfigError
 from lesionlab.evaluation.calibration import (
+    TEMPERATURE_RANGE,
     fit_temperature,
     fit_temperature_record,
     load_temperature,
@@ -84,3 +85,9 @@ def test_tta_averages_probabilities_of_the_views() -> None:
     assert averaged == pytest.approx(np.array([[0.5, 0.5]]))
     sharper = average_view_probabilities(np.array([[[4.0, 0.0], [4.0, 0.0]]]), temperature=2.0)
     assert sharper == pytest.approx(softmax_probabilities(np.array([[2.0, 0.0]])))
+
+
+def test_temperature_stays_in_range_for_a_model_worse_than_chance() -> None:
+    logits, _ = overconfident_logits(500, scale=3.0, seed=3)
+    wrong_labels = (logits.argmax(axis=1) + 1) % 7
+    assert fit_temperature(logits, wrong_labels) == TEMPERATURE_RANGE[1]

@@ -15,7 +15,8 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_m
 from lesionlab.classes import CLASS_CODES
 from lesionlab.evaluation.evaluate import variant_probabilities, write_evaluation
 from lesionlab.evaluation.metrics import expected_calibration_error
-from lesionlab.evaluation.predictions import Predictions
+from lesionlab.evaluation.plots import plot_study
+from lesionlab.evaluation.predictions import Predictions, read_predictions
 from lesionlab.evaluation.summary import data_summary
 from lesionlab.evaluation.tta import DEFAULT_VIEWS
 
@@ -141,3 +142,27 @@ def test_html_report_is_self_contained(evaluation_dir: Path) -> None:
     assert len(sources) == 4
     assert all(source.startswith("data:image/png;base64,") for source in sources)
     assert "<link" not in page and "url(" not in page
+
+
+def test_predictions_csv_reads_back_as_the_primary_variant(evaluation_dir: Path) -> None:
+    predictions = read_predictions(evaluation_dir / "predictions.csv")
+    truth, predicted, probabilities = read_predictions_csv(evaluation_dir / "predictions.csv")
+    assert predictions.class_codes == CLASS_CODES
+    assert np.array_equal(predictions.labels, truth) and np.array_equal(predictions.predicted, predicted)
+    assert predictions.probabilities == pytest.approx(probabilities)
+    assert predictions.lesion_ids[:2] == ("HAM_0000000", "HAM_0000000")
+
+
+def test_study_figure_is_written(tmp_path: Path) -> None:
+    rows = [
+        {
+            "label": f"run {index}",
+            "accuracy": 0.7 + index / 20,
+            "balanced_accuracy": 0.5 + index / 20,
+            "macro_f1": 0.45 + index / 20,
+            **{f"recall_{code}": (None if code == "df" and index == 0 else 0.6) for code in CLASS_CODES},
+        }
+        for index in range(3)
+    ]
+    figure = plot_study(rows, "unit study", tmp_path / "study.png")
+    assert figure.read_bytes().startswith(b"\x89PNG")

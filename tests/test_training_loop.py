@@ -119,13 +119,14 @@ def test_run_directory_is_complete(tiny_split: tuple[Any, Split], tmp_path: Path
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 7)
 
 
-def test_existing_run_is_not_overwritten(tiny_split: tuple[Any, Split], tmp_path: Path,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_existing_run_is_not_overwritten(tiny_split: tuple[Any, Split], tmp_path: Path) -> None:
     table, split = tiny_split
-    recipe = tiny_recipe("stages.0.epochs=1", "stages.1.epochs=1")
-    run_dir = train_run(recipe, table, split, tmp_path / "runs" / "once")
+    run_dir = tmp_path / "runs" / "once"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("arch: small_cnn\n")
     with pytest.raises(LesionlabError, match="--resume"):
-        train_run(recipe, table, split, run_dir)
+        train_run(tiny_recipe(), table, split, run_dir)
+    assert (run_dir / "config.yaml").read_text() == "arch: small_cnn\n"
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_state(tiny_split: tuple[Any, Split], tmp_path: Path,

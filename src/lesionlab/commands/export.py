@@ -54,7 +54,7 @@ def summary_table(report: ExportReport) -> str:
     rows = [("pytorch", "(run checkpoint)", "", "", "", f"{report.torch_balanced_accuracy:.4f}")]
     for exported in report.files:
         rows.append((
-            "onnx int8" if exported is not report.files[0] else "onnx fp32", str(exported.path),
+            exported.label, str(exported.path),
             f"{exported.size_bytes / 1e6:.1f} MB", f"{exported.agreement.max_abs_difference:.2e}",
             f"{100 * exported.agreement.top1_agreement:.1f}%", f"{exported.balanced_accuracy:.4f}",
         ))

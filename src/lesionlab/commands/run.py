@@ -21,9 +21,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "run",
         help="split, train, calibrate and evaluate in one command, ending with the test-part report",
-        description="Make a lesion-grouped 70/15/15 split of the dataset, train the recipe "
-        "(configs/default.yaml unless --config) into runs/<name>/, fit a temperature on the validation "
-        "part, evaluate the best model once on the test part and write runs/<name>/eval/<data>-test/report.html.",
+        description=(
+            "Make a lesion-grouped 70/15/15 split of the dataset, train the recipe (configs/default.yaml "
+            "unless --config) into runs/<name>/, fit a temperature on the validation part, evaluate the best "
+            "model once on the test part and write runs/<name>/eval/<data>-test/report.html."
+        ),
     )
     add_data_arguments(parser)
     add_recipe_arguments(parser)

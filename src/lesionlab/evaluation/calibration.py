@@ -3,8 +3,9 @@ probabilities match observed frequencies, without changing any decision (argmax 
 
 T is fitted on the validation part only, by minimising the negative log-likelihood with L-BFGS over log T
 (which keeps T positive without a constraint). Fitting it on the test part would leak the test labels into
-the reported calibration. The fitted value is saved beside the run's best checkpoint together with that
-checkpoint's sha256, so a temperature is never applied to weights it was not fitted for.
+the reported calibration. The fitted value is saved beside its checkpoint (`best.temperature.json` beside
+`best.safetensors`) with that checkpoint's sha256, so a temperature is never applied to weights it was not
+fitted for.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from torch.nn import functional
 from lesionlab.errors import CheckpointError
 from lesionlab.io_utils import atomic_write_json
 
-TEMPERATURE_FILE = "temperature.json"
+TEMPERATURE_SUFFIX = ".temperature.json"
+TEMPERATURE_RANGE: tuple[float, float] = (0.05, 20.0)
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,13 @@ def softmax_probabilities(logits: np.ndarray, temperature: float = 1.0) -> np.nd
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray, max_iterations: int = 200) -> float:
-    """The temperature T > 0 minimising the mean NLL of `labels` under softmax(logits / T)."""
+    """The temperature minimising the mean NLL of `labels` under softmax(logits / T), within
+    `TEMPERATURE_RANGE`.
+
+    The NLL is convex in 1/T, so clipping the unconstrained optimum gives the constrained one. The range
+    only binds for a model no better than chance on the validation part, whose optimum runs off towards
+    T = infinity (uniform probabilities); 20 already makes its probabilities nearly uniform.
+    """
     logit_tensor = torch.as_tensor(logits, dtype=torch.float64)
     label_tensor = torch.as_tensor(labels, dtype=torch.long)
     log_temperature = torch.zeros(1, dtype=torch.float64, requires_grad=True)
@@ -57,7 +65,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, max_iterations: int 
         return loss
 
     optimizer.step(closure)
-    return float(log_temperature.detach().exp())
+    return float(np.clip(log_temperature.detach().exp().item(), *TEMPERATURE_RANGE))
 
 
 def fit_temperature_record(
@@ -89,6 +97,11 @@ def file_sha256(path: Path) -> str:
 def save_temperature(path: Path, fit: TemperatureFit) -> Path:
     """Write `temperature.json` atomically."""
     return atomic_write_json(path, asdict(fit))
+
+
+def temperature_path(checkpoint_stem: Path) -> Path:
+    """Where a checkpoint's temperature is kept: `<stem>.temperature.json` beside it."""
+    return checkpoint_stem.with_name(checkpoint_stem.name + TEMPERATURE_SUFFIX)
 
 
 def load_temperature(path: Path, checkpoint: Path) -> TemperatureFit | None:

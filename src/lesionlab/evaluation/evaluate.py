@@ -23,12 +23,12 @@ from lesionlab.data.split import Split
 from lesionlab.data.transforms import eval_transform
 from lesionlab.evaluation import plots
 from lesionlab.evaluation.calibration import (
-    TEMPERATURE_FILE,
     TemperatureFit,
     fit_temperature_record,
     load_temperature,
     save_temperature,
     softmax_probabilities,
+    temperature_path,
 )
 from lesionlab.evaluation.inference import InferenceSettings, infer_view_logits
 from lesionlab.evaluation.metrics import compute_metrics, reliability_bins, variant_metrics
@@ -44,7 +44,14 @@ from lesionlab.evaluation.sources import (
 from lesionlab.evaluation.summary import data_summary, model_summary
 from lesionlab.evaluation.tta import IDENTITY, average_view_probabilities
 from lesionlab.io_utils import atomic_write_json, atomic_write_text
-from lesionlab.models.checkpoint import BEST_STEM, WEIGHTS_SUFFIX, ModelCard, load_run
+from lesionlab.models.checkpoint import (
+    BEST_STEM,
+    WEIGHTS_SUFFIX,
+    ModelCard,
+    checkpoint_stem,
+    load_checkpoint,
+    load_run,
+)
 from lesionlab.models.freeze import block_modules, resolve_plan
 from lesionlab.models.registry import architecture
 from lesionlab.training.recipe import Recipe
@@ -79,8 +86,8 @@ def write_figures(
     labels, probabilities, codes = predictions.labels, predictions.probabilities, predictions.class_codes
     drawn: dict[str, Path] = {}
     if history is not None and history.is_file():
-        drawn["Training curves per stage: loss, accuracy and balanced accuracy"] = plots.plot_training_curves(
-            history, figures_dir / "training-curves.png"
+        drawn["Training curves per stage: loss, accuracy, balanced accuracy and macro F1"] = (
+            plots.plot_training_curves(history, figures_dir / "training-curves.png")
         )
     drawn["Confusion matrix: counts and row-normalised"] = plots.plot_confusion_matrices(
         labels, predictions.predicted, codes, title, figures_dir / "confusion-matrix.png"
@@ -135,6 +142,7 @@ class EvaluationOptions:
 
     `data=None` evaluates the run's own split (`split` defaults to `test`); other data is evaluated whole
     unless it carries a split. `tta_views=None` turns TTA off. `device=None` uses the run's recipe device.
+    `checkpoint` picks another checkpoint of the run (e.g. `RUN/stage1-best`) than its best model.
     """
 
     data: str | Path | None = None
@@ -144,6 +152,7 @@ class EvaluationOptions:
     calibrate: bool = True
     out_dir: Path | None = None
     device: str | None = None
+    checkpoint: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -172,16 +181,17 @@ def image_dataset(
 
 def ensure_temperature(
     run_dir: Path,
+    stem: Path,
     model: nn.Module,
     card: ModelCard,
     selection: EvaluationData,
     settings: InferenceSettings,
     use_cache: bool,
 ) -> TemperatureFit:
-    """The run's temperature for its best checkpoint: read from `temperature.json`, else fitted on the run's
-    validation part (never the test part) and saved there."""
-    checkpoint = run_dir / f"{BEST_STEM}{WEIGHTS_SUFFIX}"
-    path = run_dir / TEMPERATURE_FILE
+    """The temperature of the checkpoint `stem`: read from `<stem>.temperature.json`, else fitted on the
+    run's validation part (never the test part) and saved there."""
+    checkpoint = stem.with_suffix(WEIGHTS_SUFFIX)
+    path = temperature_path(stem)
     fit = load_temperature(path, checkpoint)
     if fit is None:
         validation = selection.run_split.parts["val"]
@@ -247,10 +257,12 @@ def trainable_parameters(model: nn.Module, card: ModelCard, recipe: Recipe) -> i
 
 
 def evaluate_run(run_dir: str | Path, options: EvaluationOptions | None = None) -> EvaluationResult:
-    """Evaluate the run's best model as `options` ask and write the evaluation folder."""
+    """Evaluate the run's best model (or `options.checkpoint`) as `options` ask; write the evaluation
+    folder."""
     options = options or EvaluationOptions()
     run_dir = Path(run_dir)
-    model, card = load_run(run_dir)
+    stem = checkpoint_stem(options.checkpoint or run_dir / BEST_STEM)
+    model, card = load_checkpoint(stem) if options.checkpoint else load_run(run_dir)
     recipe = read_run_recipe(run_dir)
     selection = select_evaluation_data(run_dir, options.data, options.fmt, options.split)
     where = options.data or selection.table.root
@@ -267,7 +279,7 @@ def evaluate_run(run_dir: str | Path, options: EvaluationOptions | None = None) 
         model, dataset, settings, views, f"evaluate {selection.name}-{selection.split}"
     )
     fit = (
-        ensure_temperature(run_dir, model, card, selection, settings, recipe.cache)
+        ensure_temperature(run_dir, stem, model, card, selection, settings, recipe.cache)
         if options.calibrate
         else None
     )
@@ -283,6 +295,7 @@ def evaluate_run(run_dir: str | Path, options: EvaluationOptions | None = None) 
     evaluation = {
         "run": run_dir.name,
         "run_dir": str(run_dir.resolve()),
+        "checkpoint": stem.name,
         "dataset": selection.name,
         "data_path": str(Path(where).resolve()),
         "split": selection.split,

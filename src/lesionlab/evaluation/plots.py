@@ -11,6 +11,7 @@ import csv
 import io
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -169,4 +170,62 @@ def plot_training_curves(history: Path, path: Path) -> Path:
         axes.set_title(quantity, pad=16)
         axes.legend(fontsize="small")
     figure.suptitle(f"Training history — {history.parent.name}")
+    return save_figure(figure, path)
+
+
+STUDY_METRICS: tuple[tuple[str, str], ...] = (
+    ("balanced_accuracy", "balanced accuracy"),
+    ("macro_f1", "macro F1"),
+    ("accuracy", "accuracy"),
+)
+
+
+def plot_study(rows: Sequence[dict[str, Any]], title: str, path: Path) -> Path:
+    """A study at a glance: headline metrics per run as grouped bars, and recall per class as a heat map.
+
+    Each row needs `label`, `accuracy`, `balanced_accuracy`, `macro_f1` and `recall_<code>` per class (None
+    where a class is absent). Runs are listed top to bottom in the study's order.
+    """
+    labels = [row["label"] for row in rows]
+    codes = [key[len("recall_") :] for key in rows[0] if key.startswith("recall_")] if rows else []
+    height = 1.6 + 0.45 * len(rows)
+    figure = Figure(figsize=(14, height), layout="constrained")
+    bar_axes, heat_axes = figure.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.1]})
+    positions = np.arange(len(rows))
+    width = 0.8 / len(STUDY_METRICS)
+    for offset, (key, name) in enumerate(STUDY_METRICS):
+        values = [row[key] for row in rows]
+        centre_offset = (offset - (len(STUDY_METRICS) - 1) / 2) * width
+        bar_axes.barh(positions + centre_offset, values, height=width, label=name)
+    bar_axes.set_yticks(positions, labels)
+    bar_axes.invert_yaxis()
+    bar_axes.set_xlim(0, 1)
+    bar_axes.set_xlabel("score on the test part")
+    bar_axes.set_title("headline metrics")
+    bar_axes.legend(loc="lower right", fontsize="small")
+    recall = np.array(
+        [
+            [np.nan if row[f"recall_{code}"] is None else row[f"recall_{code}"] for code in codes]
+            for row in rows
+        ],
+        dtype=float,
+    )
+    image = heat_axes.imshow(recall, vmin=0, vmax=1, cmap="Blues", aspect="auto")
+    for (row_index, column), value in np.ndenumerate(recall):
+        text = "—" if np.isnan(value) else f"{value:.2f}"
+        heat_axes.text(
+            column,
+            row_index,
+            text,
+            ha="center",
+            va="center",
+            color="white" if value > 0.6 else "black",
+            fontsize="small",
+        )
+    heat_axes.set_xticks(np.arange(len(codes)), codes)
+    heat_axes.set_yticks(positions, labels)
+    heat_axes.set_xlabel("true class")
+    heat_axes.set_title("recall (sensitivity) per class")
+    figure.colorbar(image, ax=heat_axes, label="recall")
+    figure.suptitle(title)
     return save_figure(figure, path)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lesionlab.errors import DataError
 from lesionlab.io_utils import atomic_write_text
 
 PROBABILITY_PREFIX = "prob_"
@@ -44,6 +45,10 @@ class Predictions:
         """The predicted label of each image: the most probable class."""
         return self.probabilities.argmax(axis=1)
 
+    def with_probabilities(self, probabilities: np.ndarray) -> Predictions:
+        """The same images and labels with other probabilities (e.g. an ensemble's mean)."""
+        return Predictions(self.image_ids, self.lesion_ids, self.labels, probabilities, self.class_codes)
+
 
 def predictions_to_csv(predictions: Predictions) -> str:
     """Render predictions as CSV text: image_id, lesion_id, true_class, predicted_class, prob_<code>..."""
@@ -69,3 +74,27 @@ def predictions_to_csv(predictions: Predictions) -> str:
 def write_predictions(path: Path, predictions: Predictions) -> Path:
     """Write `predictions.csv` atomically."""
     return atomic_write_text(path, predictions_to_csv(predictions))
+
+
+def read_predictions(path: Path) -> Predictions:
+    """Read a `predictions.csv` written by `write_predictions`; class order from its prob_ columns."""
+    try:
+        with Path(path).open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            rows = list(reader)
+            header = reader.fieldnames or []
+    except OSError as error:
+        raise DataError(
+            f"{path}: cannot read predictions ({error}); run `lesionlab evaluate` to write it."
+        ) from error
+    codes = tuple(name[len(PROBABILITY_PREFIX) :] for name in header if name.startswith(PROBABILITY_PREFIX))
+    if not rows or not codes:
+        raise DataError(f"{path}: no predictions, or no {PROBABILITY_PREFIX}<class> columns; evaluate again.")
+    index = {code: position for position, code in enumerate(codes)}
+    return Predictions(
+        image_ids=tuple(row["image_id"] for row in rows),
+        lesion_ids=tuple(row["lesion_id"] or None for row in rows),
+        labels=np.array([index[row["true_class"]] for row in rows], dtype=np.int64),
+        probabilities=np.array([[float(row[PROBABILITY_PREFIX + code]) for code in codes] for row in rows]),
+        class_codes=codes,
+    )

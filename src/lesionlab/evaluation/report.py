@@ -47,11 +47,18 @@ class Paragraph:
 
 @dataclass(frozen=True)
 class Table:
-    """A table of preformatted cells; `numeric` columns are right-aligned."""
+    """A table of preformatted cells; columns `numeric_from` up to (not including) `numeric_to` hold numbers
+    and are right-aligned."""
 
     headers: tuple[str, ...]
     rows: tuple[tuple[str, ...], ...]
     numeric_from: int = 1
+    numeric_to: int | None = None
+
+    def is_numeric(self, column: int) -> bool:
+        """Whether a column holds numbers (right-aligned)."""
+        end = len(self.headers) if self.numeric_to is None else self.numeric_to
+        return self.numeric_from <= column < end
 
 
 @dataclass(frozen=True)
@@ -144,6 +151,7 @@ def per_class_table(metrics: dict[str, Any]) -> Table:
         ),
         tuple(rows),
         numeric_from=2,
+        numeric_to=8,
     )
 
 
@@ -190,7 +198,7 @@ def model_table(model: dict[str, Any]) -> Table:
         ("checkpoint", f"stage {model['stage']}, epoch {model['epoch']}"),
         ("training time", "—" if seconds is None else f"{seconds / 60:.1f} min"),
     )
-    return Table(("", ""), rows, numeric_from=99)
+    return Table(("fact", "value"), rows, numeric_from=2)
 
 
 def build_report(metrics: dict[str, Any], figures: dict[str, str]) -> Report:
@@ -229,6 +237,7 @@ def build_report(metrics: dict[str, Any], figures: dict[str, str]) -> Report:
             "per-class 'Accuracy' column equals recall, which is listed separately here."
         ),
         Preformatted(metrics["classification_report"]),
+        *_absent_classes_note(metrics),
         Heading("Data"),
         data_table(metrics["data"], metrics["classes"]),
         Heading("Model"),
@@ -250,11 +259,11 @@ def render_markdown(report: Report) -> str:
                 lines += [f"## {text}", ""]
             case Paragraph(text):
                 lines += [text, ""]
-            case Table(headers, rows, numeric_from):
+            case Table(headers, rows):
                 lines.append("| " + " | ".join(_markdown_cell(h) for h in headers) + " |")
                 lines.append(
                     "| "
-                    + " | ".join("---:" if i >= numeric_from else "---" for i in range(len(headers)))
+                    + " | ".join("---:" if block.is_numeric(i) else "---" for i in range(len(headers)))
                     + " |"
                 )
                 lines += ["| " + " | ".join(_markdown_cell(c) for c in row) + " |" for row in rows]
@@ -276,12 +285,12 @@ def render_html(report: Report, base_dir: Path) -> str:
                 parts.append(f"<h2>{html.escape(text)}</h2>")
             case Paragraph(text):
                 parts.append(f"<p>{html.escape(text)}</p>")
-            case Table(headers, rows, numeric_from):
+            case Table(headers, rows):
                 head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
                 body = "".join(
                     "<tr>"
                     + "".join(
-                        f"<td{' class=num' if i >= numeric_from else ''}>{html.escape(c)}</td>"
+                        f"<td{' class=num' if block.is_numeric(i) else ''}>{html.escape(c)}</td>"
                         for i, c in enumerate(row)
                     )
                     + "</tr>"
@@ -309,7 +318,7 @@ def format_table(table: Table) -> str:
 
     def line(cells: Sequence[str]) -> str:
         return "  ".join(
-            cell.rjust(width) if index >= table.numeric_from else cell.ljust(width)
+            cell.rjust(width) if table.is_numeric(index) else cell.ljust(width)
             for index, (cell, width) in enumerate(zip(cells, widths, strict=True))
         ).rstrip()
 
@@ -324,6 +333,20 @@ def console_summary(metrics: dict[str, Any], with_classification_report: bool = 
     if len(metrics["variants"]) > 1:
         sections.append(format_table(variants_table(metrics["variants"])))
     return "\n\n".join(sections)
+
+
+def _absent_classes_note(metrics: dict[str, Any]) -> list[Block]:
+    """Explain why the report's macro row differs from the headline when some classes are absent."""
+    absent = [code for code in metrics["classes"] if code not in metrics["classes_present"]]
+    if not absent:
+        return []
+    return [
+        Paragraph(
+            f"No {', '.join(absent)} images here: scikit-learn's report above averages over every class, "
+            f"counting those as 0, while the headline's balanced accuracy and macro F1 average over the "
+            f"{len(metrics['classes_present'])} classes present."
+        )
+    ]
 
 
 def _overlap_warning(overlap: dict[str, int]) -> list[Block]:

@@ -13,7 +13,6 @@ import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -120,15 +119,3 @@ class Predictor(ABC):
             f"{self.source}: Grad-CAM needs the PyTorch model, and this is a {self.backend} predictor; "
             f"pass the run directory the model was exported from instead."
         )
-
-    def describe(self) -> dict[str, Any]:
-        """What is loaded, for `/health` and logs."""
-        return {
-            "model_id": self.model_id,
-            "backend": self.backend,
-            "source": str(self.source),
-            "arch": self.card.arch,
-            "classes": list(self.classes),
-            "input_size": self.preprocessing.input_size,
-            "can_explain": self.can_explain,
-        }

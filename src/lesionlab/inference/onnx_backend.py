@@ -49,7 +49,3 @@ class OnnxPredictor(Predictor):
     def predict_batch(self, batch: np.ndarray) -> np.ndarray:
         """Softmax probabilities from the exported graph (its output is already softmax)."""
         return self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
-
-    def describe(self) -> dict[str, object]:
-        """Adds the quantization to the common description."""
-        return {**super().describe(), "quantization": self.quantization}

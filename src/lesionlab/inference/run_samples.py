@@ -7,6 +7,7 @@ validation images the int8 model is then scored on.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 from dataclasses import dataclass
@@ -22,25 +23,45 @@ from lesionlab.errors import DataError
 from lesionlab.inference.base import Preprocessing
 
 SPLIT_FILE = "split.csv"
+RUN_RECORD_FILE = "run.json"
 
 
 @dataclass(frozen=True)
 class ImageBatch:
-    """Pre-processed images `(N, 3, size, size)` with their labels and ids, in one array."""
+    """Pre-processed images `(N, 3, size, size)` and their labels."""
 
     images: np.ndarray
     labels: np.ndarray
-    image_ids: tuple[str, ...]
+
+
+def run_data_path(run_dir: str | os.PathLike[str],
+                  data: str | os.PathLike[str] | None) -> str | os.PathLike[str] | None:
+    """The dataset to read: `data` if given, else the one the run was trained on (`run.json`), else None.
+
+    None lets `read_dataset` apply its usual default (`$LESIONLAB_DATA`, then `../shared/data/ham10000`).
+    """
+    record_path = Path(run_dir) / RUN_RECORD_FILE
+    if data is not None or not record_path.is_file():
+        return data
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        return None
+    root = record.get("dataset", {}).get("root") if isinstance(record, dict) else None
+    return root if isinstance(root, str) and Path(root).exists() else None
 
 
 def split_samples(run_dir: str | os.PathLike[str], part: str, data: str | os.PathLike[str] | None,
                   limit: int | None, seed: int = 0) -> list[Sample]:
-    """Up to `limit` samples of one part of the run's split, drawn with a fixed seed (all when None)."""
+    """Up to `limit` samples of one part of the run's split, drawn with a fixed seed (all when None).
+
+    The dataset is `data`, else the run's own (`run_data_path`); the split file checks it is the same data.
+    """
     split_path = Path(run_dir) / SPLIT_FILE
     if not split_path.is_file():
         raise DataError(f"{split_path}: the run has no split file, so there are no images to check or "
                         f"calibrate with; pass a run directory written by `lesionlab train`.")
-    split = read_split(split_path, read_dataset(data))
+    split = read_split(split_path, read_dataset(run_data_path(run_dir, data)))
     samples = list(split.parts.get(part, []))
     if not samples:
         raise DataError(f"{split_path}: the '{part}' part is empty; export needs {part} images to use.")
@@ -56,5 +77,4 @@ def load_batch(samples: list[Sample], preprocessing: Preprocessing, description:
     return ImageBatch(
         images=np.concatenate(arrays, axis=0),
         labels=np.array([sample.label for sample in samples], dtype=np.int64),
-        image_ids=tuple(sample.image_id for sample in samples),
     )

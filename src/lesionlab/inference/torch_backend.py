@@ -43,7 +43,7 @@ class TorchPredictor(Predictor):
     def __init__(self, model: nn.Module, card: ModelCard, source: Path, weights_sha256: str,
                  threads: int | None = None) -> None:
         if threads is not None:
-            torch.set_num_threads(threads)
+            torch.set_num_threads(threads)  # process-wide: PyTorch has one intra-op pool
         self.model = model.eval()
         self._explain_lock = threading.Lock()
         self._explain_model: nn.Module | None = None

@@ -68,6 +68,11 @@ def checkpoint_stem(path: str | os.PathLike[str]) -> Path:
     return path.with_suffix("") if path.suffix in (WEIGHTS_SUFFIX, CARD_SUFFIX) else path
 
 
+def stage_best_stem(run_dir: str | os.PathLike[str], stage: int) -> Path:
+    """`<run_dir>/stage<k>-best`: the best checkpoint of stage k (1-based), without suffix."""
+    return Path(run_dir) / f"stage{stage}-best"
+
+
 def read_card(path: str | os.PathLike[str]) -> ModelCard:
     """Read the JSON card beside a checkpoint (any of stem, `.safetensors`, `.json`)."""
     card_path = checkpoint_stem(path).with_suffix(CARD_SUFFIX)

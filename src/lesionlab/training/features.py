@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from tqdm import tqdm
 
 from lesionlab.models.registry import pooled_features
@@ -64,16 +64,20 @@ class FeatureCache:
     labels: torch.Tensor
 
     @classmethod
-    def build(cls, model: nn.Module, view_count: int, loader_factory: Callable[[int], DataLoader],
-              device: torch.device, channels_last: bool) -> FeatureCache:
-        """Run the frozen backbone over the (augmenting) training set `view_count` times.
+    def build(cls, model: nn.Module, dataset: Dataset, view_count: int, batch_size: int, workers: int,
+              seed: int, device: torch.device, channels_last: bool) -> FeatureCache:
+        """Run the frozen backbone over `view_count` passes of the (augmenting) training set.
 
-        `loader_factory(view)` returns a sequential, seeded loader for one pass, so the cache is reproducible.
+        One sequential loader over the passes back to back (so workers start once), seeded, so the cache is
+        reproducible; `torch.manual_seed(seed)` also covers augmentation drawn in the main process.
         """
-        passes = [extract_features(model, loader_factory(view), device, channels_last,
-                                   f"feature cache view {view + 1}/{view_count}")
-                  for view in range(view_count)]
-        return cls(views=torch.stack([features for features, _ in passes]), labels=passes[0][1])
+        torch.manual_seed(seed)
+        loader = DataLoader(ConcatDataset([dataset] * view_count), batch_size=batch_size, shuffle=False,
+                            num_workers=workers, generator=torch.Generator().manual_seed(seed),
+                            pin_memory=device.type == "cuda")
+        features, labels = extract_features(model, loader, device, channels_last,
+                                            f"feature cache ({view_count} view(s))")
+        return cls(views=features.reshape(view_count, len(dataset), -1), labels=labels[:len(dataset)])
 
     def batches(self, order: torch.Tensor, batch_size: int, generator: torch.Generator,
                 drop_last: bool) -> Iterator[Batch]:

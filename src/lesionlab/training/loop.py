@@ -169,9 +169,9 @@ def cached_batches(cache: FeatureCache, data: StageData, stage: StageConfig,
 
 
 def val_loader(data: StageData, stage: StageConfig) -> DataLoader:
-    """Validation images in file order, no augmentation."""
+    """Validation images in file order, no augmentation; workers persist across the stage's epochs."""
     return DataLoader(data.val_set, batch_size=stage.eval_batch_size, shuffle=False, num_workers=data.workers,
-                      pin_memory=data.device.type == "cuda")
+                      persistent_workers=data.workers > 0, pin_memory=data.device.type == "cuda")
 
 
 def train_epoch(forward: Forward, batches: Iterable[Batch], total: int, criterion: nn.Module,
@@ -256,6 +256,7 @@ def train_stage(model: nn.Module, recipe: Recipe, stage_index: int, data: StageD
         progress = dataclasses.replace(progress, stage=stage_index, epoch=0, best=None, scheduler=None)
     first_epoch = progress.epoch + 1
 
+    validation = val_loader(data, stage)
     cache: FeatureCache | None = None
     val_features: Batch | None = None
     extra_seconds = 0.0
@@ -264,7 +265,7 @@ def train_stage(model: nn.Module, recipe: Recipe, stage_index: int, data: StageD
         set_train_mode(model, spec, plan)
         cache = build_stage_feature_cache(model, recipe, stage_index, stage, data)
         model.eval()
-        val_features = extract_features(model, val_loader(data, stage), data.device, data.channels_last,
+        val_features = extract_features(model, validation, data.device, data.channels_last,
                                         "validation features")
         extra_seconds = time.perf_counter() - start
         log.info("feature cache: %d view(s) of %d images in %.1f s", stage.feature_cache.views,
@@ -300,7 +301,7 @@ def train_stage(model: nn.Module, recipe: Recipe, stage_index: int, data: StageD
         if val_features is not None:
             val_loss, truth, predictions = evaluate(model.classifier, [val_features], data)
         else:
-            val_loss, truth, predictions = evaluate(model, val_loader(data, stage), data)
+            val_loss, truth, predictions = evaluate(model, validation, data)
         seconds = time.perf_counter() - epoch_start + (extra_seconds if epoch == first_epoch else 0.0)
         record = {"stage": stage_index, "epoch": epoch, "lr": lr, "train_loss": train_loss,
                   "val_loss": val_loss, **score(truth, predictions), "seconds": round(seconds, 3),
@@ -333,18 +334,11 @@ def train_stage(model: nn.Module, recipe: Recipe, stage_index: int, data: StageD
 
 def build_stage_feature_cache(model: nn.Module, recipe: Recipe, stage_index: int, stage: StageConfig,
                               data: StageData) -> FeatureCache:
-    """K augmented views of the training set through the frozen backbone, seeded by (seed, stage, view)."""
+    """K augmented views of the training set through the frozen backbone, seeded by (seed, stage)."""
     assert stage.feature_cache is not None
-
-    def loader_for_view(view: int) -> DataLoader:
-        view_seed = derive_seed(recipe.seed, stage_index, FEATURE_CACHE_EPOCH) + view
-        torch.manual_seed(view_seed)
-        return DataLoader(data.train_set, batch_size=stage.eval_batch_size, shuffle=False,
-                          num_workers=data.workers, generator=torch.Generator().manual_seed(view_seed),
-                          pin_memory=data.device.type == "cuda")
-
-    return FeatureCache.build(model, stage.feature_cache.views, loader_for_view, data.device,
-                              data.channels_last)
+    return FeatureCache.build(model, data.train_set, stage.feature_cache.views, stage.eval_batch_size,
+                              data.workers, derive_seed(recipe.seed, stage_index, FEATURE_CACHE_EPOCH),
+                              data.device, data.channels_last)
 
 
 def load_stage_start(model: nn.Module, run: RunDirectory, previous_stage: int) -> None:

@@ -24,6 +24,7 @@ from torch import nn
 
 from lesionlab.errors import CheckpointError
 from lesionlab.io_utils import atomic_write_bytes, atomic_write_json, atomic_write_text
+from lesionlab.models.checkpoint import BEST_STEM, stage_best_stem
 
 HISTORY_COLUMNS: tuple[str, ...] = (
     "stage", "epoch", "lr", "train_loss", "val_loss", "val_accuracy", "val_balanced_accuracy", "val_macro_f1",
@@ -47,7 +48,7 @@ class RunDirectory:
         self.state_tensors = self.path / "state.safetensors"
         self.state_json = self.path / "state.json"
         self.checkpoints = self.path / "checkpoints"
-        self.best = self.path / "best"
+        self.best = self.path / BEST_STEM
 
     @property
     def name(self) -> str:
@@ -60,7 +61,7 @@ class RunDirectory:
 
     def stage_best(self, stage: int) -> Path:
         """`stage<k>-best` (no suffix)."""
-        return self.path / f"stage{stage}-best"
+        return stage_best_stem(self.path, stage)
 
     def write_history(self, rows: list[dict[str, Any]]) -> None:
         """Rewrite `history.csv` from the full list of epoch rows."""

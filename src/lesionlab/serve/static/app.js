@@ -60,8 +60,8 @@ function renderResult(result) {
   el("top-probability").textContent = `${(100 * result.top_probability).toFixed(1)}%`;
   const flag = el("malignancy");
   flag.textContent = result.malignant
-    ? "Malignant class (akiec, bcc or mel)"
-    : "Benign class";
+    ? "Top class is malignant (akiec, bcc or mel)"
+    : "Top class is benign";
   flag.className = result.malignant ? "malignancy malignant" : "malignancy benign";
   renderBars(result.classes);
 

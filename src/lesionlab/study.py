@@ -1,0 +1,324 @@
+"""Studies: several recipes trained on one shared split, each evaluated on its test part, compared in one table.
+
+A study file (YAML) names a base recipe, overrides shared by every run, the split, and a list of runs, each with
+its own overrides; optional ensembles average the test probabilities of finished runs. The study folder holds
+`split.csv` (made once, so every run sees the same images), one run directory per run, `study.json` (the budget
+and the rows), `study.csv`, `study.md` and `study.png`. A finished run is skipped, an interrupted one resumed, so
+rerunning the same command after an interruption finishes the study.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from lesionlab.classes import CLASS_CODES
+from lesionlab.data.readers import SampleTable, read_dataset
+from lesionlab.data.split import Split, make_split, read_split, write_split
+from lesionlab.errors import ConfigError
+from lesionlab.evaluation.evaluate import EvaluationOptions, evaluate_run
+from lesionlab.evaluation.metrics import compute_metrics
+from lesionlab.evaluation.predictions import Predictions, read_predictions
+from lesionlab.evaluation.report import Table, format_table
+from lesionlab.evaluation.tta import DEFAULT_VIEWS
+from lesionlab.io_utils import atomic_write_json, atomic_write_text
+from lesionlab.models.checkpoint import stage_best_stem
+from lesionlab.training.recipe import Recipe, load_recipe, resolve_config_path, scale_epochs
+from lesionlab.training.runner import subset_table, train_run
+
+log = logging.getLogger(__name__)
+
+STUDY_KEYS = frozenset({"name", "description", "base", "set", "split", "evaluate", "runs", "ensembles"})
+RUN_KEYS = frozenset({"name", "label", "base", "set", "stages", "note"})
+ENSEMBLE_KEYS = frozenset({"name", "label", "members"})
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What a study was shrunk to so it fits a machine: stated in every table it produces."""
+
+    image_size: int | None = None
+    epochs_scale: float = 1.0
+    subset: int | None = None
+
+    def describe(self) -> str:
+        parts = [f"image size {self.image_size} px" if self.image_size else "each recipe's image size",
+                 f"epochs x{self.epochs_scale:g}",
+                 f"subset of about {self.subset} images" if self.subset else "the whole dataset"]
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class StudyRun:
+    """One recipe of a study: a base recipe plus overrides."""
+
+    name: str
+    label: str
+    base: str
+    overrides: tuple[str, ...]
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Ensemble:
+    """Finished runs whose test probabilities are averaged."""
+
+    name: str
+    label: str
+    members: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Study:
+    """A parsed study file."""
+
+    name: str
+    description: str
+    split: dict[str, Any]
+    stages_separately: bool
+    tta: bool
+    runs: tuple[StudyRun, ...]
+    ensembles: tuple[Ensemble, ...] = field(default=())
+
+
+def _unknown(keys: set[str], allowed: frozenset[str], where: str) -> None:
+    extra = sorted(keys - allowed)
+    if extra:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(extra)}; allowed: {', '.join(sorted(allowed))}")
+
+
+def _overrides(entry: dict[str, Any], where: str) -> list[str]:
+    """`set:` as a list of `key=value` strings or a mapping, plus `stages:` as one override of the whole list."""
+    raw_set = entry.get("set") or []
+    if isinstance(raw_set, dict):
+        overrides = [f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}"
+                     for key, value in raw_set.items()]
+    elif isinstance(raw_set, list) and all(isinstance(item, str) for item in raw_set):
+        overrides = list(raw_set)
+    else:
+        raise ConfigError(f"{where}: 'set' must be a list of key=value strings or a mapping")
+    if "stages" in entry:
+        overrides.append("stages=" + yaml.safe_dump(entry["stages"], default_flow_style=True).strip())
+    return overrides
+
+
+def load_study(path: str | Path) -> Study:
+    """Read and check a study file; every run's recipe is resolved once here so a typo fails before training."""
+    path = resolve_config_path(path)
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except FileNotFoundError as error:
+        raise ConfigError(f"{path}: study file not found; pass a path or a name from configs/.") from error
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({error})") from error
+    if not isinstance(raw, dict) or not raw.get("runs"):
+        raise ConfigError(f"{path}: a study needs a 'runs' list")
+    _unknown(set(raw), STUDY_KEYS, str(path))
+    shared = _overrides(raw, f"{path}")
+    base = str(raw.get("base", "default"))
+    runs = []
+    for index, entry in enumerate(raw["runs"]):
+        where = f"{path}: runs[{index}]"
+        if not isinstance(entry, dict) or "name" not in entry:
+            raise ConfigError(f"{where}: each run needs a 'name'")
+        _unknown(set(entry), RUN_KEYS, where)
+        run = StudyRun(name=str(entry["name"]), label=str(entry.get("label", entry["name"])),
+                       base=str(entry.get("base", base)), overrides=(*shared, *_overrides(entry, where)),
+                       note=str(entry.get("note", "")))
+        load_recipe(run.base, run.overrides)
+        runs.append(run)
+    names = [run.name for run in runs]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{path}: run names must be unique")
+    ensembles = []
+    for index, entry in enumerate(raw.get("ensembles") or []):
+        where = f"{path}: ensembles[{index}]"
+        _unknown(set(entry), ENSEMBLE_KEYS, where)
+        members = tuple(str(member) for member in entry.get("members", ()))
+        if len(members) < 2 or not set(members) <= set(names):
+            raise ConfigError(f"{where}: 'members' must list at least two of the study's runs ({', '.join(names)})")
+        ensembles.append(Ensemble(str(entry["name"]), str(entry.get("label", entry["name"])), members))
+    evaluate = raw.get("evaluate") or {}
+    return Study(name=str(raw.get("name", Path(path).stem)), description=str(raw.get("description", "")),
+                 split={"val": 0.15, "test": 0.15, "seed": 0, "group": "lesion", **(raw.get("split") or {})},
+                 stages_separately=bool(evaluate.get("stages_separately", False)),
+                 tta=bool(evaluate.get("tta", False)), runs=tuple(runs), ensembles=tuple(ensembles))
+
+
+def run_recipe(run: StudyRun, budget: Budget) -> Recipe:
+    """The run's recipe with the study's budget applied."""
+    overrides = [*run.overrides, *([f"image_size={budget.image_size}"] if budget.image_size else [])]
+    recipe = load_recipe(run.base, overrides)
+    return scale_epochs(recipe, budget.epochs_scale) if budget.epochs_scale != 1.0 else recipe
+
+
+def study_split(study: Study, table: SampleTable, folder: Path, budget: Budget) -> Split:
+    """The study's one split: read back when it exists (resume), else made and saved."""
+    path = folder / "split.csv"
+    if path.exists():
+        return read_split(path, table)
+    seed = int(study.split["seed"])
+    source = subset_table(table, budget.subset, seed) if budget.subset else table
+    made = make_split(source, float(study.split["val"]), float(study.split["test"]), seed,
+                      group=str(study.split["group"]))
+    split = Split(made.parts, table.fingerprint, made.seed, made.group)
+    write_split(path, split)
+    return split
+
+
+def _run_status(run_dir: Path) -> str | None:
+    try:
+        return json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("status")
+    except FileNotFoundError:
+        return None
+
+
+def train_study_run(run: StudyRun, recipe: Recipe, table: SampleTable, split: Split, run_dir: Path) -> None:
+    """Train a run unless it finished before; continue it where an earlier attempt stopped."""
+    status = _run_status(run_dir)
+    if status == "finished":
+        log.info("%s: already trained, skipped", run.name)
+        return
+    resumable = status is not None and (run_dir / "state.json").exists()
+    train_run(recipe, table, split, run_dir, resume=resumable)
+
+
+def _evaluations(study: Study, recipe: Recipe, run_dir: Path) -> list[tuple[str, Path | None]]:
+    """(row suffix, checkpoint stem) pairs: the best model, or each stage's best when asked."""
+    if not study.stages_separately or len(recipe.stages) == 1:
+        return [("", None)]
+    return [(f" / stage {stage}", stage_best_stem(run_dir, stage)) for stage in range(1, len(recipe.stages) + 1)]
+
+
+def _row(name: str, label: str, metrics: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    recall = {f"recall_{row['class']}": row["recall"] for row in metrics["per_class"]}
+    return {"run": name, "label": label, "accuracy": metrics["accuracy"],
+            "balanced_accuracy": metrics["balanced_accuracy"], "macro_f1": metrics["macro_f1"],
+            "auc_macro": metrics.get("roc_auc_macro"), **recall, **extra}
+
+
+def _history_speed(run_dir: Path, stage: int | None) -> float | None:
+    """Mean training images/s over the epochs of one stage (or all), from history.csv."""
+    path = run_dir / "history.csv"
+    if not path.exists():
+        return None
+    with path.open(newline="", encoding="utf-8") as handle:
+        rows = [row for row in csv.DictReader(handle) if stage is None or int(row["stage"]) == stage]
+    speeds = [float(row["images_per_s"]) for row in rows if row.get("images_per_s")]
+    return float(np.mean(speeds)) if speeds else None
+
+
+def evaluate_study_run(study: Study, run: StudyRun, recipe: Recipe, run_dir: Path) -> list[dict[str, Any]]:
+    """Evaluate a trained run on the study's test part; one row per evaluated checkpoint."""
+    facts = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    rows = []
+    for suffix, stem in _evaluations(study, recipe, run_dir):
+        stage = int(suffix.rsplit(" ", 1)[1]) if suffix else None
+        out_dir = run_dir / "eval" / (f"test-stage{stage}" if stage else "test")
+        options = EvaluationOptions(split="test", tta_views=DEFAULT_VIEWS if study.tta else None,
+                                    checkpoint=stem, out_dir=out_dir)
+        metrics = evaluate_run(run_dir, options).metrics
+        rows.append(_row(run.name + (f"-stage{stage}" if stage else ""), run.label + suffix, metrics, {
+            "arch": recipe.arch, "pretrained": recipe.pretrained if recipe.pretrained in ("imagenet", "none")
+            else "file", "image_size": recipe.image_size,
+            "parameters": metrics["model"]["parameters"],
+            "train_minutes": round(float(facts.get("train_seconds", 0.0)) / 60, 1),
+            "train_images_per_s": _history_speed(run_dir, stage),
+            "report": str((out_dir / "report.md").relative_to(run_dir.parent)),
+            "note": run.note}))
+    return rows
+
+
+def ensemble_row(ensemble: Ensemble, folder: Path) -> dict[str, Any]:
+    """Average the members' test probabilities (same split, same images) and measure the result."""
+    members = [read_predictions(folder / member / "eval" / "test" / "predictions.csv")
+               for member in ensemble.members]
+    first = members[0]
+    for member, predictions in zip(ensemble.members, members, strict=True):
+        if predictions.image_ids != first.image_ids:
+            raise ConfigError(f"ensemble {ensemble.name}: run {member} was evaluated on other images")
+    averaged = first.with_probabilities(np.mean([member.probabilities for member in members], axis=0))
+    metrics = compute_metrics(averaged)
+    out_dir = folder / f"ensemble-{ensemble.name}"
+    atomic_write_json(out_dir / "metrics.json", {"members": list(ensemble.members), **metrics})
+    return _row(f"ensemble-{ensemble.name}", ensemble.label, metrics, {
+        "arch": "+".join(ensemble.members), "note": f"mean of {len(members)} runs' probabilities"})
+
+
+def study_table(rows: list[dict[str, Any]]) -> Table:
+    """The comparison table, best balanced accuracy marked."""
+    best = max(range(len(rows)), key=lambda i: rows[i]["balanced_accuracy"]) if rows else -1
+    header = ["run", "acc", "bal acc", "macro F1", *[f"rec {code}" for code in CLASS_CODES], "params",
+              "train min", "img/s"]
+    body = []
+    for index, row in enumerate(rows):
+        params = row.get("parameters")
+        speed = row.get("train_images_per_s")
+        body.append([("**best** " if index == best else "") + row["label"],
+                     f"{row['accuracy']:.3f}", f"{row['balanced_accuracy']:.3f}", f"{row['macro_f1']:.3f}",
+                     *[f"{row.get(f'recall_{code}', float('nan')):.2f}" for code in CLASS_CODES],
+                     f"{params / 1e6:.2f}M" if params else "", str(row.get("train_minutes", "")),
+                     f"{speed:.0f}" if speed else ""])
+    return Table(header, body)
+
+
+def write_study_outputs(study: Study, folder: Path, budget: Budget, data_root: Path,
+                        rows: list[dict[str, Any]]) -> None:
+    """study.json, study.csv, study.md and the figure, all from the same rows."""
+    from lesionlab.evaluation.plots import plot_study
+
+    atomic_write_json(folder / "study.json", {"study": study.name, "budget": budget.__dict__,
+                                              "data": str(data_root), "rows": rows})
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(folder / "study.csv", buffer.getvalue())
+    plot_study(rows, f"{study.name}: test part, {budget.describe()}", folder / "study.png")
+    notes = [f"- {row['label']}: {row['note']}" for row in rows if row.get("note")]
+    lines = [f"# Study {study.name}", "", study.description, "",
+             f"Data: `{data_root}`; lesion-grouped split seed {study.split['seed']} "
+             f"(val {study.split['val']}, test {study.split['test']}); budget: {budget.describe()}.",
+             "Metrics on the test part; the best row (balanced accuracy) is marked.", "",
+             format_table(study_table(rows)), "", *(["Notes:", *notes, ""] if notes else []),
+             "![study](study.png)", "", "Full report per run: " + ", ".join(
+                 f"[{row['label']}]({row['report']})" for row in rows if row.get("report")), ""]
+    atomic_write_text(folder / "study.md", "\n".join(lines))
+
+
+def run_study(config: str | Path, *, data: str | Path | None = None, fmt: str | None = None,
+              runs_dir: str | Path = "runs", budget: Budget | None = None,
+              only: tuple[str, ...] = ()) -> Path:
+    """Train and evaluate every run of a study (skipping finished ones) and write the comparison."""
+    budget = budget or Budget()
+    study = load_study(config)
+    unknown = set(only) - {run.name for run in study.runs}
+    if unknown:
+        raise ConfigError(f"--only {', '.join(sorted(unknown))}: not runs of {study.name}")
+    table = read_dataset(data, fmt)
+    folder = Path(runs_dir) / f"study-{study.name}"
+    folder.mkdir(parents=True, exist_ok=True)
+    split = study_split(study, table, folder, budget)
+    rows: list[dict[str, Any]] = []
+    for run in study.runs:
+        if only and run.name not in only:
+            continue
+        recipe = run_recipe(run, budget)
+        run_dir = folder / run.name
+        log.info("study %s: run %s", study.name, run.name)
+        train_study_run(run, recipe, table, split, run_dir)
+        rows.extend(evaluate_study_run(study, run, recipe, run_dir))
+    for ensemble in study.ensembles:
+        if not only or set(ensemble.members) <= set(only):
+            rows.append(ensemble_row(ensemble, folder))
+    write_study_outputs(study, folder, budget, table.root, rows)
+    return folder
