@@ -157,7 +157,7 @@ def lesionlab_image_path(data: StageData, args: argparse.Namespace, trainable: s
     stage = load_recipe(None, [f"stages.1.batch_size={args.batch_size}"]).stages[1]
     spec = architecture(ARCH)
     plan = resolve_plan(trainable, spec, bn)
-    forward = frozen_backbone_forward(model, data.channels_last) if plan.backbone_frozen() else model
+    forward = frozen_backbone_forward(model) if plan.backbone_frozen() else model
 
     def epoch(limit: int | None) -> int:
         loader = image_batches(data, stage, epoch_seed=0)

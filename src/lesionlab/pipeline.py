@@ -48,14 +48,21 @@ class PipelineResult:
     evaluation: EvaluationResult
 
 
-def new_run_split(table: SampleTable, subset: int | None, seed: int) -> Split:
-    """A lesion-grouped, class-stratified 70/15/15 split, of a subset of `table` when asked.
+def new_run_split(
+    table: SampleTable,
+    subset: int | None,
+    seed: int,
+    val: float = VAL_FRACTION,
+    test: float = TEST_FRACTION,
+    group: str = "lesion",
+) -> Split:
+    """A class-stratified split (lesion-grouped, 70/15/15 by default), of a subset of `table` when asked.
 
     The split keeps the whole table's fingerprint even for a subset, so it is read back against the dataset
     the run records.
     """
     source = subset_table(table, subset, seed) if subset else table
-    made = make_split(source, VAL_FRACTION, TEST_FRACTION, seed, group="lesion")
+    made = make_split(source, val, test, seed, group=group)
     return Split(made.parts, table.fingerprint, made.seed, made.group)
 
 

@@ -1,10 +1,10 @@
-"""Studies: several recipes trained on one shared split, each evaluated on its test part, compared in one table.
+"""Studies: several recipes trained on one shared split, each evaluated on its test part, in one table.
 
-A study file (YAML) names a base recipe, overrides shared by every run, the split, and a list of runs, each with
-its own overrides; optional ensembles average the test probabilities of finished runs. The study folder holds
-`split.csv` (made once, so every run sees the same images), one run directory per run, `study.json` (the budget
-and the rows), `study.csv`, `study.md` and `study.png`. A finished run is skipped, an interrupted one resumed, so
-rerunning the same command after an interruption finishes the study.
+A study file (YAML) names a base recipe, overrides shared by every run, the split, and a list of runs, each
+with its own overrides; optional ensembles average the test probabilities of finished runs. The study folder
+holds `split.csv` (made once, so every run sees the same images), one run directory per run, `study.json`
+(the budget and the rows), `study.csv`, `study.md` and `study.png`. A finished run is skipped, an interrupted
+one resumed, so rerunning the same command after an interruption finishes the study.
 """
 
 from __future__ import annotations
@@ -22,21 +22,24 @@ import yaml
 
 from lesionlab.classes import CLASS_CODES
 from lesionlab.data.readers import SampleTable, read_dataset
-from lesionlab.data.split import Split, make_split, read_split, write_split
+from lesionlab.data.split import Split, read_split, write_split
 from lesionlab.errors import ConfigError
 from lesionlab.evaluation.evaluate import EvaluationOptions, evaluate_run
 from lesionlab.evaluation.metrics import compute_metrics
 from lesionlab.evaluation.predictions import Predictions, read_predictions
-from lesionlab.evaluation.report import Table, format_table
+from lesionlab.evaluation.report import Table, format_table, number
 from lesionlab.evaluation.tta import DEFAULT_VIEWS
 from lesionlab.io_utils import atomic_write_json, atomic_write_text
-from lesionlab.models.checkpoint import stage_best_stem
+from lesionlab.pipeline import new_run_split
 from lesionlab.training.recipe import Recipe, load_recipe, resolve_config_path, scale_epochs
-from lesionlab.training.runner import subset_table, train_run
+from lesionlab.training.rundir import RunDirectory
+from lesionlab.training.runner import summary_rows, train_run
 
 log = logging.getLogger(__name__)
 
-STUDY_KEYS = frozenset({"name", "description", "base", "set", "split", "evaluate", "runs", "ensembles"})
+STUDY_KEYS = frozenset(
+    {"name", "description", "base", "set", "stages", "split", "evaluate", "runs", "ensembles"}
+)
 RUN_KEYS = frozenset({"name", "label", "base", "set", "stages", "note"})
 ENSEMBLE_KEYS = frozenset({"name", "label", "members"})
 
@@ -50,9 +53,11 @@ class Budget:
     subset: int | None = None
 
     def describe(self) -> str:
-        parts = [f"image size {self.image_size} px" if self.image_size else "each recipe's image size",
-                 f"epochs x{self.epochs_scale:g}",
-                 f"subset of about {self.subset} images" if self.subset else "the whole dataset"]
+        parts = [
+            f"image size {self.image_size} px" if self.image_size else "each recipe's image size",
+            f"epochs x{self.epochs_scale:g}",
+            f"subset of about {self.subset} images" if self.subset else "the whole dataset",
+        ]
         return ", ".join(parts)
 
 
@@ -92,15 +97,19 @@ class Study:
 def _unknown(keys: set[str], allowed: frozenset[str], where: str) -> None:
     extra = sorted(keys - allowed)
     if extra:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(extra)}; allowed: {', '.join(sorted(allowed))}")
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(extra)}; allowed: {', '.join(sorted(allowed))}"
+        )
 
 
 def _overrides(entry: dict[str, Any], where: str) -> list[str]:
-    """`set:` as a list of `key=value` strings or a mapping, plus `stages:` as one override of the whole list."""
+    """`set:` as `key=value` strings or a mapping, plus `stages:` as one override of the whole list."""
     raw_set = entry.get("set") or []
     if isinstance(raw_set, dict):
-        overrides = [f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}"
-                     for key, value in raw_set.items()]
+        overrides = [
+            f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}"
+            for key, value in raw_set.items()
+        ]
     elif isinstance(raw_set, list) and all(isinstance(item, str) for item in raw_set):
         overrides = list(raw_set)
     else:
@@ -111,7 +120,7 @@ def _overrides(entry: dict[str, Any], where: str) -> list[str]:
 
 
 def load_study(path: str | Path) -> Study:
-    """Read and check a study file; every run's recipe is resolved once here so a typo fails before training."""
+    """Read and check a study file; each run's recipe is resolved here so a typo fails before training."""
     path = resolve_config_path(path)
     try:
         raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
@@ -130,9 +139,13 @@ def load_study(path: str | Path) -> Study:
         if not isinstance(entry, dict) or "name" not in entry:
             raise ConfigError(f"{where}: each run needs a 'name'")
         _unknown(set(entry), RUN_KEYS, where)
-        run = StudyRun(name=str(entry["name"]), label=str(entry.get("label", entry["name"])),
-                       base=str(entry.get("base", base)), overrides=(*shared, *_overrides(entry, where)),
-                       note=str(entry.get("note", "")))
+        run = StudyRun(
+            name=str(entry["name"]),
+            label=str(entry.get("label", entry["name"])),
+            base=str(entry.get("base", base)),
+            overrides=(*shared, *_overrides(entry, where)),
+            note=str(entry.get("note", "")),
+        )
         load_recipe(run.base, run.overrides)
         runs.append(run)
     names = [run.name for run in runs]
@@ -144,13 +157,20 @@ def load_study(path: str | Path) -> Study:
         _unknown(set(entry), ENSEMBLE_KEYS, where)
         members = tuple(str(member) for member in entry.get("members", ()))
         if len(members) < 2 or not set(members) <= set(names):
-            raise ConfigError(f"{where}: 'members' must list at least two of the study's runs ({', '.join(names)})")
+            raise ConfigError(
+                f"{where}: 'members' must list at least two of the study's runs ({', '.join(names)})"
+            )
         ensembles.append(Ensemble(str(entry["name"]), str(entry.get("label", entry["name"])), members))
     evaluate = raw.get("evaluate") or {}
-    return Study(name=str(raw.get("name", Path(path).stem)), description=str(raw.get("description", "")),
-                 split={"val": 0.15, "test": 0.15, "seed": 0, "group": "lesion", **(raw.get("split") or {})},
-                 stages_separately=bool(evaluate.get("stages_separately", False)),
-                 tta=bool(evaluate.get("tta", False)), runs=tuple(runs), ensembles=tuple(ensembles))
+    return Study(
+        name=str(raw.get("name", Path(path).stem)),
+        description=str(raw.get("description", "")),
+        split={"val": 0.15, "test": 0.15, "seed": 0, "group": "lesion", **(raw.get("split") or {})},
+        stages_separately=bool(evaluate.get("stages_separately", False)),
+        tta=bool(evaluate.get("tta", False)),
+        runs=tuple(runs),
+        ensembles=tuple(ensembles),
+    )
 
 
 def run_recipe(run: StudyRun, budget: Budget) -> Recipe:
@@ -165,11 +185,14 @@ def study_split(study: Study, table: SampleTable, folder: Path, budget: Budget) 
     path = folder / "split.csv"
     if path.exists():
         return read_split(path, table)
-    seed = int(study.split["seed"])
-    source = subset_table(table, budget.subset, seed) if budget.subset else table
-    made = make_split(source, float(study.split["val"]), float(study.split["test"]), seed,
-                      group=str(study.split["group"]))
-    split = Split(made.parts, table.fingerprint, made.seed, made.group)
+    split = new_run_split(
+        table,
+        budget.subset,
+        int(study.split["seed"]),
+        float(study.split["val"]),
+        float(study.split["test"]),
+        str(study.split["group"]),
+    )
     write_split(path, split)
     return split
 
@@ -191,92 +214,145 @@ def train_study_run(run: StudyRun, recipe: Recipe, table: SampleTable, split: Sp
     train_run(recipe, table, split, run_dir, resume=resumable)
 
 
-def _evaluations(study: Study, recipe: Recipe, run_dir: Path) -> list[tuple[str, Path | None]]:
-    """(row suffix, checkpoint stem) pairs: the best model, or each stage's best when asked."""
+def views(study: Study) -> tuple[str, ...] | None:
+    """The test-time augmentation views a study evaluates with (None: no TTA)."""
+    return DEFAULT_VIEWS if study.tta else None
+
+
+def _evaluations(study: Study, recipe: Recipe, run_dir: Path) -> list[tuple[int | None, Path | None]]:
+    """(stage, checkpoint stem) pairs: the run's best model, or each stage's best when the study asks."""
     if not study.stages_separately or len(recipe.stages) == 1:
-        return [("", None)]
-    return [(f" / stage {stage}", stage_best_stem(run_dir, stage)) for stage in range(1, len(recipe.stages) + 1)]
+        return [(None, None)]
+    run = RunDirectory(run_dir)
+    return [(stage, run.stage_best(stage)) for stage in range(1, len(recipe.stages) + 1)]
 
 
 def _row(name: str, label: str, metrics: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    recall = {f"recall_{row['class']}": row["recall"] for row in metrics["per_class"]}
-    return {"run": name, "label": label, "accuracy": metrics["accuracy"],
-            "balanced_accuracy": metrics["balanced_accuracy"], "macro_f1": metrics["macro_f1"],
-            "auc_macro": metrics.get("roc_auc_macro"), **recall, **extra}
+    recall = {f"recall_{code}": row["recall"] for code, row in metrics["per_class"].items()}
+    return {
+        "run": name,
+        "label": label,
+        "accuracy": metrics["accuracy"],
+        "balanced_accuracy": metrics["balanced_accuracy"],
+        "macro_f1": metrics["macro_f1"],
+        "auc_macro": metrics.get("roc_auc_macro"),
+        **recall,
+        **extra,
+    }
 
 
-def _history_speed(run_dir: Path, stage: int | None) -> float | None:
-    """Mean training images/s over the epochs of one stage (or all), from history.csv."""
-    path = run_dir / "history.csv"
-    if not path.exists():
-        return None
-    with path.open(newline="", encoding="utf-8") as handle:
-        rows = [row for row in csv.DictReader(handle) if stage is None or int(row["stage"]) == stage]
-    speeds = [float(row["images_per_s"]) for row in rows if row.get("images_per_s")]
-    return float(np.mean(speeds)) if speeds else None
+def training_effort(run_dir: Path, up_to_stage: int | None) -> tuple[float, float | None]:
+    """Minutes spent training to reach a stage's model (all stages when None), and mean images/s of the
+    epochs of that stage (of all epochs when None), from history.csv."""
+    with (run_dir / "history.csv").open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    reached = [row for row in rows if up_to_stage is None or int(row["stage"]) <= up_to_stage]
+    own = [row for row in reached if up_to_stage is None or int(row["stage"]) == up_to_stage]
+    speeds = [float(row["images_per_s"]) for row in own if row.get("images_per_s")]
+    minutes = sum(float(row["seconds"]) for row in reached) / 60
+    return round(minutes, 1), (float(np.mean(speeds)) if speeds else None)
 
 
 def evaluate_study_run(study: Study, run: StudyRun, recipe: Recipe, run_dir: Path) -> list[dict[str, Any]]:
     """Evaluate a trained run on the study's test part; one row per evaluated checkpoint."""
-    facts = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
     rows = []
-    for suffix, stem in _evaluations(study, recipe, run_dir):
-        stage = int(suffix.rsplit(" ", 1)[1]) if suffix else None
+    validation = {row["stage"]: row for row in summary_rows(run_dir)}
+    for stage, stem in _evaluations(study, recipe, run_dir):
         out_dir = run_dir / "eval" / (f"test-stage{stage}" if stage else "test")
-        options = EvaluationOptions(split="test", tta_views=DEFAULT_VIEWS if study.tta else None,
-                                    checkpoint=stem, out_dir=out_dir)
+        options = EvaluationOptions(split="test", tta_views=views(study), checkpoint=stem, out_dir=out_dir)
         metrics = evaluate_run(run_dir, options).metrics
-        rows.append(_row(run.name + (f"-stage{stage}" if stage else ""), run.label + suffix, metrics, {
-            "arch": recipe.arch, "pretrained": recipe.pretrained if recipe.pretrained in ("imagenet", "none")
-            else "file", "image_size": recipe.image_size,
+        minutes, speed = training_effort(run_dir, stage)
+        chosen = validation[stage or len(recipe.stages)]
+        extra = {
+            "val_balanced_accuracy": chosen["val_balanced_accuracy"],
+            "val_macro_f1": chosen["val_macro_f1"],
+            "arch": recipe.arch,
+            "pretrained": recipe.pretrained if recipe.pretrained in ("imagenet", "none") else "file",
+            "image_size": recipe.image_size,
             "parameters": metrics["model"]["parameters"],
-            "train_minutes": round(float(facts.get("train_seconds", 0.0)) / 60, 1),
-            "train_images_per_s": _history_speed(run_dir, stage),
-            "report": str((out_dir / "report.md").relative_to(run_dir.parent)),
-            "note": run.note}))
+            "train_minutes": minutes,
+            "train_images_per_s": speed,
+            "report": (out_dir / "report.md").relative_to(run_dir.parent).as_posix(),
+            "note": run.note,
+        }
+        suffix = f" / stage {stage}" if stage else ""
+        rows.append(_row(run.name + (f"-stage{stage}" if stage else ""), run.label + suffix, metrics, extra))
     return rows
 
 
-def ensemble_row(ensemble: Ensemble, folder: Path) -> dict[str, Any]:
-    """Average the members' test probabilities (same split, same images) and measure the result."""
-    members = [read_predictions(folder / member / "eval" / "test" / "predictions.csv")
-               for member in ensemble.members]
+def averaged_predictions(ensemble: Ensemble, folder: Path, part: str) -> Predictions:
+    """The members' probabilities on one part (`test` or `val`), averaged image by image."""
+    members = [
+        read_predictions(folder / member / "eval" / part / "predictions.csv") for member in ensemble.members
+    ]
     first = members[0]
     for member, predictions in zip(ensemble.members, members, strict=True):
         if predictions.image_ids != first.image_ids:
             raise ConfigError(f"ensemble {ensemble.name}: run {member} was evaluated on other images")
-    averaged = first.with_probabilities(np.mean([member.probabilities for member in members], axis=0))
-    metrics = compute_metrics(averaged)
-    out_dir = folder / f"ensemble-{ensemble.name}"
-    atomic_write_json(out_dir / "metrics.json", {"members": list(ensemble.members), **metrics})
-    return _row(f"ensemble-{ensemble.name}", ensemble.label, metrics, {
-        "arch": "+".join(ensemble.members), "note": f"mean of {len(members)} runs' probabilities"})
+    return first.with_probabilities(np.mean([member.probabilities for member in members], axis=0))
+
+
+def ensemble_row(ensemble: Ensemble, folder: Path) -> dict[str, Any]:
+    """Measure an ensemble on the test part, with its validation score beside it for choosing honestly."""
+    metrics = compute_metrics(averaged_predictions(ensemble, folder, "test"))
+    validation = compute_metrics(averaged_predictions(ensemble, folder, "val"))
+    atomic_write_json(
+        folder / f"ensemble-{ensemble.name}" / "metrics.json",
+        {"members": list(ensemble.members), **metrics, "validation": validation},
+    )
+    extra = {
+        "val_balanced_accuracy": validation["balanced_accuracy"],
+        "val_macro_f1": validation["macro_f1"],
+        "arch": "+".join(ensemble.members),
+        "note": f"mean of the probabilities of {', '.join(ensemble.members)}",
+    }
+    return _row(f"ensemble-{ensemble.name}", ensemble.label, metrics, extra)
 
 
 def study_table(rows: list[dict[str, Any]]) -> Table:
-    """The comparison table, best balanced accuracy marked."""
-    best = max(range(len(rows)), key=lambda i: rows[i]["balanced_accuracy"]) if rows else -1
-    header = ["run", "acc", "bal acc", "macro F1", *[f"rec {code}" for code in CLASS_CODES], "params",
-              "train min", "img/s"]
+    """The comparison table; the row marked best is chosen by validation balanced accuracy, never by test."""
+    best = max(range(len(rows)), key=lambda i: rows[i]["val_balanced_accuracy"]) if rows else -1
+    header = [
+        "run",
+        "val bal acc",
+        "acc",
+        "bal acc",
+        "macro F1",
+        *[f"rec {code}" for code in CLASS_CODES],
+        "params",
+        "train min",
+        "img/s",
+    ]
     body = []
     for index, row in enumerate(rows):
         params = row.get("parameters")
         speed = row.get("train_images_per_s")
-        body.append([("**best** " if index == best else "") + row["label"],
-                     f"{row['accuracy']:.3f}", f"{row['balanced_accuracy']:.3f}", f"{row['macro_f1']:.3f}",
-                     *[f"{row.get(f'recall_{code}', float('nan')):.2f}" for code in CLASS_CODES],
-                     f"{params / 1e6:.2f}M" if params else "", str(row.get("train_minutes", "")),
-                     f"{speed:.0f}" if speed else ""])
+        body.append(
+            [
+                ("**best** " if index == best else "") + row["label"],
+                f"{row['val_balanced_accuracy']:.3f}",
+                f"{row['accuracy']:.3f}",
+                f"{row['balanced_accuracy']:.3f}",
+                f"{row['macro_f1']:.3f}",
+                *[number(row.get(f"recall_{code}"), 2) for code in CLASS_CODES],
+                f"{params / 1e6:.2f}M" if params else "",
+                str(row.get("train_minutes", "")),
+                f"{speed:.0f}" if speed else "",
+            ]
+        )
     return Table(header, body)
 
 
-def write_study_outputs(study: Study, folder: Path, budget: Budget, data_root: Path,
-                        rows: list[dict[str, Any]]) -> None:
+def write_study_outputs(
+    study: Study, folder: Path, budget: Budget, data_root: Path, rows: list[dict[str, Any]]
+) -> None:
     """study.json, study.csv, study.md and the figure, all from the same rows."""
     from lesionlab.evaluation.plots import plot_study
 
-    atomic_write_json(folder / "study.json", {"study": study.name, "budget": budget.__dict__,
-                                              "data": str(data_root), "rows": rows})
+    atomic_write_json(
+        folder / "study.json",
+        {"study": study.name, "budget": budget.__dict__, "data": str(data_root), "rows": rows},
+    )
     columns = list(dict.fromkeys(key for row in rows for key in row))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
@@ -285,19 +361,36 @@ def write_study_outputs(study: Study, folder: Path, budget: Budget, data_root: P
     atomic_write_text(folder / "study.csv", buffer.getvalue())
     plot_study(rows, f"{study.name}: test part, {budget.describe()}", folder / "study.png")
     notes = [f"- {row['label']}: {row['note']}" for row in rows if row.get("note")]
-    lines = [f"# Study {study.name}", "", study.description, "",
-             f"Data: `{data_root}`; lesion-grouped split seed {study.split['seed']} "
-             f"(val {study.split['val']}, test {study.split['test']}); budget: {budget.describe()}.",
-             "Metrics on the test part; the best row (balanced accuracy) is marked.", "",
-             format_table(study_table(rows)), "", *(["Notes:", *notes, ""] if notes else []),
-             "![study](study.png)", "", "Full report per run: " + ", ".join(
-                 f"[{row['label']}]({row['report']})" for row in rows if row.get("report")), ""]
+    lines = [
+        f"# Study {study.name}",
+        "",
+        study.description,
+        "",
+        f"Data: `{data_root}`; lesion-grouped split seed {study.split['seed']} "
+        f"(val {study.split['val']}, test {study.split['test']}); budget: {budget.describe()}.",
+        "Metrics on the test part; the row marked best has the highest validation balanced accuracy.",
+        "",
+        format_table(study_table(rows)),
+        "",
+        *(["Notes:", *notes, ""] if notes else []),
+        "![study](study.png)",
+        "",
+        "Full report per run: "
+        + ", ".join(f"[{row['label']}]({row['report']})" for row in rows if row.get("report")),
+        "",
+    ]
     atomic_write_text(folder / "study.md", "\n".join(lines))
 
 
-def run_study(config: str | Path, *, data: str | Path | None = None, fmt: str | None = None,
-              runs_dir: str | Path = "runs", budget: Budget | None = None,
-              only: tuple[str, ...] = ()) -> Path:
+def run_study(
+    config: str | Path,
+    *,
+    data: str | Path | None = None,
+    fmt: str | None = None,
+    runs_dir: str | Path = "runs",
+    budget: Budget | None = None,
+    only: tuple[str, ...] = (),
+) -> Path:
     """Train and evaluate every run of a study (skipping finished ones) and write the comparison."""
     budget = budget or Budget()
     study = load_study(config)
@@ -317,6 +410,11 @@ def run_study(config: str | Path, *, data: str | Path | None = None, fmt: str | 
         log.info("study %s: run %s", study.name, run.name)
         train_study_run(run, recipe, table, split, run_dir)
         rows.extend(evaluate_study_run(study, run, recipe, run_dir))
+        if any(run.name in ensemble.members for ensemble in study.ensembles):
+            evaluate_run(
+                run_dir,
+                EvaluationOptions(split="val", tta_views=views(study), out_dir=run_dir / "eval" / "val"),
+            )
     for ensemble in study.ensembles:
         if not only or set(ensemble.members) <= set(only):
             rows.append(ensemble_row(ensemble, folder))

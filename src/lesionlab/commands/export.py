@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from lesionlab.export import ExportReport
 
+INT8_LOSS_WORTH_NOTING = 0.02
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `export` verb."""
@@ -60,4 +62,9 @@ def summary_table(report: ExportReport) -> str:
         ))
     table = Table(headers=("model", "file", "size", "max |p - p_torch|", "top-1 agreement",
                            "balanced accuracy"), rows=tuple(rows), numeric_from=2)
-    return f"{format_table(table)}\n\nChecked on {images} validation image(s) of the run's split."
+    notes = [f"Checked on {images} validation image(s) of the run's split."]
+    loss = report.files[0].balanced_accuracy - report.files[-1].balanced_accuracy
+    if len(report.files) > 1 and loss > INT8_LOSS_WORTH_NOTING:
+        notes.append(f"Note: int8 loses {loss:.3f} balanced accuracy against fp32 on these images; serve "
+                     f"the fp32 file where accuracy matters.")
+    return "\n\n".join([format_table(table), *notes])

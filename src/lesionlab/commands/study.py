@@ -8,18 +8,27 @@ from pathlib import Path
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "study", help="run a list of recipes on one shared split and compare them",
-        description="Train and evaluate every run of a study file on one lesion-grouped split; finished runs are "
-                    "skipped and interrupted ones resumed, so rerunning the command completes a study. Writes "
-                    "study.md, study.csv and study.png into RUNS_DIR/study-<name>/.")
+        "study",
+        help="run a list of recipes on one shared split and compare them",
+        description="Train and evaluate every run of a study file on one lesion-grouped split; finished runs "
+        "are "
+        "skipped and interrupted ones resumed, so rerunning the command completes a study. Writes "
+        "study.md, study.csv and study.png into RUNS_DIR/study-<name>/.",
+    )
     parser.add_argument("config", help="a study file, e.g. configs/study-freeze.yaml (or its name)")
-    parser.add_argument("--data", help="dataset path (default: $LESIONLAB_DATA, then ../shared/data/ham10000)")
+    parser.add_argument(
+        "--data", help="dataset path (default: $LESIONLAB_DATA, then ../shared/data/ham10000)"
+    )
     parser.add_argument("--format", dest="fmt", help="dataset layout, when detection guesses wrong")
     parser.add_argument("--runs-dir", default="runs", help="where the study folder goes (default: runs)")
     parser.add_argument("--image-size", type=int, help="budget: train and evaluate every run at this size")
     parser.add_argument("--epochs-scale", type=float, default=1.0, help="budget: scale every stage's epochs")
-    parser.add_argument("--subset", type=int, help="budget: a class-stratified, lesion-grouped subset of N images")
-    parser.add_argument("--only", nargs="+", default=(), metavar="RUN", help="run just these runs of the study")
+    parser.add_argument(
+        "--subset", type=int, help="budget: a class-stratified, lesion-grouped subset of N images"
+    )
+    parser.add_argument(
+        "--only", nargs="+", default=(), metavar="RUN", help="run just these runs of the study"
+    )
     parser.set_defaults(handler=handle)
 
 
@@ -27,7 +36,13 @@ def handle(args: argparse.Namespace) -> int:
     from lesionlab.study import Budget, run_study
 
     budget = Budget(image_size=args.image_size, epochs_scale=args.epochs_scale, subset=args.subset)
-    folder = run_study(args.config, data=args.data, fmt=args.fmt, runs_dir=args.runs_dir, budget=budget,
-                       only=tuple(args.only))
+    folder = run_study(
+        args.config,
+        data=args.data,
+        fmt=args.fmt,
+        runs_dir=args.runs_dir,
+        budget=budget,
+        only=tuple(args.only),
+    )
     print((Path(folder) / "study.md").read_text(encoding="utf-8"))
     return 0

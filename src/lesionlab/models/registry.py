@@ -111,6 +111,13 @@ def make_head(in_features: int, hidden: int, dropout: float, num_classes: int) -
     return nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, num_classes))
 
 
+def head_config(arch: str, head_hidden: int | None = None, dropout: float | None = None) -> tuple[int, float]:
+    """The head's hidden width and dropout: the given values, or the architecture's reference head."""
+    spec = architecture(arch)
+    return (spec.head_hidden if head_hidden is None else int(head_hidden),
+            spec.dropout if dropout is None else float(dropout))
+
+
 def _load_backbone(native: nn.Module, weights_file: Path, arch: str, sha256: str | None) -> None:
     """Load an ImageNet state dict strictly into the architecture's native 1000-class network."""
     state = load_state_dict_file(weights_file, sha256)
@@ -146,8 +153,7 @@ def build_model(
     ImageNet classifier is the only part replaced (and logged as re-initialised); the rest loads strictly.
     """
     spec = architecture(arch)
-    hidden = spec.head_hidden if head_hidden is None else int(head_hidden)
-    drop = spec.dropout if dropout is None else float(dropout)
+    hidden, drop = head_config(arch, head_hidden, dropout)
     head = make_head(spec.feature_width, hidden, drop, num_classes)
     if arch == "small_cnn":
         if str(pretrained).strip().lower() != "none":

@@ -33,7 +33,7 @@ def to_device(images: torch.Tensor, device: torch.device, channels_last: bool) -
     return images
 
 
-def frozen_backbone_forward(model: nn.Module, channels_last: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+def frozen_backbone_forward(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     """A forward function that builds no graph through the (frozen, eval-mode) backbone."""
 
     def forward(images: torch.Tensor) -> torch.Tensor:

@@ -29,7 +29,7 @@ from lesionlab.data.dataset import LesionDataset
 from lesionlab.errors import ConfigError, LesionlabError
 from lesionlab.models.checkpoint import ModelCard, load_state, save_checkpoint
 from lesionlab.models.freeze import FreezePlan, apply_plan, plan_table, resolve_plan, set_train_mode
-from lesionlab.models.registry import Architecture, architecture
+from lesionlab.models.registry import Architecture, architecture, head_config
 from lesionlab.training.features import FeatureCache, extract_features, frozen_backbone_forward, to_device
 from lesionlab.training.imbalance import class_counts, loss_class_weights, make_criterion, make_sampler
 from lesionlab.training.recipe import Recipe, StageConfig
@@ -216,11 +216,11 @@ def evaluate(forward: Forward, batches: Iterable[Batch],
 def model_card(recipe: Recipe, spec: Architecture, stage: int, epoch: int, metrics: dict[str, float],
                run_name: str) -> ModelCard:
     """The card saved beside every checkpoint of this run."""
+    head_hidden, dropout = head_config(recipe.arch, recipe.head_hidden, recipe.dropout)
     return ModelCard(
         arch=recipe.arch, num_classes=NUM_CLASSES, classes=list(CLASS_CODES), input_size=recipe.image_size,
         mean=list(spec.mean), std=list(spec.std), grayscale=recipe.grayscale,
-        head_hidden=spec.head_hidden if recipe.head_hidden is None else recipe.head_hidden,
-        dropout=spec.dropout if recipe.dropout is None else recipe.dropout,
+        head_hidden=head_hidden, dropout=dropout,
         stage=stage, epoch=epoch, metrics=metrics, run_name=run_name,
     )
 
@@ -282,7 +282,7 @@ def train_stage(model: nn.Module, recipe: Recipe, stage_index: int, data: StageD
             forward: Forward = model.classifier
             batches: Iterable[Batch] = cached_batches(cache, data, stage, epoch_seed)
         else:
-            forward = frozen_backbone_forward(model, data.channels_last) if plan.backbone_frozen() else model
+            forward = frozen_backbone_forward(model) if plan.backbone_frozen() else model
             batches = image_batches(data, stage, epoch_seed)
         try:
             train_loss, seen, train_seconds = train_epoch(forward, batches, steps, criterion, optimizer,

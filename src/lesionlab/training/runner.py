@@ -193,6 +193,9 @@ def _run_stages(recipe: Recipe, table: SampleTable, split: Split, run: RunDirect
     device = pick_device(recipe.device)
     data = _stage_data(recipe, table, split, device)
     torch.manual_seed(recipe.seed)
+    if resume and not run.state_tensors.exists():
+        log.info("%s never completed an epoch; starting it from its first epoch", run.path)
+        resume = False
     model = build_model(recipe.arch, pretrained="none" if resume else recipe.pretrained,
                         head_hidden=recipe.head_hidden, dropout=recipe.dropout,
                         weights_dir=recipe.weights_dir, weights_sha256=recipe.weights_sha256)

@@ -1,0 +1,125 @@
+"""Studies: the study file is checked before any training, every run shares one split, finished runs are
+skipped on a rerun, ensembles average their members, and the shipped study files hold the reference's runs."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from lesionlab.data.readers import read_dataset
+from lesionlab.data.split import read_split, shared_lesions
+from lesionlab.errors import ConfigError
+from lesionlab.evaluation.predictions import read_predictions
+from lesionlab.study import Budget, load_study, run_recipe, run_study, study_table
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["arch=small_cnn", "pretrained=none", "head_hidden=null", "dropout=null", "image_size=32",
+        "workers=0", "channels_last=false", "cache=false"]
+
+
+def write_study(folder: Path, body: dict) -> Path:
+    path = folder / "study.yaml"
+    path.write_text(yaml.safe_dump(body), encoding="utf-8")
+    return path
+
+
+def tiny_study(folder: Path) -> Path:
+    return write_study(folder, {
+        "name": "tiny",
+        "set": TINY,
+        "stages": [{"trainable": "all", "epochs": 1, "batch_size": 16, "feature_cache": None}],
+        "runs": [{"name": "a", "set": ["seed=1"]}, {"name": "b", "set": ["seed=2", "stages.0.lr=3.0e-3"]}],
+        "ensembles": [{"name": "ab", "members": ["a", "b"]}],
+    })
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"name": "x"}, "needs a 'runs' list"),
+        ({"runs": [{"name": "a"}], "typo": 1}, "unknown key"),
+        ({"runs": [{"name": "a"}, {"name": "a"}]}, "unique"),
+        ({"runs": [{"name": "a", "set": ["no_such_key=1"]}]}, "no_such_key"),
+        ({"runs": [{"name": "a"}], "ensembles": [{"name": "e", "members": ["a", "zz"]}]}, "members"),
+    ],
+)
+def test_a_bad_study_file_fails_before_training(tmp_path: Path, body: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_study(write_study(tmp_path, body))
+
+
+@pytest.mark.parametrize("name", ["study-freeze", "study-large-vs-small", "study-best"])
+def test_shipped_study_files_parse(name: str) -> None:
+    study = load_study(REPO / "configs" / f"{name}.yaml")
+    assert study.runs
+
+
+def test_freeze_study_has_the_reference_runs() -> None:
+    study = load_study(REPO / "configs" / "study-freeze.yaml")
+    plans = {run.name: run_recipe(run, Budget()).stages[0].trainable for run in study.runs}
+    assert plans == {
+        "without-imagenet": "all", "all-layers": "all", "first-and-last": "first-and-last",
+        "last-block": "last-block", "freeze-middle-6": "freeze-middle-6", "beginning": "beginning",
+        "middle": "middle", "small-cnn": "all",
+    }
+    recipes = {run.name: run_recipe(run, Budget()) for run in study.runs}
+    assert recipes["without-imagenet"].pretrained == "none"
+    assert recipes["all-layers"].pretrained == "imagenet"
+    assert recipes["small-cnn"].arch == "small_cnn"
+
+
+def test_large_vs_small_reports_each_stage() -> None:
+    study = load_study(REPO / "configs" / "study-large-vs-small.yaml")
+    assert study.stages_separately
+    archs = {run.name: run_recipe(run, Budget()).arch for run in study.runs}
+    assert archs == {"large": "mobilenet_v3_large", "small": "mobilenet_v3_small"}
+
+
+def test_budget_scales_epochs_and_size() -> None:
+    study = load_study(REPO / "configs" / "study-large-vs-small.yaml")
+    recipe = run_recipe(study.runs[1], Budget(image_size=96, epochs_scale=0.5))
+    assert recipe.image_size == 96
+    assert [stage.epochs for stage in recipe.stages] == [8, 3]
+
+
+def test_study_table_marks_the_best_by_validation_never_by_test() -> None:
+    rows = [{"label": name, "accuracy": 0.5, "val_balanced_accuracy": val, "balanced_accuracy": test,
+             "macro_f1": 0.4} for name, val, test in (("x", 0.3, 0.9), ("y", 0.6, 0.2), ("z", 0.5, 0.5))]
+    labels = [line[0] for line in study_table(rows).rows]
+    assert labels == ["x", "**best** y", "z"]
+
+
+def test_a_study_runs_on_one_split_skips_finished_runs_and_averages_an_ensemble(
+    tiny_ham_dataset: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LESIONLAB_CACHE", str(tmp_path / "cache"))
+    data = tiny_ham_dataset(images_per_class=20, images_per_lesion=1)
+    folder = run_study(tiny_study(tmp_path), data=data, runs_dir=tmp_path / "runs")
+
+    table = read_dataset(data)
+    split = read_split(folder / "split.csv", table)
+    assert shared_lesions(split) == set()
+    for run in ("a", "b"):
+        assert (folder / run / "split.csv").read_text() == (folder / "split.csv").read_text()
+        assert (folder / run / "eval" / "test" / "report.html").is_file()
+
+    with (folder / "study.csv").open(newline="") as handle:
+        rows = {row["run"]: row for row in csv.DictReader(handle)}
+    assert set(rows) == {"a", "b", "ensemble-ab"}
+    members = [read_predictions(folder / run / "eval" / "test" / "predictions.csv") for run in ("a", "b")]
+    mean = np.mean([member.probabilities for member in members], axis=0)
+    expected = np.mean(mean.argmax(axis=1) == members[0].labels)
+    assert float(rows["ensemble-ab"]["accuracy"]) == pytest.approx(expected)
+    assert (folder / "study.png").stat().st_size > 0
+    assert "**best**" in (folder / "study.md").read_text()
+
+    trained = (folder / "a" / "best.safetensors").stat().st_mtime_ns
+    run_study(tiny_study(tmp_path), data=data, runs_dir=tmp_path / "runs", only=("a",))
+    assert (folder / "a" / "best.safetensors").stat().st_mtime_ns == trained
+    assert json.loads((folder / "study.json").read_text())["rows"][0]["run"] == "a"
