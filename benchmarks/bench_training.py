@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -194,8 +195,10 @@ def main() -> None:
                      lesionlab_image_path(plain_layout, args, "all", "train")))
     baseline = rows[0][1]
     width = max(len(name) for name, _ in rows)
+    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
     print(f"\nMobileNetV3-Small, {args.n} images at {args.size} px, batch {args.batch_size}, "
-          f"{args.workers} workers, {torch.get_num_threads()} threads")
+          f"{args.workers} workers, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
+          f"load average {load} (other processes skew every row)")
     print(f"{'path':<{width}}  {'images/s':>9}  {'vs (a)':>7}")
     for name, rate in rows:
         print(f"{name:<{width}}  {rate:>9,.0f}  {rate / baseline:>6.2f}x")

@@ -85,6 +85,8 @@ def tiny_run_dir(tmp_path_factory: pytest.TempPathFactory, shared_data_dir: Path
     fast; the split is a lesion-grouped 70/15/15 split of the real HAM10000 in `shared_data_dir`.
     Session-scoped: treat it as read-only and write outputs elsewhere.
     """
+    import torch
+
     from lesionlab.data.readers import read_dataset
     from lesionlab.data.split import make_split, write_split
     from lesionlab.models.checkpoint import ModelCard, save_checkpoint
@@ -95,6 +97,7 @@ def tiny_run_dir(tmp_path_factory: pytest.TempPathFactory, shared_data_dir: Path
     run_dir = tmp_path_factory.mktemp("tiny_run")
     write_split(run_dir / "split.csv", make_split(read_dataset(shared_data_dir), val=0.15, test=0.15, seed=0))
     spec = architecture("mobilenet_v3_small")
+    torch.manual_seed(0)  # the untrained head, so every session tests the same model
     model = build_model("mobilenet_v3_small", pretrained=str(SHARED_WEIGHTS.resolve()))
     card = ModelCard(arch="mobilenet_v3_small", num_classes=len(CLASS_CODES), classes=list(CLASS_CODES),
                      input_size=TINY_RUN_INPUT_SIZE, mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD),

@@ -143,38 +143,35 @@ def test_nan_loss_stops_and_keeps_the_last_good_state(tiny_split: tuple[Any, Spl
     assert json.loads((run_dir / "run.json").read_text())["status"] == "failed"
 
 
-def uninterrupted_calls(tiny_split: tuple[Any, Split], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                        recipe: Recipe) -> tuple[Path, int]:
-    table, split = tiny_split
-    patch_criterion(monkeypatch, None)
-    run_dir = train_run(recipe, table, split, tmp_path / "runs" / "straight")
-    return run_dir, CountingCriterion.calls
-
-
-@pytest.mark.parametrize("where", [0.1, 0.4, 0.85])
-def test_resume_ends_with_identical_weights(tiny_split: tuple[Any, Split], tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch, where: float) -> None:
-    table, split = tiny_split
-    recipe = tiny_recipe()
-    straight, calls = uninterrupted_calls(tiny_split, tmp_path, monkeypatch, recipe)
-
-    interrupted = tmp_path / "runs" / "interrupted"
-    patch_criterion(monkeypatch, fail_at=int(calls * where))
-    with pytest.raises(KeyboardInterrupt):
-        train_run(recipe, table, split, interrupted)
-    state_file = interrupted / "state.json"
-    stopped_at = json.loads(state_file.read_text()) if state_file.exists() else {"stage": 0, "epoch": 0}
-    assert (stopped_at["stage"], stopped_at["epoch"]) != (2, 2)
-    patch_criterion(monkeypatch, None)
-    train_run(recipe, table, split, interrupted, resume=True)
-
-    for name in ("best.safetensors", "stage1-best.safetensors", "stage2-best.safetensors"):
-        expected, actual = load_file(straight / name), load_file(interrupted / name)
+def assert_same_final_run(straight: Path, resumed: Path) -> None:
+    """Identical checkpoints, final state (weights and optimizer) and history, timings aside."""
+    for stem in ("best", "stage1-best", "stage2-best", "state"):
+        name = f"{stem}.safetensors"
+        expected, actual = load_file(straight / name), load_file(resumed / name)
         assert expected.keys() == actual.keys()
         assert all(torch.equal(expected[key], actual[key]) for key in expected), name
-    final_straight = load_file(straight / "state.safetensors")
-    final_resumed = load_file(interrupted / "state.safetensors")
-    assert all(torch.equal(final_straight[key], final_resumed[key]) for key in final_straight)
-    assert history_without_timings(straight) == history_without_timings(interrupted)
-    sessions = json.loads((interrupted / "run.json").read_text())["sessions"]
-    assert len(sessions) == 2 and "error" in sessions[0]
+    assert history_without_timings(straight) == history_without_timings(resumed)
+
+
+def test_resume_ends_with_identical_weights(tiny_split: tuple[Any, Split], tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Interrupted in stage 1's first epoch (no state yet), mid stage 1, and mid stage 2, then resumed."""
+    table, split = tiny_split
+    recipe = tiny_recipe()
+    patch_criterion(monkeypatch, None)
+    straight = train_run(recipe, table, split, tmp_path / "runs" / "straight")
+    calls = CountingCriterion.calls
+
+    for where in (0.1, 0.4, 0.85):
+        interrupted = tmp_path / "runs" / f"interrupted-{where}"
+        patch_criterion(monkeypatch, fail_at=int(calls * where))
+        with pytest.raises(KeyboardInterrupt):
+            train_run(recipe, table, split, interrupted)
+        state_file = interrupted / "state.json"
+        stopped_at = json.loads(state_file.read_text()) if state_file.exists() else {"stage": 0, "epoch": 0}
+        assert (stopped_at["stage"], stopped_at["epoch"]) != (2, 2)
+        patch_criterion(monkeypatch, None)
+        train_run(recipe, table, split, interrupted, resume=True)
+        assert_same_final_run(straight, interrupted)
+        sessions = json.loads((interrupted / "run.json").read_text())["sessions"]
+        assert len(sessions) == 2 and "error" in sessions[0]

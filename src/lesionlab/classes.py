@@ -22,14 +22,15 @@ class LesionClass:
 
 CLASSES: tuple[LesionClass, ...] = (
     LesionClass(0, "akiec", "Actinic keratosis / intraepithelial carcinoma", True,
-                "Actinic keratoses and intraepithelial carcinoma (Bowen's disease): pre-malignant or in situ."),
+                "Actinic keratoses and intraepithelial carcinoma (Bowen's disease): in situ."),
     LesionClass(1, "bcc", "Basal cell carcinoma", True, "The most common skin cancer; rarely metastasises."),
     LesionClass(2, "bkl", "Benign keratosis-like lesion", False,
                 "Solar lentigines, seborrhoeic keratoses and lichen-planus-like keratoses."),
     LesionClass(3, "df", "Dermatofibroma", False, "A benign fibrous skin lesion."),
     LesionClass(4, "mel", "Melanoma", True, "A malignant neoplasm of melanocytes."),
     LesionClass(5, "nv", "Melanocytic nevus", False, "A benign neoplasm of melanocytes (a mole)."),
-    LesionClass(6, "vasc", "Vascular lesion", False, "Angiomas, angiokeratomas, pyogenic granulomas, haemorrhage."),
+    LesionClass(6, "vasc", "Vascular lesion", False,
+                "Angiomas, angiokeratomas, pyogenic granulomas and haemorrhage."),
 )
 
 CLASS_CODES: tuple[str, ...] = tuple(c.code for c in CLASSES)

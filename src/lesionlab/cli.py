@@ -1,7 +1,7 @@
 """The `lesionlab` command: one argparse parser whose verbs live in `lesionlab.commands.<verb>`.
 
-The CLI holds no logic of its own; each verb module adds its sub-parser and a handler that calls library functions.
-User errors (`LesionlabError`) are printed as one clear message with exit code 2, never as a traceback.
+The CLI holds no logic of its own: each verb module adds its sub-parser and a handler calling the library.
+User errors (`LesionlabError`) are printed as one clear message with exit code 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     """Assemble the parser from every command module that is present."""
     parser = argparse.ArgumentParser(
         prog="lesionlab",
-        description="Train, evaluate, explain and deploy dermoscopic skin-lesion classifiers (HAM10000, 7 classes).",
+        description="Train, evaluate, explain and deploy dermoscopic skin-lesion classifiers "
+        "(HAM10000, 7 classes).",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:

@@ -1,4 +1,4 @@
-"""Atomic file writes: a reader never sees a half-written file, and an interrupted run loses nothing it had saved."""
+"""Atomic file writes: a reader never sees a half-written file; an interrupted run loses nothing saved."""
 
 from __future__ import annotations
 

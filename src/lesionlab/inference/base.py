@@ -50,7 +50,11 @@ class Preprocessing:
 
 @dataclass(frozen=True)
 class Explanation:
-    """A prediction with its Grad-CAM heat map and the overlay shown to people (uint8 RGB, input size)."""
+    """A prediction, its Grad-CAM heat map (input size, 0..1) and the overlay shown to people.
+
+    The overlay is uint8 RGB at the image's own aspect ratio, not the squashed network input, so it lines up
+    with the photo a person looks at.
+    """
 
     prediction: Prediction
     heatmap: np.ndarray

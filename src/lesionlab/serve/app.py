@@ -45,6 +45,7 @@ def create_app(predictor: Predictor, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     async def read_image(file: UploadFile) -> Image.Image:
+        """Decode an upload off the event loop; reading one byte past the limit is enough to detect excess."""
         data = await file.read(max_upload_bytes + 1)
         name = file.filename or "upload"
         try:
@@ -54,6 +55,7 @@ def create_app(predictor: Predictor, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
+        """The page for people; its script and style come from /static."""
         return FileResponse(STATIC_DIR / "index.html")
 
     @app.get("/health")
