@@ -6,62 +6,62 @@ import argparse
 from datetime import datetime
 from pathlib import Path
 
-DEFAULT_VAL_FRACTION = 0.15
-DEFAULT_TEST_FRACTION = 0.15
+from lesionlab.commands._common import (
+    add_data_arguments,
+    add_recipe_arguments,
+    add_run_location_arguments,
+    recipe_overrides,
+)
+
 RESUME_CONFLICTS = ("config", "split", "set", "image_size", "epochs_scale", "subset", "name", "workers")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `train` verb."""
     parser = subparsers.add_parser(
-        "train", help="train a model from a recipe (two-stage transfer learning by default)",
+        "train",
+        help="train a model from a recipe (two-stage transfer learning by default)",
         description="Train a recipe (configs/default.yaml unless --config) into runs/<name>/. Without "
-                    "--split, a lesion-grouped split (val 0.15, test 0.15, the recipe's seed) is made and "
-                    "saved in the run folder; training never reads its test part.",
+        "--split, a lesion-grouped split (val 0.15, test 0.15, the recipe's seed) is made and "
+        "saved in the run folder; training never reads its test part.",
     )
-    parser.add_argument("--config", help="recipe YAML, or a name in configs/ (e.g. reference-small)")
-    parser.add_argument("--data", help="dataset folder or file (default: $LESIONLAB_DATA, then "
-                                        "../shared/data/ham10000)")
-    parser.add_argument("--format", help="dataset layout (ham10000, isic, prefix, folders, medmnist)")
+    add_data_arguments(parser)
+    add_recipe_arguments(parser)
+    add_run_location_arguments(parser)
     parser.add_argument("--split", help="an existing split.csv (from `lesionlab data split`)")
-    parser.add_argument("--name", help="run name (default: <arch>-<timestamp>)")
-    parser.add_argument("--runs-dir", default="runs", help="folder holding run folders (default: runs)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a recipe key by dotted path, value parsed as YAML (repeatable), "
-                             "e.g. --set stages.1.epochs=3 --set image_size=160")
-    parser.add_argument("--resume", metavar="RUN_DIR",
-                        help="continue a stopped run from its last completed epoch")
-    parser.add_argument("--image-size", type=int, help="shortcut for --set image_size=N")
-    parser.add_argument("--epochs-scale", type=float, help="scale every stage's epochs (rounded, at least 1)")
-    parser.add_argument("--subset", type=int,
-                        help="train on a class-stratified, lesion-grouped subset of about N images")
-    parser.add_argument("--workers", type=int, help="shortcut for --set workers=N")
+    parser.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue a stopped run from its last completed epoch"
+    )
     parser.set_defaults(handler=run_train)
 
 
 def run_train(args: argparse.Namespace) -> int:
     """Resolve recipe, data and split, train, and print the summary table."""
     from lesionlab.data.readers import read_dataset
-    from lesionlab.data.split import Split, make_split, read_split
+    from lesionlab.data.split import read_split
     from lesionlab.errors import ConfigError
+    from lesionlab.pipeline import new_run_split
     from lesionlab.training.recipe import load_recipe, scale_epochs
-    from lesionlab.training.runner import subset_table, summary_table, train_run
+    from lesionlab.training.runner import summary_table, train_run
 
     if args.resume:
-        given = [f"--{name.replace('_', '-')}" for name in RESUME_CONFLICTS
-                 if getattr(args, name) not in (None, [])]
+        given = [
+            f"--{name.replace('_', '-')}"
+            for name in RESUME_CONFLICTS
+            if getattr(args, name) not in (None, [])
+        ]
         if given:
-            raise ConfigError(f"--resume continues a run with its own recipe and split; drop "
-                              f"{', '.join(given)} or start a new run.")
+            raise ConfigError(
+                f"--resume continues a run with its own recipe and split; drop "
+                f"{', '.join(given)} or start a new run."
+            )
         run_dir = Path(args.resume)
         recipe = load_recipe(run_dir / "config.yaml")
         table = read_dataset(args.data or _recorded_data_root(run_dir), args.format)
         split = read_split(run_dir / "split.csv", table)
         train_run(recipe, table, split, run_dir, resume=True)
     else:
-        shortcuts = [f"{key}={value}" for key, value in
-                     (("image_size", args.image_size), ("workers", args.workers)) if value is not None]
-        recipe = load_recipe(args.config, [*args.set, *shortcuts])
+        recipe = load_recipe(args.config, recipe_overrides(args))
         if args.epochs_scale is not None:
             recipe = scale_epochs(recipe, args.epochs_scale)
         table = read_dataset(args.data, args.format)
@@ -70,9 +70,7 @@ def run_train(args: argparse.Namespace) -> int:
                 raise ConfigError("--subset makes a new split; it cannot be combined with --split")
             split = read_split(args.split, table)
         else:
-            source = subset_table(table, args.subset, recipe.seed) if args.subset else table
-            made = make_split(source, DEFAULT_VAL_FRACTION, DEFAULT_TEST_FRACTION, recipe.seed)
-            split = Split(made.parts, table.fingerprint, made.seed, made.group)
+            split = new_run_split(table, args.subset, recipe.seed)
         name = args.name or f"{recipe.arch}-{datetime.now():%Y%m%d-%H%M%S}"
         run_dir = Path(args.runs_dir) / name
         train_run(recipe, table, split, run_dir)
