@@ -33,7 +33,7 @@ from lesionlab.io_utils import atomic_write_json, atomic_write_text
 from lesionlab.pipeline import new_run_split
 from lesionlab.training.recipe import Recipe, load_recipe, resolve_config_path, scale_epochs
 from lesionlab.training.rundir import RunDirectory
-from lesionlab.training.runner import summary_rows, train_run
+from lesionlab.training.runner import train_run
 
 log = logging.getLogger(__name__)
 
@@ -241,47 +241,51 @@ def _row(name: str, label: str, metrics: dict[str, Any], extra: dict[str, Any]) 
     }
 
 
-def training_effort(run_dir: Path, up_to_stage: int | None) -> tuple[float, float | None]:
-    """Minutes spent training to reach a stage's model (all stages when None), and mean images/s of the
-    epochs of that stage (of all epochs when None), from history.csv."""
+def training_effort(run_dir: Path, stage: int | None) -> tuple[float, float | None]:
+    """Minutes spent training to reach a stage's model (the whole run when None), and the mean training
+    images/s of that stage (of the last stage when None: the stage that made the run's model)."""
     with (run_dir / "history.csv").open(newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
-    reached = [row for row in rows if up_to_stage is None or int(row["stage"]) <= up_to_stage]
-    own = [row for row in reached if up_to_stage is None or int(row["stage"]) == up_to_stage]
-    speeds = [float(row["images_per_s"]) for row in own if row.get("images_per_s")]
-    minutes = sum(float(row["seconds"]) for row in reached) / 60
+    last = stage or max(int(row["stage"]) for row in rows)
+    speeds = [float(row["images_per_s"]) for row in rows if int(row["stage"]) == last and row["images_per_s"]]
+    minutes = sum(float(row["seconds"]) for row in rows if int(row["stage"]) <= last) / 60
     return round(minutes, 1), (float(np.mean(speeds)) if speeds else None)
 
 
 def evaluate_study_run(study: Study, run: StudyRun, recipe: Recipe, run_dir: Path) -> list[dict[str, Any]]:
-    """Evaluate a trained run on the study's test part; one row per evaluated checkpoint."""
+    """Evaluate each chosen checkpoint of a trained run on the validation part (the column a reader picks
+    by) and on the test part (reported), both with the study's test-time augmentation; one row each."""
     rows = []
-    validation = {row["stage"]: row for row in summary_rows(run_dir)}
     for stage, stem in _evaluations(study, recipe, run_dir):
-        out_dir = run_dir / "eval" / (f"test-stage{stage}" if stage else "test")
-        options = EvaluationOptions(split="test", tta_views=views(study), checkpoint=stem, out_dir=out_dir)
-        metrics = evaluate_run(run_dir, options).metrics
+        tag = f"-stage{stage}" if stage else ""
+        scores = {}
+        for part in ("val", "test"):
+            options = EvaluationOptions(
+                split=part, tta_views=views(study), checkpoint=stem, out_dir=run_dir / "eval" / f"{part}{tag}"
+            )
+            scores[part] = evaluate_run(run_dir, options).metrics
+        metrics = scores["test"]
         minutes, speed = training_effort(run_dir, stage)
-        chosen = validation[stage or len(recipe.stages)]
         extra = {
-            "val_balanced_accuracy": chosen["val_balanced_accuracy"],
-            "val_macro_f1": chosen["val_macro_f1"],
+            "val_balanced_accuracy": scores["val"]["balanced_accuracy"],
+            "val_macro_f1": scores["val"]["macro_f1"],
             "arch": recipe.arch,
             "pretrained": recipe.pretrained if recipe.pretrained in ("imagenet", "none") else "file",
             "image_size": recipe.image_size,
             "parameters": metrics["model"]["parameters"],
             "train_minutes": minutes,
             "train_images_per_s": speed,
-            "report": (out_dir / "report.md").relative_to(run_dir.parent).as_posix(),
+            "report": (run_dir / "eval" / f"test{tag}" / "report.md").relative_to(run_dir.parent).as_posix(),
             "note": run.note,
         }
         suffix = f" / stage {stage}" if stage else ""
-        rows.append(_row(run.name + (f"-stage{stage}" if stage else ""), run.label + suffix, metrics, extra))
+        rows.append(_row(run.name + tag, run.label + suffix, metrics, extra))
     return rows
 
 
 def averaged_predictions(ensemble: Ensemble, folder: Path, part: str) -> Predictions:
-    """The members' probabilities on one part (`test` or `val`), averaged image by image."""
+    """The members' probabilities on one part (`test` or `val`), averaged image by image and renormalised
+    (predictions.csv rounds each probability)."""
     members = [
         read_predictions(folder / member / "eval" / part / "predictions.csv") for member in ensemble.members
     ]
@@ -289,7 +293,8 @@ def averaged_predictions(ensemble: Ensemble, folder: Path, part: str) -> Predict
     for member, predictions in zip(ensemble.members, members, strict=True):
         if predictions.image_ids != first.image_ids:
             raise ConfigError(f"ensemble {ensemble.name}: run {member} was evaluated on other images")
-    return first.with_probabilities(np.mean([member.probabilities for member in members], axis=0))
+    mean = np.mean([member.probabilities for member in members], axis=0)
+    return first.with_probabilities(mean / mean.sum(axis=1, keepdims=True))
 
 
 def ensemble_row(ensemble: Ensemble, folder: Path) -> dict[str, Any]:
@@ -410,11 +415,6 @@ def run_study(
         log.info("study %s: run %s", study.name, run.name)
         train_study_run(run, recipe, table, split, run_dir)
         rows.extend(evaluate_study_run(study, run, recipe, run_dir))
-        if any(run.name in ensemble.members for ensemble in study.ensembles):
-            evaluate_run(
-                run_dir,
-                EvaluationOptions(split="val", tta_views=views(study), out_dir=run_dir / "eval" / "val"),
-            )
     for ensemble in study.ensembles:
         if not only or set(ensemble.members) <= set(only):
             rows.append(ensemble_row(ensemble, folder))
