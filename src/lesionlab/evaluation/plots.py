@@ -188,7 +188,7 @@ def plot_study(rows: Sequence[dict[str, Any]], title: str, path: Path) -> Path:
     """
     labels = [row["label"] for row in rows]
     codes = [key[len("recall_") :] for key in rows[0] if key.startswith("recall_")] if rows else []
-    height = 1.6 + 0.45 * len(rows)
+    height = 2.2 + 0.45 * len(rows)
     figure = Figure(figsize=(14, height), layout="constrained")
     bar_axes, heat_axes = figure.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.1]})
     positions = np.arange(len(rows))
@@ -202,7 +202,7 @@ def plot_study(rows: Sequence[dict[str, Any]], title: str, path: Path) -> Path:
     bar_axes.set_xlim(0, 1)
     bar_axes.set_xlabel("score on the test part")
     bar_axes.set_title("headline metrics")
-    bar_axes.legend(loc="lower right", fontsize="small")
+    bar_axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=3, fontsize="small")
     recall = np.array(
         [
             [np.nan if row[f"recall_{code}"] is None else row[f"recall_{code}"] for code in codes]
