@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
 from collections.abc import Sequence
 
@@ -28,7 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Assemble the parser from every command module that is present."""
+    """Assemble the parser from every command module."""
     parser = argparse.ArgumentParser(
         prog="lesionlab",
         description="Train, evaluate, explain and deploy dermoscopic skin-lesion classifiers "
@@ -36,10 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
-        module_name = f"lesionlab.commands.{name}"
-        if importlib.util.find_spec(module_name) is None:
-            continue
-        importlib.import_module(module_name).register(subparsers)
+        importlib.import_module(f"lesionlab.commands.{name}").register(subparsers)
     return parser
 
 

@@ -75,3 +75,14 @@ def tta_views(args: argparse.Namespace) -> tuple[str, ...] | None:
     if not args.tta and not args.tta_views:
         return None
     return parse_views(args.tta_views)
+
+
+def reject_options_with_resume(args: argparse.Namespace, names: tuple[str, ...], keeps: str) -> None:
+    """Refuse flags that would change a run being resumed: it continues with its own recipe and split."""
+    from lesionlab.errors import ConfigError
+
+    given = [f"--{name.replace('_', '-')}" for name in names if getattr(args, name) not in (None, [])]
+    if given:
+        raise ConfigError(
+            f"--resume continues a run with its own {keeps}; drop {', '.join(given)} or start a new run."
+        )

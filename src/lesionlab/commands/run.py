@@ -10,6 +10,7 @@ from lesionlab.commands._common import (
     add_run_location_arguments,
     add_tta_arguments,
     recipe_overrides,
+    reject_options_with_resume,
     tta_views,
 )
 
@@ -41,22 +42,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_run(args: argparse.Namespace) -> int:
     """Run the pipeline and print the training summary and the test-part headline table."""
-    from lesionlab.errors import ConfigError
     from lesionlab.evaluation.report import console_summary
     from lesionlab.pipeline import PipelineOptions, run_pipeline
     from lesionlab.training.runner import summary_table
 
     if args.resume:
-        given = [
-            f"--{name.replace('_', '-')}"
-            for name in RESUME_CONFLICTS
-            if getattr(args, name) not in (None, [])
-        ]
-        if given:
-            raise ConfigError(
-                f"--resume continues a run with its own data, recipe and split; drop "
-                f"{', '.join(given)} or start a new run."
-            )
+        reject_options_with_resume(args, RESUME_CONFLICTS, "data, recipe and split")
     result = run_pipeline(
         PipelineOptions(
             data=args.data,

@@ -11,6 +11,7 @@ from lesionlab.commands._common import (
     add_recipe_arguments,
     add_run_location_arguments,
     recipe_overrides,
+    reject_options_with_resume,
 )
 
 RESUME_CONFLICTS = ("config", "split", "set", "image_size", "epochs_scale", "subset", "name", "workers")
@@ -45,16 +46,7 @@ def run_train(args: argparse.Namespace) -> int:
     from lesionlab.training.runner import summary_table, train_run
 
     if args.resume:
-        given = [
-            f"--{name.replace('_', '-')}"
-            for name in RESUME_CONFLICTS
-            if getattr(args, name) not in (None, [])
-        ]
-        if given:
-            raise ConfigError(
-                f"--resume continues a run with its own recipe and split; drop "
-                f"{', '.join(given)} or start a new run."
-            )
+        reject_options_with_resume(args, RESUME_CONFLICTS, "recipe and split")
         run_dir = Path(args.resume)
         recipe = load_recipe(run_dir / "config.yaml")
         table = read_dataset(args.data or _recorded_data_root(run_dir), args.format)
