@@ -122,6 +122,7 @@ def test_predict_command_json_from_onnx(tiny_onnx_file: Path, image_folder: Path
     assert main(["predict", str(tiny_onnx_file), *map(str, images), "--json", "--top", "2"]) == 0
     document = json.loads(capsys.readouterr().out)
     assert document["backend"] == "onnx" and document["failures"] == []
+    assert document["temperature"] is None and "uncalibrated" in document["calibration"]
     assert [item["image"] for item in document["predictions"]] == [str(image) for image in images]
     for item in document["predictions"]:
         assert set(item["probabilities"]) == set(CLASS_CODES)

@@ -8,12 +8,15 @@ import pytest
 import yaml
 
 from lesionlab.errors import ConfigError
+import lesionlab
 from lesionlab.training.recipe import (
     DEFAULT_RECIPE,
     FeatureCacheConfig,
     load_recipe,
     recipe_from_dict,
+    resolve_config_path,
     scale_epochs,
+    shipped_config_names,
 )
 
 SAMPLER = [4.0, 4.0, 2.0, 6.0, 2.0, 1.0, 6.0]
@@ -106,8 +109,17 @@ def test_unknown_key_in_a_file_is_named(tmp_path: Path) -> None:
 
 
 def test_missing_recipe_file(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="recipe file not found"):
+    with pytest.raises(ConfigError, match="recipe file not found.*reference-small"):
         load_recipe(tmp_path / "nope.yaml")
+
+
+def test_configs_ship_inside_the_package_so_any_install_finds_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    package = Path(lesionlab.__file__).parent
+    assert {"default", "best", "reference-small", "study-freeze"} <= set(shipped_config_names())
+    monkeypatch.chdir(tmp_path)
+    for given in ("reference-small", "configs/reference-small.yaml"):
+        assert resolve_config_path(given).parent == package / "configs"
 
 
 def test_user_stages_take_stage_defaults(tmp_path: Path) -> None:

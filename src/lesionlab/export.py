@@ -103,10 +103,12 @@ def set_metadata(model: onnx.ModelProto, metadata: dict[str, str]) -> None:
         model.metadata_props.add(key=key, value=value)
 
 
-def export_onnx(model: nn.Module, card: ModelCard, path: str | os.PathLike[str]) -> Path:
-    """Write the fp32 ONNX file (single file, weights inside) with its metadata, atomically."""
+def export_onnx(model: nn.Module, card: ModelCard, path: str | os.PathLike[str],
+                temperature: float | None = None) -> Path:
+    """Write the fp32 ONNX file (single file, weights inside) with its metadata, atomically; `temperature`
+    records the one already folded into `model`."""
     proto = onnx_model(model, card)
-    set_metadata(proto, metadata_for(card, FP32_QUANTIZATION))
+    set_metadata(proto, metadata_for(card, FP32_QUANTIZATION, temperature))
     run = card.run_name or "unnamed"
     proto.doc_string = f"lesionlab {card.arch} for {len(card.classes)} classes (run {run})"
     onnx.checker.check_model(proto)
@@ -202,7 +204,7 @@ def export_run(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | No
     validation = load_batch(split_samples(run_dir, "val", data, max_images, seed), reference.preprocessing,
                             "validation images")
     reference_probabilities = reference.predict_many(validation.images)
-    export_onnx(reference.model, reference.card, fp32_path)
+    export_onnx(reference.model, reference.card, fp32_path, reference.temperature)
     files = [check_file("onnx fp32", fp32_path, reference_probabilities, validation)]
     if int8:
         calibration = load_batch(split_samples(run_dir, "train", data, calibration_images, seed),

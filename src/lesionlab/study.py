@@ -31,7 +31,13 @@ from lesionlab.evaluation.report import Table, format_table, number
 from lesionlab.evaluation.tta import DEFAULT_VIEWS
 from lesionlab.io_utils import atomic_write_json, atomic_write_text
 from lesionlab.pipeline import new_run_split
-from lesionlab.training.recipe import Recipe, load_recipe, resolve_config_path, scale_epochs
+from lesionlab.training.recipe import (
+    Recipe,
+    load_recipe,
+    resolve_config_path,
+    scale_epochs,
+    shipped_config_names,
+)
 from lesionlab.training.rundir import RunDirectory
 from lesionlab.training.runner import train_run
 
@@ -125,7 +131,8 @@ def load_study(path: str | Path) -> Study:
     try:
         raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     except FileNotFoundError as error:
-        raise ConfigError(f"{path}: study file not found; pass a path or a name from configs/.") from error
+        raise ConfigError(f"{path}: study file not found; pass a path or one of the shipped names: "
+                          f"{', '.join(shipped_config_names())}.") from error
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML ({error})") from error
     if not isinstance(raw, dict) or not raw.get("runs"):

@@ -55,7 +55,8 @@ def run_predict(args: argparse.Namespace) -> int:
     else:
         print(_text_table(outcome.predictions, top))
         print(f"\n{len(outcome.predictions)} image(s) predicted, {len(failures)} failed; model "
-              f"{predictor.model_id}. A research tool, not a diagnosis.")
+              f"{predictor.model_id}; probabilities: {predictor.calibration}. A research tool, not a "
+              f"diagnosis.")
     for path, reason in failures:
         print(f"{path}: {reason}", file=sys.stderr)
     return 1 if failures else 0
@@ -67,6 +68,8 @@ def _json_document(predictor: Predictor, predictions: list[FilePrediction], fail
     return {
         "model_id": predictor.model_id,
         "backend": predictor.backend,
+        "temperature": predictor.temperature,
+        "calibration": predictor.calibration,
         "predictions": [
             {"image": str(item.path), **item.prediction.to_dict(top_k=top),
              **({"overlay": str(item.overlay)} if item.overlay else {})}

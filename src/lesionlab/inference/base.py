@@ -80,6 +80,7 @@ class Predictor(ABC):
     """Turns images into class probabilities with one loaded model; safe to call from several threads."""
 
     backend: str = ""
+    temperature: float | None = None
 
     def __init__(self, card: ModelCard, source: Path, weights_sha256: str) -> None:
         self.card = card
@@ -103,6 +104,13 @@ class Predictor(ABC):
     def can_explain(self) -> bool:
         """Whether `explain` works here (it needs gradients, so PyTorch only)."""
         return False
+
+    @property
+    def calibration(self) -> str:
+        """How the probabilities are scaled, for people: the fitted temperature, or plain softmax."""
+        if self.temperature is None:
+            return "uncalibrated softmax (no temperature fitted; `lesionlab evaluate RUN` fits one on val)"
+        return f"temperature {self.temperature:.3f}, fitted on the validation part"
 
     def predict_image(self, image: Image.Image) -> Prediction:
         """Classify one decoded image."""

@@ -10,7 +10,7 @@ import onnxruntime as ort
 
 from lesionlab.errors import CheckpointError
 from lesionlab.inference.base import Predictor, file_digest
-from lesionlab.inference.onnx_metadata import QUANTIZATION_KEY, card_from_metadata
+from lesionlab.inference.onnx_metadata import QUANTIZATION_KEY, card_from_metadata, temperature_from_metadata
 
 
 def session_options(threads: int | None) -> ort.SessionOptions:
@@ -43,9 +43,11 @@ class OnnxPredictor(Predictor):
                                   ) from error
         metadata = self.session.get_modelmeta().custom_metadata_map
         self.quantization = metadata.get(QUANTIZATION_KEY, "unknown")
+        self.temperature = temperature_from_metadata(metadata, model_path)
         self.input_name = self.session.get_inputs()[0].name
         super().__init__(card_from_metadata(metadata, model_path), model_path, file_digest(model_path))
 
     def predict_batch(self, batch: np.ndarray) -> np.ndarray:
-        """Softmax probabilities from the exported graph (its output is already softmax)."""
+        """Softmax probabilities from the exported graph (its output is already softmax, calibrated where the
+        run had a fitted temperature at export)."""
         return self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]

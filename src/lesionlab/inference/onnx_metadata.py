@@ -18,6 +18,8 @@ from lesionlab.models.checkpoint import ModelCard
 PREFIX = "lesionlab."
 CARD_KEY = f"{PREFIX}model_card"
 QUANTIZATION_KEY = f"{PREFIX}quantization"
+TEMPERATURE_KEY = f"{PREFIX}temperature"
+UNCALIBRATED = "none"
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
 RESIZE_RULE = (
@@ -27,8 +29,14 @@ RESIZE_RULE = (
 )
 
 
-def metadata_for(card: ModelCard, quantization: str) -> dict[str, str]:
-    """The metadata_props of an exported model: readable keys for people and other programs, and the card."""
+def metadata_for(card: ModelCard, quantization: str, temperature: float | None) -> dict[str, str]:
+    """The metadata_props of an exported model: readable keys for people and other programs, and the card.
+
+    `temperature` is already folded into the graph's last layer; the key only says so, so nobody applies it
+    twice.
+    """
+    calibrated = temperature is not None
+    calibration = f", calibrated by temperature {temperature!r} (already applied)" if calibrated else ""
     return {
         f"{PREFIX}classes": json.dumps(list(card.classes)),
         f"{PREFIX}input_size": str(card.input_size),
@@ -39,11 +47,24 @@ def metadata_for(card: ModelCard, quantization: str) -> dict[str, str]:
         f"{PREFIX}input": f"{INPUT_NAME}: float32 [batch, 3, {card.input_size}, {card.input_size}], "
                           f"pre-processed as {PREFIX}resize says",
         f"{PREFIX}output": f"{OUTPUT_NAME}: float32 [batch, {card.num_classes}], softmax probabilities in "
-                           f"{PREFIX}classes order",
+                           f"{PREFIX}classes order{calibration}",
+        TEMPERATURE_KEY: repr(temperature) if calibrated else UNCALIBRATED,
         f"{PREFIX}run_name": card.run_name,
         QUANTIZATION_KEY: quantization,
         CARD_KEY: json.dumps(card.to_dict()),
     }
+
+
+def temperature_from_metadata(metadata: Mapping[str, str], path: str | os.PathLike[str]) -> float | None:
+    """The temperature folded into an exported graph; None for uncalibrated files and older exports."""
+    value = metadata.get(TEMPERATURE_KEY, UNCALIBRATED)
+    if value == UNCALIBRATED:
+        return None
+    try:
+        return float(value)
+    except ValueError as error:
+        raise CheckpointError(f"{path}: {TEMPERATURE_KEY} metadata {value!r} is not a number; re-export the "
+                              f"model with `lesionlab export`.") from error
 
 
 def card_from_metadata(metadata: Mapping[str, str], path: str | os.PathLike[str]) -> ModelCard:

@@ -1,4 +1,9 @@
-"""A `Predictor` over a PyTorch checkpoint (run directory or checkpoint file); the one that can explain."""
+"""A `Predictor` over a PyTorch checkpoint (run directory or checkpoint file); the one that can explain.
+
+Where the checkpoint has a temperature fitted on its validation part (`<stem>.temperature.json`, written by
+`lesionlab evaluate` and `lesionlab run`), it is folded into the output layer at load time, so predictions,
+Grad-CAM and ONNX export all give the same calibrated probabilities without a separate code path.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +18,10 @@ from PIL import Image
 from torch import nn
 
 from lesionlab.errors import CheckpointError
+from lesionlab.evaluation.calibration import load_temperature, temperature_path
 from lesionlab.inference.base import Explanation, Predictor, file_digest
 from lesionlab.models.checkpoint import BEST_STEM, WEIGHTS_SUFFIX, ModelCard, checkpoint_stem, load_checkpoint
+from lesionlab.models.registry import output_layer
 
 
 def checkpoint_weights_path(path: str | os.PathLike[str]) -> Path:
@@ -31,6 +38,16 @@ def checkpoint_weights_path(path: str | os.PathLike[str]) -> Path:
     return weights
 
 
+def fold_temperature(model: nn.Module, temperature: float) -> nn.Module:
+    """Divide the output layer's weights and bias by `temperature`: exactly logits / T, free per image."""
+    layer = output_layer(model)
+    with torch.no_grad():
+        layer.weight.div_(temperature)
+        if layer.bias is not None:
+            layer.bias.div_(temperature)
+    return model
+
+
 class TorchPredictor(Predictor):
     """Runs the PyTorch model in eval mode.
 
@@ -41,20 +58,24 @@ class TorchPredictor(Predictor):
     backend = "pytorch"
 
     def __init__(self, model: nn.Module, card: ModelCard, source: Path, weights_sha256: str,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, temperature: float | None = None) -> None:
         if threads is not None:
             torch.set_num_threads(threads)  # process-wide: PyTorch has one intra-op pool
-        self.model = model.eval()
+        self.model = (fold_temperature(model, temperature) if temperature is not None else model).eval()
+        self.temperature = temperature
         self._explain_lock = threading.Lock()
         self._explain_model: nn.Module | None = None
         super().__init__(card, source, weights_sha256)
 
     @classmethod
-    def from_path(cls, path: str | os.PathLike[str], threads: int | None = None) -> TorchPredictor:
-        """Load a run directory's best model, or a single checkpoint."""
+    def from_path(cls, path: str | os.PathLike[str], threads: int | None = None,
+                  calibrated: bool = True) -> TorchPredictor:
+        """Load a run directory's best model, or a single checkpoint, with its fitted temperature where one
+        exists for these exact weights (unless `calibrated` is False)."""
         weights = checkpoint_weights_path(path)
         model, card = load_checkpoint(weights)
-        return cls(model, card, Path(path), file_digest(weights), threads)
+        fit = load_temperature(temperature_path(checkpoint_stem(weights)), weights) if calibrated else None
+        return cls(model, card, Path(path), file_digest(weights), threads, fit.temperature if fit else None)
 
     @property
     def can_explain(self) -> bool:

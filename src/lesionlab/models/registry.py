@@ -103,6 +103,14 @@ def architecture(arch: str) -> Architecture:
     return ARCHITECTURES[arch]
 
 
+def output_layer(model: nn.Module) -> nn.Linear:
+    """The layer that produces the logits: the last module of every architecture's `classifier` head."""
+    layer = getattr(model, HEAD_BLOCK)[-1]
+    if not isinstance(layer, nn.Linear):
+        raise ConfigError(f"{type(model).__name__}: the head does not end in a Linear layer ({layer})")
+    return layer
+
+
 def make_head(in_features: int, hidden: int, dropout: float, num_classes: int) -> nn.Sequential:
     """The reference head `Linear -> Hardswish -> Dropout -> Linear`; `hidden == 0`: `Dropout -> Linear`."""
     if hidden:

@@ -58,6 +58,9 @@ class HealthOut(BaseModel):
     input_size: int
     can_explain: bool
     max_upload_mb: float
+    temperature: float | None = Field(description="temperature fitted on the validation part and applied to "
+                                                  "every probability; null: uncalibrated softmax")
+    calibration: str = Field(description="how the probabilities are scaled, in words")
 
 
 class ErrorOut(BaseModel):

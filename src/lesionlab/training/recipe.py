@@ -23,8 +23,8 @@ import yaml
 
 from lesionlab.errors import ConfigError
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
-CONFIGS_DIR = REPO_ROOT / "configs"
+# Shipped inside the package so a wheel install finds them too; `configs/` at the repository root links here.
+CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
 DEFAULT_RECIPE = CONFIGS_DIR / "default.yaml"
 STAGE_DEFAULTS_KEY = "stage_defaults"
 SELECT_RULES: tuple[str, ...] = ("balanced_accuracy", "accuracy", "macro_f1", "reference")
@@ -196,8 +196,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError as error:
-        raise ConfigError(f"{path}: recipe file not found; pass an existing --config file or a name from "
-                          f"{CONFIGS_DIR}.") from error
+        raise ConfigError(f"{path}: recipe file not found; pass an existing --config file or one of the "
+                          f"shipped names: {', '.join(shipped_config_names())}.") from error
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML ({error}); fix the file.") from error
     if raw is None:
@@ -205,6 +205,11 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a recipe must be a YAML mapping of keys to values.")
     return raw
+
+
+def shipped_config_names() -> list[str]:
+    """The recipes and studies that come with lesionlab, by the name that selects them."""
+    return sorted(path.stem for path in CONFIGS_DIR.glob("*.yaml"))
 
 
 def resolve_config_path(config: str | os.PathLike[str]) -> Path:
