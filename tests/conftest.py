@@ -115,3 +115,19 @@ def tiny_onnx_file(tmp_path_factory: pytest.TempPathFactory, tiny_run_dir: Path)
 
     model, card = load_run(tiny_run_dir)
     return export_onnx(model, card, tmp_path_factory.mktemp("tiny_onnx") / "model.onnx")
+
+
+@pytest.fixture(scope="session")
+def calibrated_run_dir(tmp_path_factory: pytest.TempPathFactory, tiny_run_dir: Path) -> Path:
+    """`tiny_run_dir` plus a `best.temperature.json` of 2.0 for its weights, as `lesionlab evaluate` leaves
+    one; its probabilities differ from the tiny run's, so it also serves as a second ensemble member.
+    Session-scoped: copy it before writing into it."""
+    import shutil
+
+    from lesionlab.evaluation.calibration import TemperatureFit, file_sha256, save_temperature
+
+    run_dir = tmp_path_factory.mktemp("calibrated") / "run"
+    shutil.copytree(tiny_run_dir, run_dir)
+    fit = TemperatureFit(2.0, "val", 100, 1.0, 0.9, file_sha256(run_dir / "best.safetensors"))
+    save_temperature(run_dir / "best.temperature.json", fit)
+    return run_dir

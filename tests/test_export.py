@@ -16,7 +16,6 @@ import pytest
 from lesionlab.classes import CLASS_CODES
 from lesionlab.cli import main
 from lesionlab.errors import ConfigError, DataError
-from lesionlab.evaluation.calibration import TemperatureFit, file_sha256, save_temperature
 from lesionlab.export import export_run
 from lesionlab.inference.onnx_backend import OnnxPredictor
 from lesionlab.inference.run_samples import load_batch, split_samples
@@ -85,40 +84,32 @@ def test_metadata_describes_the_preprocessing(tiny_run_dir: Path, tiny_onnx_file
     assert OnnxPredictor(tiny_onnx_file).card == card
 
 
-def write_temperature(run_dir: Path, temperature: float, weights: Path | None = None) -> None:
-    """A `best.temperature.json` as `lesionlab evaluate` leaves it, for `weights` (default: the run's own)."""
-    sha256 = file_sha256(weights or run_dir / "best.safetensors")
-    save_temperature(run_dir / "best.temperature.json",
-                     TemperatureFit(temperature, "val", 100, 1.0, 0.9, sha256))
-
-
 def test_fitted_temperature_reaches_predictions_and_the_onnx_file(
-        tmp_path: Path, tiny_run_dir: Path, shared_data_dir: Path, validation_images: np.ndarray) -> None:
-    run_dir = tmp_path / "run"
-    shutil.copytree(tiny_run_dir, run_dir)
+        tmp_path: Path, tiny_run_dir: Path, calibrated_run_dir: Path, shared_data_dir: Path,
+        validation_images: np.ndarray) -> None:
     plain = TorchPredictor.from_path(tiny_run_dir).predict_many(validation_images)
-    write_temperature(run_dir, 2.0)
-    calibrated = TorchPredictor.from_path(run_dir)
+    calibrated = TorchPredictor.from_path(calibrated_run_dir)
     assert calibrated.temperature == 2.0 and "2.000" in calibrated.calibration
     expected = np.exp(np.log(plain) / 2.0)
     expected /= expected.sum(axis=1, keepdims=True)
     probabilities = calibrated.predict_many(validation_images)
     assert np.abs(probabilities - expected).max() < 1e-5
     assert np.array_equal(probabilities.argmax(axis=1), plain.argmax(axis=1))
-    assert TorchPredictor.from_path(run_dir, calibrated=False).temperature is None
+    assert TorchPredictor.from_path(calibrated_run_dir, calibrated=False).temperature is None
 
+    run_dir = tmp_path / "run"
+    shutil.copytree(calibrated_run_dir, run_dir)
     export_run(run_dir, data=shared_data_dir, max_images=8)
     exported = OnnxPredictor(run_dir / "export" / "model.onnx")
     assert exported.temperature == 2.0
     assert np.abs(exported.predict_many(validation_images) - probabilities).max() < 1e-4
 
 
-def test_a_temperature_fitted_for_other_weights_is_ignored(tmp_path: Path, tiny_run_dir: Path) -> None:
+def test_a_temperature_fitted_for_other_weights_is_ignored(tmp_path: Path, calibrated_run_dir: Path) -> None:
     run_dir = tmp_path / "run"
-    shutil.copytree(tiny_run_dir, run_dir)
-    other = tmp_path / "other.safetensors"
-    other.write_bytes(b"other weights")
-    write_temperature(run_dir, 2.0, weights=other)
+    shutil.copytree(calibrated_run_dir, run_dir)
+    record = json.loads((run_dir / "best.temperature.json").read_text())
+    (run_dir / "best.temperature.json").write_text(json.dumps({**record, "checkpoint_sha256": "0" * 64}))
     assert TorchPredictor.from_path(run_dir).temperature is None
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lesionlab.errors import ConfigError
 import lesionlab
+from lesionlab.errors import ConfigError
 from lesionlab.training.recipe import (
     DEFAULT_RECIPE,
     FeatureCacheConfig,
@@ -109,7 +109,7 @@ def test_unknown_key_in_a_file_is_named(tmp_path: Path) -> None:
 
 
 def test_missing_recipe_file(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="recipe file not found.*reference-small"):
+    with pytest.raises(ConfigError, match=r"recipe file not found.*reference-small"):
         load_recipe(tmp_path / "nope.yaml")
 
 

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lesionlab.inference.base import Predictor
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, data_help: str | None = None) -> None:
@@ -58,6 +62,27 @@ def add_tta_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--ensemble`, the TTA flags and `--threads`: how `predict` and `serve` turn RUN into a model."""
+    parser.add_argument(
+        "--ensemble",
+        action="append",
+        default=[],
+        metavar="RUN",
+        help="another run directory or .onnx file whose probabilities are averaged with RUN's (repeatable); "
+        "e.g. the members of the recommended ensemble in docs/results.md",
+    )
+    add_tta_arguments(parser)
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for inference")
+
+
+def load_model_from_arguments(args: argparse.Namespace) -> Predictor:
+    """The predictor that `add_model_arguments` describes, RUN first."""
+    from lesionlab.inference import load_predictor
+
+    return load_predictor(args.run, threads=args.threads, views=tta_views(args), ensemble=args.ensemble)
+
+
 def recipe_overrides(args: argparse.Namespace) -> list[str]:
     """The `--set` assignments plus those the shortcut flags stand for, in that order."""
     shortcuts = [
@@ -70,7 +95,7 @@ def recipe_overrides(args: argparse.Namespace) -> list[str]:
 
 def tta_views(args: argparse.Namespace) -> tuple[str, ...] | None:
     """The TTA views the flags ask for (identity first), or None when TTA is off."""
-    from lesionlab.evaluation.tta import parse_views
+    from lesionlab.views import parse_views
 
     if not args.tta and not args.tta_views:
         return None

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lesionlab.commands._common import add_model_arguments, load_model_from_arguments
+
 if TYPE_CHECKING:
     from lesionlab.inference.base import Predictor
     from lesionlab.inference.files import FilePrediction
@@ -31,19 +33,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help=f"folder for --explain overlays (default: ./{DEFAULT_EXPLAIN_DIR})")
     parser.add_argument("--top", type=int, default=3, metavar="K",
                         help="classes listed per image (default 3)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for inference")
+    add_model_arguments(parser)
     parser.set_defaults(handler=run_predict)
 
 
 def run_predict(args: argparse.Namespace) -> int:
     """Predict every image; list failures as `file: reason` and exit 1 if there were any."""
     from lesionlab.errors import ConfigError
-    from lesionlab.inference import load_predictor
     from lesionlab.inference.files import expand_image_paths, predict_files
 
     if args.top < 1:
         raise ConfigError(f"--top {args.top}: list at least one class")
-    predictor = load_predictor(args.run, threads=args.threads)
+    predictor = load_model_from_arguments(args)
     if args.explain and not predictor.can_explain:
         raise predictor.explain_unavailable_error()
     paths, failures = expand_image_paths(args.images)

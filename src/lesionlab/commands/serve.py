@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from lesionlab.commands._common import add_model_arguments, load_model_from_arguments
+
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
@@ -19,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     parser.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted upload in MB")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for inference")
+    add_model_arguments(parser)
     parser.set_defaults(handler=run_serve)
 
 
@@ -28,12 +30,11 @@ def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from lesionlab.errors import ConfigError
-    from lesionlab.inference import load_predictor
     from lesionlab.serve.app import create_app
 
     if args.max_upload_mb <= 0:
         raise ConfigError(f"--max-upload-mb {args.max_upload_mb}: must be positive")
-    predictor = load_predictor(args.run, threads=args.threads)
+    predictor = load_model_from_arguments(args)
     app = create_app(predictor, max_upload_bytes=int(args.max_upload_mb * 1e6))
     print(f"lesionlab serve: {predictor.model_id} ({predictor.backend}) on http://{args.host}:{args.port}/ "
           f"(API docs at /docs)")

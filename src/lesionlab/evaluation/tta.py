@@ -1,22 +1,23 @@
 """Test-time augmentation: the model sees each image in several orientations and the class probabilities of
 the views are averaged.
 
-Dermoscopic images have no canonical orientation, so flips and 90° rotations are label-preserving views. They
-are applied to the normalised, square batch with exact tensor operations (no interpolation), after the run's
-own preprocessing, so every view sees the same pixels rearranged.
+Dermoscopic images have no canonical orientation, so flips and 90° rotations are label-preserving views
+(named in `lesionlab.views`, whose numpy twins prediction uses). They are applied to the normalised, square
+batch with exact tensor operations (no interpolation), after the run's own preprocessing, so every view sees
+the same pixels rearranged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
-from lesionlab.errors import ConfigError
 from lesionlab.evaluation.calibration import softmax_probabilities
+from lesionlab.views import DEFAULT_VIEWS, IDENTITY, parse_views
 
-IDENTITY = "identity"
+__all__ = ["DEFAULT_VIEWS", "IDENTITY", "VIEWS", "apply_view", "average_view_probabilities", "parse_views"]
 
 VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     IDENTITY: lambda batch: batch,
@@ -27,23 +28,6 @@ VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "rot270": lambda batch: torch.rot90(batch, 3, dims=(-2, -1)),
     "transpose": lambda batch: batch.transpose(-2, -1),
 }
-
-DEFAULT_VIEWS: tuple[str, ...] = ("identity", "hflip", "vflip", "rot90", "rot180", "rot270")
-
-
-def parse_views(text: str | Sequence[str] | None) -> tuple[str, ...]:
-    """Turn `hflip,rot90` (or a list) into views starting with the identity; None gives the default set.
-
-    The identity always comes first so that the same inference pass also yields the plain (no-TTA)
-    predictions.
-    """
-    if text is None:
-        return DEFAULT_VIEWS
-    names = [name.strip() for name in (text.split(",") if isinstance(text, str) else text) if name.strip()]
-    unknown = [name for name in names if name not in VIEWS]
-    if unknown:
-        raise ConfigError(f"unknown TTA view(s) {', '.join(unknown)}; choose from {', '.join(VIEWS)}")
-    return (IDENTITY, *dict.fromkeys(name for name in names if name != IDENTITY))
 
 
 def apply_view(name: str, batch: torch.Tensor) -> torch.Tensor:

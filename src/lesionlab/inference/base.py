@@ -22,6 +22,7 @@ from lesionlab.data.preprocess_np import preprocess_array
 from lesionlab.errors import LesionlabError
 from lesionlab.inference.prediction import Prediction
 from lesionlab.models.checkpoint import ModelCard
+from lesionlab.views import IDENTITY, view_batch
 
 
 class ExplainUnavailableError(LesionlabError):
@@ -83,6 +84,7 @@ class Predictor(ABC):
     temperature: float | None = None
 
     def __init__(self, card: ModelCard, source: Path, weights_sha256: str) -> None:
+        self.views: tuple[str, ...] = (IDENTITY,)
         self.card = card
         self.source = source
         self.classes: tuple[str, ...] = tuple(card.classes)
@@ -112,10 +114,15 @@ class Predictor(ABC):
             return "uncalibrated softmax (no temperature fitted; `lesionlab evaluate RUN` fits one on val)"
         return f"temperature {self.temperature:.3f}, fitted on the validation part"
 
+    def image_probabilities(self, image: Image.Image) -> np.ndarray:
+        """Class probabilities of one decoded image: the mean over `views` (test-time augmentation), all run
+        as one batch; with the identity view alone, the plain prediction."""
+        batch = view_batch(self.preprocessing.to_batch(image), self.views)
+        return self.predict_batch(batch).mean(axis=0)
+
     def predict_image(self, image: Image.Image) -> Prediction:
         """Classify one decoded image."""
-        probabilities = self.predict_batch(self.preprocessing.to_batch(image))
-        return Prediction.from_probabilities(self.classes, probabilities[0])
+        return Prediction.from_probabilities(self.classes, self.image_probabilities(image))
 
     def predict_file(self, path: str | os.PathLike[str]) -> Prediction:
         """Decode an image file (raising `ImageDecodeError` naming it) and classify it."""

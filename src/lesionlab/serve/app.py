@@ -78,11 +78,10 @@ def create_app(predictor: Predictor, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_
     @app.post("/explain", max_body_size=max_body_bytes, responses={**UPLOAD_ERRORS, 501: {"model": ErrorOut}})
     async def explain(file: Annotated[UploadFile, File(description="a JPEG, PNG, BMP, TIFF or WebP image")]
                       ) -> ExplanationOut:
-        """The prediction plus a Grad-CAM overlay for the top class (PyTorch models only; 501 otherwise)."""
+        """The prediction plus a Grad-CAM overlay for the top class (single PyTorch models only; 501
+        otherwise)."""
         if not predictor.can_explain:
-            detail = (f"Grad-CAM needs the PyTorch model and this service runs a {predictor.backend} model; "
-                      f"start `lesionlab serve` with the run directory to get overlays.")
-            raise HTTPException(status_code=501, detail=detail)
+            raise HTTPException(status_code=501, detail=str(predictor.explain_unavailable_error()))
         image = await read_image(file)
         try:
             explanation = await run_in_threadpool(predictor.explain, image)
