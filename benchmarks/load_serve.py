@@ -2,7 +2,7 @@
 
 Starts the real server (`lesionlab serve RUN`, a separate process, on a free 127.0.0.1 port), waits for
 `/health`, then posts real HAM10000 images to `/predict`: first from one client (the baseline), then from
-`--clients` concurrent clients (threads, one httpx connection each). Each phase stops after `--requests`
+`--clients` concurrent clients (threads, one httpx2 connection each). Each phase stops after `--requests`
 requests or `--time-limit` seconds, whichever comes first. Errors (non-200 answers and failed connections)
 are counted, not hidden. The ratio column compares throughput with the one-client baseline of the same run.
 
@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-import httpx
+import httpx2
 import numpy as np
 
 from lesionlab.data.readers import resolve_data_path
@@ -79,9 +79,9 @@ def start_server(run: str, port: int, threads: int | None) -> subprocess.Popen[b
         if server.poll() is not None:
             raise SystemExit(f"server exited: {server.stderr.read().decode(errors='replace')}")
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1.0).status_code == 200:
+            if httpx2.get(f"http://127.0.0.1:{port}/health", timeout=1.0).status_code == 200:
                 return server
-        except httpx.TransportError:
+        except httpx2.TransportError:
             time.sleep(0.2)
     server.terminate()
     raise SystemExit(f"server did not answer /health within {STARTUP_SECONDS:.0f} s")
@@ -97,7 +97,7 @@ def run_phase(url: str, images: list[tuple[str, bytes]], clients: int, max_reque
     deadline = time.monotonic() + time_limit
 
     def client() -> None:
-        with httpx.Client(timeout=60.0) as session:
+        with httpx2.Client(timeout=60.0) as session:
             while time.monotonic() < deadline:
                 ticket = next(tickets)
                 if ticket >= max_requests:
@@ -107,7 +107,7 @@ def run_phase(url: str, images: list[tuple[str, bytes]], clients: int, max_reque
                 try:
                     response = session.post(f"{url}/predict", files={"file": (name, data, "image/jpeg")})
                     ok = response.status_code == 200
-                except httpx.HTTPError:
+                except httpx2.HTTPError:
                     ok = False
                 elapsed = (time.perf_counter() - start) * 1000.0
                 with lock:
