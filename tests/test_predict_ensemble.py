@@ -71,6 +71,8 @@ def test_ensemble_averages_its_members(tiny_run_dir: Path, calibrated_run_dir: P
     assert np.abs(np.array(list(prediction.probabilities.values())) - expected).max() < 1e-5
     assert all(member.model_id in ensemble.model_id for member in members)
     assert "2.000" in ensemble.calibration and "uncalibrated" in ensemble.calibration
+    assert not ensemble.calibrated
+    assert load_predictor(calibrated_run_dir, ensemble=[calibrated_run_dir]).calibrated
     assert not ensemble.can_explain
     with pytest.raises(ExplainUnavailableError, match="single member"):
         ensemble.explain(plain_image(image_path))
@@ -104,6 +106,7 @@ def test_service_over_an_ensemble(tiny_run_dir: Path, calibrated_run_dir: Path, 
     client = TestClient(create_app(load_predictor(tiny_run_dir, ensemble=[calibrated_run_dir])))
     health = client.get("/health").json()
     assert health["backend"] == "ensemble" and health["can_explain"] is False
+    assert health["calibrated"] is False and "2.000" in health["calibration"]
     files = {"file": ("lesion.jpg", image_path.read_bytes(), "image/jpeg")}
     assert client.post("/predict", files=files).status_code == 200
     response = client.post("/explain", files=files)

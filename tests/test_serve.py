@@ -61,7 +61,8 @@ def test_health_says_what_is_loaded(torch_client: TestClient, onnx_client: TestC
     assert (onnx_health["backend"], onnx_health["can_explain"]) == ("onnx", False)
     assert torch_health["model_id"].startswith("tiny-run:pytorch:")
     assert torch_health["max_upload_mb"] == pytest.approx(0.3)
-    assert torch_health["temperature"] is None and "uncalibrated" in torch_health["calibration"]
+    assert torch_health["temperature"] is None and not torch_health["calibrated"]
+    assert "uncalibrated" in torch_health["calibration"]
 
 
 @pytest.mark.parametrize("client_name", ["torch_client", "onnx_client"])

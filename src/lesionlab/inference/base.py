@@ -108,6 +108,11 @@ class Predictor(ABC):
         return False
 
     @property
+    def calibrated(self) -> bool:
+        """Whether the probabilities are scaled by a temperature fitted on validation data."""
+        return self.temperature is not None
+
+    @property
     def calibration(self) -> str:
         """How the probabilities are scaled, for people: the fitted temperature, or plain softmax."""
         if self.temperature is None:

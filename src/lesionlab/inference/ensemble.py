@@ -37,6 +37,11 @@ class EnsemblePredictor(Predictor):
         self.model_id = " + ".join(member.model_id for member in self.members)
 
     @property
+    def calibrated(self) -> bool:
+        """Calibrated when every member is (the mean of calibrated probabilities stays well calibrated)."""
+        return all(member.calibrated for member in self.members)
+
+    @property
     def calibration(self) -> str:
         """Each member's calibration, in order."""
         return "mean of " + "; ".join(f"{member.source}: {member.calibration}" for member in self.members)

@@ -64,8 +64,8 @@ def create_app(predictor: Predictor, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_
         return HealthOut(status="ok", model_id=predictor.model_id, backend=predictor.backend,
                          arch=predictor.card.arch, classes=list(predictor.classes),
                          input_size=predictor.preprocessing.input_size, can_explain=predictor.can_explain,
-                         max_upload_mb=max_upload_bytes / 1e6, temperature=predictor.temperature,
-                         calibration=predictor.calibration)
+                         max_upload_mb=max_upload_bytes / 1e6, calibrated=predictor.calibrated,
+                         temperature=predictor.temperature, calibration=predictor.calibration)
 
     @app.post("/predict", max_body_size=max_body_bytes, responses=UPLOAD_ERRORS)
     async def predict(file: Annotated[UploadFile, File(description="a JPEG, PNG, BMP, TIFF or WebP image")]

@@ -58,8 +58,10 @@ class HealthOut(BaseModel):
     input_size: int
     can_explain: bool
     max_upload_mb: float
-    temperature: float | None = Field(description="temperature fitted on the validation part and applied to "
-                                                  "every probability; null: uncalibrated softmax")
+    calibrated: bool = Field(description="whether the probabilities are scaled by temperatures fitted on "
+                                         "validation data (for an ensemble: every member's)")
+    temperature: float | None = Field(description="the temperature of a single model, applied to every "
+                                                  "probability; null for uncalibrated models and ensembles")
     calibration: str = Field(description="how the probabilities are scaled, in words")
 
 

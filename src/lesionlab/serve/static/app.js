@@ -18,7 +18,8 @@ async function loadHealth() {
     const health = await response.json();
     state.canExplain = health.can_explain;
     state.maxUploadMb = health.max_upload_mb;
-    const calibration = health.temperature === null ? "uncalibrated" : `temperature ${health.temperature.toFixed(3)}`;
+    const calibration = !health.calibrated ? "uncalibrated"
+      : health.temperature === null ? "calibrated" : `temperature ${health.temperature.toFixed(3)}`;
     el("model-id").textContent = `${health.model_id} (${health.arch}, ${health.backend}, ${calibration})`;
     el("model-id").title = health.calibration;
     el("drop-hint").textContent = `JPEG, PNG, BMP, TIFF or WebP, up to ${health.max_upload_mb} MB`;
