@@ -123,3 +123,5 @@ def test_a_study_runs_on_one_split_skips_finished_runs_and_averages_an_ensemble(
     run_study(tiny_study(tmp_path), data=data, runs_dir=tmp_path / "runs", only=("a",))
     assert (folder / "a" / "best.safetensors").stat().st_mtime_ns == trained
     assert json.loads((folder / "study.json").read_text())["rows"][0]["run"] == "a"
+    with pytest.raises(ConfigError, match="started with budget"):
+        run_study(tiny_study(tmp_path), data=data, runs_dir=tmp_path / "runs", budget=Budget(image_size=48))

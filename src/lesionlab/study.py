@@ -2,9 +2,10 @@
 
 A study file (YAML) names a base recipe, overrides shared by every run, the split, and a list of runs, each
 with its own overrides; optional ensembles average the test probabilities of finished runs. The study folder
-holds `split.csv` (made once, so every run sees the same images), one run directory per run, `study.json`
-(the budget and the rows), `study.csv`, `study.md` and `study.png`. A finished run is skipped, an interrupted
-one resumed, so rerunning the same command after an interruption finishes the study.
+holds `split.csv` (made once, so every run sees the same images), `budget.json`, one run directory per run,
+`study.json` (the budget and the rows), `study.csv`, `study.md` and `study.png`. A finished run is skipped, an
+interrupted one resumed, so rerunning the same command after an interruption finishes the study; a rerun under
+another budget is refused rather than mixed into the old folder.
 """
 
 from __future__ import annotations
@@ -185,6 +186,28 @@ def run_recipe(run: StudyRun, budget: Budget) -> Recipe:
     overrides = [*run.overrides, *([f"image_size={budget.image_size}"] if budget.image_size else [])]
     recipe = load_recipe(run.base, overrides)
     return scale_epochs(recipe, budget.epochs_scale) if budget.epochs_scale != 1.0 else recipe
+
+
+def recorded_budget(folder: Path) -> Budget | None:
+    """The budget a study folder was started with (`budget.json`, else the finished `study.json`)."""
+    for name, key in (("budget.json", None), ("study.json", "budget")):
+        path = folder / name
+        if path.is_file():
+            record = json.loads(path.read_text(encoding="utf-8"))
+            return Budget(**(record[key] if key else record))
+    return None
+
+
+def check_budget(folder: Path, budget: Budget) -> None:
+    """Refuse to resume a study folder under another budget: its split and finished runs belong to the old
+    one, and mixing them would publish a table whose rows were trained differently from what it states."""
+    recorded = recorded_budget(folder)
+    if recorded is not None and recorded != budget:
+        raise ConfigError(
+            f"{folder} was started with budget ({recorded.describe()}), not ({budget.describe()}); rerun "
+            f"with the same options to resume it, or pass --runs-dir another folder for the new budget."
+        )
+    atomic_write_json(folder / "budget.json", budget.__dict__)
 
 
 def study_split(study: Study, table: SampleTable, folder: Path, budget: Budget) -> Split:
@@ -412,6 +435,7 @@ def run_study(
     table = read_dataset(data, fmt)
     folder = Path(runs_dir) / f"study-{study.name}"
     folder.mkdir(parents=True, exist_ok=True)
+    check_budget(folder, budget)
     split = study_split(study, table, folder, budget)
     rows: list[dict[str, Any]] = []
     for run in study.runs:
