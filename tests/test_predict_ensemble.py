@@ -60,6 +60,15 @@ def test_tta_averages_the_views_of_one_image(tiny_run_dir: Path, image_path: Pat
     assert np.abs(expected - per_view[0]).max() > 1e-4, "the views must change the input"
 
 
+def test_explanation_reports_the_tta_prediction(tiny_run_dir: Path, image_path: Path) -> None:
+    tta = load_predictor(tiny_run_dir, views=DEFAULT_VIEWS)
+    explanation = tta.explain(plain_image(image_path))
+    expected = tta.predict_file(image_path)
+    assert explanation.prediction.top_class == expected.top_class
+    assert explanation.prediction.probabilities == pytest.approx(expected.probabilities, abs=1e-6)
+    assert explanation.heatmap.min() >= 0.0 and explanation.heatmap.max() <= 1.0
+
+
 def test_ensemble_averages_its_members(tiny_run_dir: Path, calibrated_run_dir: Path, tiny_onnx_file: Path,
                                        image_path: Path) -> None:
     members = [load_predictor(path) for path in (tiny_run_dir, calibrated_run_dir, tiny_onnx_file)]

@@ -38,15 +38,15 @@ def overlay_on_image(image: Image.Image, heatmap: np.ndarray, max_side: int = OV
     return show_cam_on_image(rgb, np.clip(np.asarray(mask), 0.0, 1.0), use_rgb=True)
 
 
-def grad_cam(model: nn.Module, card: ModelCard, image: Image.Image, batch: np.ndarray) -> Explanation:
-    """Predict one pre-processed image and explain the predicted class with Grad-CAM.
+def grad_cam(model: nn.Module, card: ModelCard, image: Image.Image, batch: np.ndarray,
+             prediction: Prediction) -> Explanation:
+    """Explain `prediction`'s top class on one pre-processed image with Grad-CAM.
 
-    `model` must not be running a forward pass for anyone else at the same time: Grad-CAM hooks into it.
+    The prediction comes from the caller (with its test-time augmentation, if any) so that the overlay always
+    explains the class the user is shown. `model` must not be running a forward pass for anyone else at the
+    same time: Grad-CAM hooks into it.
     """
     inputs = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
-    with torch.no_grad():
-        probabilities = torch.softmax(model(inputs), dim=1)[0].numpy()
-    prediction = Prediction.from_probabilities(card.classes, probabilities)
     target = ClassifierOutputTarget(list(card.classes).index(prediction.top_class))
     with GradCAM(model=model, target_layers=[target_layer(model, card.arch)]) as cam:
         heatmap = cam(input_tensor=inputs, targets=[target])[0]

@@ -89,11 +89,13 @@ class TorchPredictor(Predictor):
             return torch.softmax(logits, dim=1).numpy()
 
     def explain(self, image: Image.Image) -> Explanation:
-        """Grad-CAM on the last convolutional block for the predicted class."""
+        """Grad-CAM on the last convolutional block for the predicted class, the prediction made with this
+        predictor's views so the overlay explains exactly what `predict_image` reports."""
         from lesionlab.explain import grad_cam
 
+        prediction = self.predict_image(image)
         batch = self.preprocessing.to_batch(image)
         with self._explain_lock:
             if self._explain_model is None:
                 self._explain_model = copy.deepcopy(self.model).requires_grad_(True)
-            return grad_cam(self._explain_model, self.card, image, batch)
+            return grad_cam(self._explain_model, self.card, image, batch, prediction)
