@@ -12,11 +12,13 @@ import numpy as np
 import pytest
 import yaml
 
+from lesionlab.classes import CLASS_CODES
 from lesionlab.data.readers import read_dataset
 from lesionlab.data.split import read_split, shared_lesions
 from lesionlab.errors import ConfigError
+from lesionlab.evaluation.calibration import file_sha256
 from lesionlab.evaluation.predictions import read_predictions
-from lesionlab.study import Budget, load_study, run_recipe, run_study, study_table
+from lesionlab.study import Budget, current_evaluation, load_study, run_recipe, run_study, study_table
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["arch=small_cnn", "pretrained=none", "head_hidden=null", "dropout=null", "image_size=32",
@@ -36,6 +38,7 @@ def tiny_study(folder: Path) -> Path:
         "stages": [{"trainable": "all", "epochs": 1, "batch_size": 16, "feature_cache": None}],
         "runs": [{"name": "a", "set": ["seed=1"]}, {"name": "b", "set": ["seed=2", "stages.0.lr=3.0e-3"]}],
         "ensembles": [{"name": "ab", "members": ["a", "b"]}],
+        "evaluate": {"decisions": ["class-offsets", "lesion-mean"]},
     })
 
 
@@ -47,6 +50,9 @@ def tiny_study(folder: Path) -> Path:
         ({"runs": [{"name": "a"}, {"name": "a"}]}, "unique"),
         ({"runs": [{"name": "a", "set": ["no_such_key=1"]}]}, "no_such_key"),
         ({"runs": [{"name": "a"}], "ensembles": [{"name": "e", "members": ["a", "zz"]}]}, "members"),
+        ({"runs": [{"name": "a"}], "evaluate": {"decisions": ["class-offsets"]}}, "applies to ensembles"),
+        ({"runs": [{"name": "a"}], "evaluate": {"decisions": ["vote"]}}, "evaluate.decisions takes"),
+        ({"runs": [{"name": "a"}], "evaluate": {"tta": True, "typo": 1}}, "unknown key"),
     ],
 )
 def test_a_bad_study_file_fails_before_training(tmp_path: Path, body: dict, message: str) -> None:
@@ -95,6 +101,13 @@ def test_study_table_marks_the_best_by_validation_never_by_test() -> None:
     assert labels == ["x", "**best** y", "z"]
 
 
+def test_a_lesion_level_row_is_never_marked_best() -> None:
+    rows = [{"label": name, "accuracy": 0.5, "val_balanced_accuracy": val, "balanced_accuracy": 0.5,
+             "macro_f1": 0.4, "lesion_level": lesion} for name, val, lesion in (("x", 0.3, False),
+                                                                               ("y", 0.9, True))]
+    assert [line[0] for line in study_table(rows).rows] == ["**best** x", "y"]
+
+
 def test_a_study_runs_on_one_split_skips_finished_runs_and_averages_an_ensemble(
     tiny_ham_dataset: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -111,7 +124,13 @@ def test_a_study_runs_on_one_split_skips_finished_runs_and_averages_an_ensemble(
 
     with (folder / "study.csv").open(newline="") as handle:
         rows = {row["run"]: row for row in csv.DictReader(handle)}
-    assert set(rows) == {"a", "b", "ensemble-ab"}
+    variants = ("class-offsets", "lesion-mean", "class-offsets+lesion-mean")
+    decisions = [f"ensemble-ab+{rules}" for rules in variants]
+    assert set(rows) == {"a", "b", "ensemble-ab", *decisions}
+    assert rows["ensemble-ab+lesion-mean"]["lesion_level"] == "True"
+    offsets = json.loads((folder / "ensemble-ab+class-offsets" / "metrics.json").read_text())["class_offsets"]
+    assert list(offsets) == list(CLASS_CODES)
+    assert sum(offsets.values()) == pytest.approx(0.0, abs=1e-3)
     members = [read_predictions(folder / run / "eval" / "test" / "predictions.csv") for run in ("a", "b")]
     mean = np.mean([member.probabilities for member in members], axis=0)
     expected = np.mean(mean.argmax(axis=1) == members[0].labels)
@@ -120,8 +139,26 @@ def test_a_study_runs_on_one_split_skips_finished_runs_and_averages_an_ensemble(
     assert "**best**" in (folder / "study.md").read_text()
 
     trained = (folder / "a" / "best.safetensors").stat().st_mtime_ns
+    evaluated = (folder / "a" / "eval" / "test" / "metrics.json").stat().st_mtime_ns
     run_study(tiny_study(tmp_path), data=data, runs_dir=tmp_path / "runs", only=("a",))
     assert (folder / "a" / "best.safetensors").stat().st_mtime_ns == trained
+    assert (folder / "a" / "eval" / "test" / "metrics.json").stat().st_mtime_ns == evaluated
     assert json.loads((folder / "study.json").read_text())["rows"][0]["run"] == "a"
     with pytest.raises(ConfigError, match="started with budget"):
         run_study(tiny_study(tmp_path), data=data, runs_dir=tmp_path / "runs", budget=Budget(image_size=48))
+
+
+def test_an_evaluation_is_reused_only_for_the_same_weights_and_views(tmp_path: Path) -> None:
+    weights = tmp_path / "best.safetensors"
+    weights.write_bytes(b"weights")
+    out_dir = tmp_path / "eval" / "test"
+    out_dir.mkdir(parents=True)
+    (out_dir / "predictions.csv").write_text("image_id\n", encoding="utf-8")
+    views = ("identity", "hflip")
+    record = {"evaluation": {"tta_views": list(views),
+                             "temperature": {"checkpoint_sha256": file_sha256(weights)}}}
+    (out_dir / "metrics.json").write_text(json.dumps(record), encoding="utf-8")
+    assert current_evaluation(out_dir, weights, views) == record
+    assert current_evaluation(out_dir, weights, None) is None
+    weights.write_bytes(b"retrained")
+    assert current_evaluation(out_dir, weights, views) is None

@@ -21,16 +21,25 @@ from typing import Any
 import numpy as np
 import yaml
 
+from lesionlab.class_offsets import CLASS_OFFSETS_FILE, ClassOffsets, save_class_offsets
 from lesionlab.classes import CLASS_CODES
 from lesionlab.data.readers import SampleTable, read_dataset
 from lesionlab.data.split import Split, read_split, write_split
 from lesionlab.errors import ConfigError
+from lesionlab.evaluation.calibration import file_sha256
+from lesionlab.evaluation.decision import (
+    apply_class_offsets,
+    fit_class_offsets,
+    lesion_mean,
+    out_of_fold_offsets,
+)
 from lesionlab.evaluation.evaluate import EvaluationOptions, evaluate_run
 from lesionlab.evaluation.metrics import compute_metrics
 from lesionlab.evaluation.predictions import Predictions, read_predictions
 from lesionlab.evaluation.report import Table, format_table, number
 from lesionlab.evaluation.tta import DEFAULT_VIEWS
 from lesionlab.io_utils import atomic_write_json, atomic_write_text
+from lesionlab.models.checkpoint import BEST_STEM, WEIGHTS_SUFFIX
 from lesionlab.pipeline import new_run_split
 from lesionlab.training.recipe import (
     Recipe,
@@ -49,6 +58,15 @@ STUDY_KEYS = frozenset(
 )
 RUN_KEYS = frozenset({"name", "label", "base", "set", "stages", "note"})
 ENSEMBLE_KEYS = frozenset({"name", "label", "members"})
+EVALUATE_KEYS = frozenset({"tta", "stages_separately", "decisions"})
+CLASS_OFFSETS = "class-offsets"
+LESION_MEAN = "lesion-mean"
+DECISIONS = (CLASS_OFFSETS, LESION_MEAN)
+DECISION_LABELS = {CLASS_OFFSETS: "class offsets", LESION_MEAN: "lesion mean"}
+DECISION_NOTES = {
+    CLASS_OFFSETS: "class offsets fitted on val (its val column is out of fold)",
+    LESION_MEAN: "lesion-level: the probabilities of a lesion's images averaged",
+}
 
 
 @dataclass(frozen=True)
@@ -99,6 +117,7 @@ class Study:
     tta: bool
     runs: tuple[StudyRun, ...]
     ensembles: tuple[Ensemble, ...] = field(default=())
+    decisions: tuple[str, ...] = field(default=())
 
 
 def _unknown(keys: set[str], allowed: frozenset[str], where: str) -> None:
@@ -170,6 +189,14 @@ def load_study(path: str | Path) -> Study:
             )
         ensembles.append(Ensemble(str(entry["name"]), str(entry.get("label", entry["name"])), members))
     evaluate = raw.get("evaluate") or {}
+    _unknown(set(evaluate), EVALUATE_KEYS, f"{path}: evaluate")
+    decisions = tuple(str(rule) for rule in evaluate.get("decisions") or ())
+    if not set(decisions) <= set(DECISIONS):
+        raise ConfigError(
+            f"{path}: evaluate.decisions takes {', '.join(DECISIONS)}, not {', '.join(decisions)}"
+        )
+    if decisions and not ensembles:
+        raise ConfigError(f"{path}: evaluate.decisions applies to ensembles; the study lists none")
     return Study(
         name=str(raw.get("name", Path(path).stem)),
         description=str(raw.get("description", "")),
@@ -178,6 +205,7 @@ def load_study(path: str | Path) -> Study:
         tta=bool(evaluate.get("tta", False)),
         runs=tuple(runs),
         ensembles=tuple(ensembles),
+        decisions=decisions,
     )
 
 
@@ -282,18 +310,41 @@ def training_effort(run_dir: Path, stage: int | None) -> tuple[float, float | No
     return round(minutes, 1), (float(np.mean(speeds)) if speeds else None)
 
 
+def current_evaluation(
+    out_dir: Path, weights: Path, tta_views: tuple[str, ...] | None
+) -> dict[str, Any] | None:
+    """The metrics an earlier run of the study wrote in `out_dir`, when they belong to these exact weights
+    (the sha256 their temperature was fitted for) and these views; None means evaluate again. This is what
+    makes rerunning a finished study cheap: only what changed is measured again."""
+    path = out_dir / "metrics.json"
+    if not path.is_file() or not (out_dir / "predictions.csv").is_file():
+        return None
+    metrics = json.loads(path.read_text(encoding="utf-8"))
+    evaluation = metrics.get("evaluation", {})
+    fit = evaluation.get("temperature") or {}
+    same_views = evaluation.get("tta_views") == (list(tta_views) if tta_views else None)
+    if same_views and fit.get("checkpoint_sha256") == file_sha256(weights):
+        return metrics
+    return None
+
+
 def evaluate_study_run(study: Study, run: StudyRun, recipe: Recipe, run_dir: Path) -> list[dict[str, Any]]:
     """Evaluate each chosen checkpoint of a trained run on the validation part (the column a reader picks
-    by) and on the test part (reported), both with the study's test-time augmentation; one row each."""
+    by) and on the test part (reported), both with the study's test-time augmentation; one row each. An
+    evaluation already on disk for the same weights and views is read back, not repeated."""
     rows = []
     for stage, stem in _evaluations(study, recipe, run_dir):
         tag = f"-stage{stage}" if stage else ""
         scores = {}
         for part in ("val", "test"):
-            options = EvaluationOptions(
-                split=part, tta_views=views(study), checkpoint=stem, out_dir=run_dir / "eval" / f"{part}{tag}"
-            )
-            scores[part] = evaluate_run(run_dir, options).metrics
+            out_dir = run_dir / "eval" / f"{part}{tag}"
+            weights = (stem or run_dir / BEST_STEM).with_suffix(WEIGHTS_SUFFIX)
+            scores[part] = current_evaluation(out_dir, weights, views(study))
+            if scores[part] is None:
+                options = EvaluationOptions(
+                    split=part, tta_views=views(study), checkpoint=stem, out_dir=out_dir
+                )
+                scores[part] = evaluate_run(run_dir, options).metrics
         metrics = scores["test"]
         minutes, speed = training_effort(run_dir, stage)
         extra = {
@@ -327,26 +378,78 @@ def averaged_predictions(ensemble: Ensemble, folder: Path, part: str) -> Predict
     return first.with_probabilities(mean / mean.sum(axis=1, keepdims=True))
 
 
-def ensemble_row(ensemble: Ensemble, folder: Path) -> dict[str, Any]:
-    """Measure an ensemble on the test part, with its validation score beside it for choosing honestly."""
-    metrics = compute_metrics(averaged_predictions(ensemble, folder, "test"))
-    validation = compute_metrics(averaged_predictions(ensemble, folder, "val"))
-    atomic_write_json(
-        folder / f"ensemble-{ensemble.name}" / "metrics.json",
-        {"members": list(ensemble.members), **metrics, "validation": validation},
-    )
-    extra = {
+def predictions_row(
+    name: str, label: str, val: Predictions, test: Predictions, out_dir: Path, extra: dict[str, Any]
+) -> dict[str, Any]:
+    """Measure predictions on the test part, with the validation score beside it for choosing honestly;
+    `out_dir/metrics.json` keeps both in full."""
+    metrics = compute_metrics(test)
+    validation = compute_metrics(val)
+    atomic_write_json(out_dir / "metrics.json", {**extra, **metrics, "validation": validation})
+    scores = {
         "val_balanced_accuracy": validation["balanced_accuracy"],
         "val_macro_f1": validation["macro_f1"],
+    }
+    return _row(name, label, metrics, {**scores, **extra})
+
+
+def ensemble_row(ensemble: Ensemble, folder: Path) -> dict[str, Any]:
+    """The ensemble's averaged probabilities measured on the test part."""
+    extra = {
+        "members": list(ensemble.members),
         "arch": "+".join(ensemble.members),
         "note": f"mean of the probabilities of {', '.join(ensemble.members)}",
     }
-    return _row(f"ensemble-{ensemble.name}", ensemble.label, metrics, extra)
+    return predictions_row(
+        f"ensemble-{ensemble.name}",
+        ensemble.label,
+        averaged_predictions(ensemble, folder, "val"),
+        averaged_predictions(ensemble, folder, "test"),
+        folder / f"ensemble-{ensemble.name}",
+        extra,
+    )
+
+
+def decision_variants(decisions: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """The combinations of decision rules a study reports: each rule alone, then all of them together."""
+    variants = [(rule,) for rule in decisions]
+    return [*variants, decisions] if len(decisions) > 1 else variants
+
+
+def decision_rows(study: Study, ensemble: Ensemble, folder: Path) -> list[dict[str, Any]]:
+    """One row per decision variant of an ensemble. Class offsets are fitted on the whole validation part and
+    applied to the test part, while the validation column scores them out of fold; lesion averaging runs
+    before the offsets are fitted, so they are fitted to the decisions they will correct. The per-image
+    offsets are saved as `class-offsets.json`, which `predict --class-offsets` and `serve` apply."""
+    rows = []
+    averaged = {part: averaged_predictions(ensemble, folder, part) for part in ("val", "test")}
+    for rules in decision_variants(study.decisions):
+        val, test = averaged["val"], averaged["test"]
+        if LESION_MEAN in rules:
+            val, test = lesion_mean(val), lesion_mean(test)
+        extra: dict[str, Any] = {"members": list(ensemble.members), "decisions": list(rules)}
+        name = f"ensemble-{ensemble.name}+" + "+".join(rules)
+        if CLASS_OFFSETS in rules:
+            offsets = fit_class_offsets(val.probabilities, val.labels)
+            extra["class_offsets"] = dict(zip(val.class_codes, offsets.round(4).tolist(), strict=True))
+            if LESION_MEAN not in rules:
+                record = ClassOffsets(val.class_codes, tuple(offsets.tolist()), "val", ensemble.members,
+                                      len(val.labels))
+                save_class_offsets(folder / name / CLASS_OFFSETS_FILE, record)
+            test = test.with_probabilities(apply_class_offsets(test.probabilities, offsets))
+            val = out_of_fold_offsets(val)
+        extra["note"] = "; ".join(DECISION_NOTES[rule] for rule in rules)
+        extra["lesion_level"] = LESION_MEAN in rules
+        label = f"{ensemble.label} + " + " + ".join(DECISION_LABELS[rule] for rule in rules)
+        rows.append(predictions_row(name, label, val, test, folder / name, extra))
+    return rows
 
 
 def study_table(rows: list[dict[str, Any]]) -> Table:
-    """The comparison table; the row marked best is chosen by validation balanced accuracy, never by test."""
-    best = max(range(len(rows)), key=lambda i: rows[i]["val_balanced_accuracy"]) if rows else -1
+    """The comparison table; the row marked best is chosen by validation balanced accuracy, never by test,
+    among the per-image rows (a lesion-level row answers another question; see `evaluation.decision`)."""
+    eligible = [index for index, row in enumerate(rows) if not row.get("lesion_level")]
+    best = max(eligible, key=lambda i: rows[i]["val_balanced_accuracy"]) if eligible else -1
     header = [
         "run",
         "val bal acc",
@@ -449,5 +552,6 @@ def run_study(
     for ensemble in study.ensembles:
         if not only or set(ensemble.members) <= set(only):
             rows.append(ensemble_row(ensemble, folder))
+            rows.extend(decision_rows(study, ensemble, folder))
     write_study_outputs(study, folder, budget, table.root, rows)
     return folder

@@ -73,6 +73,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "e.g. the members of the recommended ensemble in docs/results.md",
     )
     add_tta_arguments(parser)
+    parser.add_argument(
+        "--class-offsets",
+        type=Path,
+        metavar="FILE",
+        help="class-offsets.json written by `lesionlab study` for an ensemble: shifts the final "
+        "probabilities towards balanced decisions (pass the same members and --tta the study used)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for inference")
 
 
@@ -80,7 +87,8 @@ def load_model_from_arguments(args: argparse.Namespace) -> Predictor:
     """The predictor that `add_model_arguments` describes, RUN first."""
     from lesionlab.inference import load_predictor
 
-    return load_predictor(args.run, threads=args.threads, views=tta_views(args), ensemble=args.ensemble)
+    return load_predictor(args.run, threads=args.threads, views=tta_views(args), ensemble=args.ensemble,
+                          class_offsets=args.class_offsets)
 
 
 def recipe_overrides(args: argparse.Namespace) -> list[str]:

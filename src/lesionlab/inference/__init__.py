@@ -30,18 +30,25 @@ __all__ = [
 
 def load_predictor(path: str | os.PathLike[str], threads: int | None = None,
                    views: Sequence[str] | None = None,
-                   ensemble: Sequence[str | os.PathLike[str]] = ()) -> Predictor:
+                   ensemble: Sequence[str | os.PathLike[str]] = (),
+                   class_offsets: str | os.PathLike[str] | None = None) -> Predictor:
     """The model at `path`, averaged with the models in `ensemble` when there are any; with `views` (from
-    `lesionlab.views.parse_views`), each model averages those test-time augmentation views."""
+    `lesionlab.views.parse_views`), each model averages those test-time augmentation views; with
+    `class_offsets` (a `class-offsets.json` from a study), the final probabilities are shifted by them."""
     members = [load_model(member, threads) for member in (path, *ensemble)]
     if views:
         for member in members:
             member.views = tuple(views)
-    if len(members) == 1:
-        return members[0]
-    from lesionlab.inference.ensemble import EnsemblePredictor
+    predictor = members[0]
+    if len(members) > 1:
+        from lesionlab.inference.ensemble import EnsemblePredictor
 
-    return EnsemblePredictor(members)
+        predictor = EnsemblePredictor(members)
+    if class_offsets is None:
+        return predictor
+    from lesionlab.inference.offsets import OffsetPredictor
+
+    return OffsetPredictor(predictor, class_offsets)
 
 
 def load_model(path: str | os.PathLike[str], threads: int | None = None) -> Predictor:

@@ -133,8 +133,9 @@ class Predictor(ABC):
         """Decode an image file (raising `ImageDecodeError` naming it) and classify it."""
         return self.predict_image(load_rgb(path))
 
-    def explain(self, image: Image.Image) -> Explanation:
-        """Grad-CAM for the predicted class; only predictors backed by PyTorch can do this."""
+    def explain(self, image: Image.Image, prediction: Prediction | None = None) -> Explanation:
+        """Grad-CAM for the top class of `prediction` (by default this predictor's own prediction); only
+        predictors backed by PyTorch can do this."""
         raise self.explain_unavailable_error()
 
     def explain_unavailable_error(self) -> ExplainUnavailableError:

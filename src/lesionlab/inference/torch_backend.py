@@ -20,6 +20,7 @@ from torch import nn
 from lesionlab.errors import CheckpointError
 from lesionlab.evaluation.calibration import load_temperature, temperature_path
 from lesionlab.inference.base import Explanation, Predictor, file_digest
+from lesionlab.inference.prediction import Prediction
 from lesionlab.models.checkpoint import BEST_STEM, WEIGHTS_SUFFIX, ModelCard, checkpoint_stem, load_checkpoint
 from lesionlab.models.registry import output_layer
 
@@ -88,12 +89,13 @@ class TorchPredictor(Predictor):
             logits = self.model(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
             return torch.softmax(logits, dim=1).numpy()
 
-    def explain(self, image: Image.Image) -> Explanation:
+    def explain(self, image: Image.Image, prediction: Prediction | None = None) -> Explanation:
         """Grad-CAM on the last convolutional block for the predicted class, the prediction made with this
-        predictor's views so the overlay explains exactly what `predict_image` reports."""
+        predictor's views so the overlay explains exactly what `predict_image` reports. A wrapper that
+        changes the decision (class offsets) passes its own `prediction`, so its top class is explained."""
         from lesionlab.explain import grad_cam
 
-        prediction = self.predict_image(image)
+        prediction = prediction or self.predict_image(image)
         batch = self.preprocessing.to_batch(image)
         with self._explain_lock:
             if self._explain_model is None:
