@@ -198,7 +198,7 @@ def plot_study(rows: Sequence[dict[str, Any]], title: str, path: Path) -> Path:
         centre_offset = (offset - (len(STUDY_METRICS) - 1) / 2) * width
         bar_axes.barh(positions + centre_offset, values, height=width, label=name)
     bar_axes.set_yticks(positions, labels)
-    bar_axes.invert_yaxis()
+    bar_axes.set_ylim(len(rows) - 0.5, -0.5)  # top to bottom, row for row with the heat map beside it
     bar_axes.set_xlim(0, 1)
     bar_axes.set_xlabel("score on the test part")
     bar_axes.set_title("headline metrics")
@@ -223,7 +223,7 @@ def plot_study(rows: Sequence[dict[str, Any]], title: str, path: Path) -> Path:
             fontsize="small",
         )
     heat_axes.set_xticks(np.arange(len(codes)), codes)
-    heat_axes.set_yticks(positions, labels)
+    heat_axes.set_yticks(positions, [])  # the rows line up with the bars, whose labels name them
     heat_axes.set_xlabel("true class")
     heat_axes.set_title("recall (sensitivity) per class")
     figure.colorbar(image, ax=heat_axes, label="recall")
