@@ -35,10 +35,11 @@ def image_path(shared_data_dir: Path) -> Path:
     return sorted((shared_data_dir / "images").glob("ISIC_*.jpg"))[0]
 
 
-def offsets_towards(tmp_path: Path, favoured: str, strength: float = 8.0) -> Path:
-    """A class-offsets file that strongly favours one class, so its effect on the decision is certain."""
-    values = np.array([strength if code == favoured else 0.0 for code in CLASS_CODES])
-    record = ClassOffsets(CLASS_CODES, tuple((values - values.mean()).tolist()), "val", ("a", "b"), 100)
+def offsets_towards(tmp_path: Path, favoured: str, members: tuple[str, ...] = ("tiny-run",)) -> Path:
+    """A class-offsets file fitted (it says) for `members` that strongly favours one class, so its effect on
+    the decision is certain."""
+    values = np.array([8.0 if code == favoured else 0.0 for code in CLASS_CODES])
+    record = ClassOffsets(CLASS_CODES, tuple((values - values.mean()).tolist()), "val", members, 100)
     return save_class_offsets(tmp_path / "ensemble-ab+class-offsets" / CLASS_OFFSETS_FILE, record)
 
 
@@ -55,7 +56,7 @@ def test_offsets_file_round_trips_and_bad_files_say_what_to_do(tmp_path: Path) -
 
 def test_offsets_shift_the_tta_ensemble_probabilities(
         tiny_run_dir: Path, calibrated_run_dir: Path, image_path: Path, tmp_path: Path) -> None:
-    path = offsets_towards(tmp_path, "vasc")
+    path = offsets_towards(tmp_path, "vasc", members=("tiny-run", "tiny-run"))
     inner = load_predictor(tiny_run_dir, views=DEFAULT_VIEWS, ensemble=[calibrated_run_dir])
     shifted = load_predictor(tiny_run_dir, views=DEFAULT_VIEWS, ensemble=[calibrated_run_dir],
                              class_offsets=path)
@@ -77,11 +78,17 @@ def test_a_single_model_with_offsets_explains_the_class_they_decide(
     assert shifted.predict_batch(batch).argmax(axis=1).tolist() == [CLASS_CODES.index("df")]
 
 
-def test_offsets_for_other_classes_are_refused(tiny_run_dir: Path, tmp_path: Path) -> None:
+def test_offsets_for_other_classes_or_other_runs_are_refused(
+        tiny_run_dir: Path, calibrated_run_dir: Path, tmp_path: Path) -> None:
     record = ClassOffsets(tuple(reversed(CLASS_CODES)), (0.0,) * 7, "val", (), 10)
     path = save_class_offsets(tmp_path / CLASS_OFFSETS_FILE, record)
     with pytest.raises(ConfigError, match="class offsets are for classes"):
         load_predictor(tiny_run_dir, class_offsets=path)
+    with pytest.raises(ConfigError, match="fitted for runs default, strong"):
+        load_predictor(tiny_run_dir, class_offsets=offsets_towards(tmp_path, "df", ("default", "strong")))
+    with pytest.raises(ConfigError, match="fitted for runs tiny-run, not tiny-run, tiny-run"):
+        load_predictor(tiny_run_dir, ensemble=[calibrated_run_dir],
+                       class_offsets=offsets_towards(tmp_path, "df", ("tiny-run",)))
 
 
 def test_predict_and_serve_take_class_offsets(

@@ -50,6 +50,14 @@ class ClassOffsets:
         """The offsets in class order."""
         return np.asarray(self.offsets, dtype=float)
 
+    def check_members(self, run_names: Sequence[str], source: str) -> None:
+        """Refuse models other than those the offsets were fitted to (by training run name): offsets fitted
+        for one ensemble's probabilities shift another's in the wrong places."""
+        if self.members and sorted(run_names) != sorted(self.members):
+            raise ConfigError(f"{source}: class offsets were fitted for runs {', '.join(self.members)}, not "
+                              f"{', '.join(run_names)}; pass those runs (RUN plus --ensemble) with the "
+                              f"study's --tta.")
+
     def check_classes(self, classes: Sequence[str], source: str) -> None:
         """Refuse a model whose class order differs: an offset would land on the wrong class."""
         if tuple(classes) != self.classes:

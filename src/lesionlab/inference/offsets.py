@@ -14,6 +14,7 @@ from PIL import Image
 
 from lesionlab.class_offsets import apply_class_offsets, class_offsets_file, load_class_offsets
 from lesionlab.inference.base import ExplainUnavailableError, Explanation, Predictor, file_digest
+from lesionlab.inference.ensemble import EnsemblePredictor
 from lesionlab.inference.prediction import Prediction
 
 
@@ -24,6 +25,8 @@ class OffsetPredictor(Predictor):
         self.offsets_file = class_offsets_file(offsets_path)
         self.offsets = load_class_offsets(self.offsets_file)
         self.offsets.check_classes(inner.classes, str(self.offsets_file))
+        members = inner.members if isinstance(inner, EnsemblePredictor) else (inner,)
+        self.offsets.check_members([member.card.run_name for member in members], str(self.offsets_file))
         self.inner = inner
         self.backend = inner.backend
         super().__init__(inner.card, inner.source, "")
