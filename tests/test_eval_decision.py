@@ -7,12 +7,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score
 
-from lesionlab.evaluation.decision import (
-    apply_class_offsets,
-    fit_class_offsets,
-    lesion_mean,
-    out_of_fold_offsets,
-)
+from lesionlab.class_offsets import apply_class_offsets
+from lesionlab.evaluation.decision import fit_class_offsets, lesion_mean, out_of_fold_offsets
 from lesionlab.evaluation.predictions import Predictions
 
 CODES = ("a", "b", "c")

@@ -21,18 +21,18 @@ from typing import Any
 import numpy as np
 import yaml
 
-from lesionlab.class_offsets import CLASS_OFFSETS_FILE, ClassOffsets, save_class_offsets
+from lesionlab.class_offsets import (
+    CLASS_OFFSETS_FILE,
+    ClassOffsets,
+    apply_class_offsets,
+    save_class_offsets,
+)
 from lesionlab.classes import CLASS_CODES
 from lesionlab.data.readers import SampleTable, read_dataset
 from lesionlab.data.split import Split, read_split, write_split
 from lesionlab.errors import ConfigError
 from lesionlab.evaluation.calibration import file_sha256
-from lesionlab.evaluation.decision import (
-    apply_class_offsets,
-    fit_class_offsets,
-    lesion_mean,
-    out_of_fold_offsets,
-)
+from lesionlab.evaluation.decision import fit_class_offsets, lesion_mean, out_of_fold_offsets
 from lesionlab.evaluation.evaluate import EvaluationOptions, evaluate_run
 from lesionlab.evaluation.metrics import compute_metrics
 from lesionlab.evaluation.predictions import Predictions, read_predictions

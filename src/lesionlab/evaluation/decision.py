@@ -26,8 +26,6 @@ from lesionlab.class_offsets import PROBABILITY_FLOOR, apply_class_offsets
 from lesionlab.evaluation.metrics import cluster_ids
 from lesionlab.evaluation.predictions import Predictions
 
-__all__ = ["apply_class_offsets", "fit_class_offsets", "lesion_mean", "out_of_fold_offsets"]
-
 OFFSET_RIDGE = 1e-3
 OFFSET_FOLDS = 5
 OFFSET_SEED = 0
