@@ -32,6 +32,7 @@ from lesionlab.models.freeze import FreezePlan, apply_plan, plan_table, resolve_
 from lesionlab.models.registry import Architecture, architecture, head_config
 from lesionlab.training.features import FeatureCache, extract_features, frozen_backbone_forward, to_device
 from lesionlab.training.imbalance import class_counts, loss_class_weights, make_criterion, make_sampler
+from lesionlab.training.interrupt import check as check_stop_request
 from lesionlab.training.recipe import Recipe, StageConfig
 from lesionlab.training.rundir import RunDirectory
 
@@ -182,6 +183,7 @@ def train_epoch(forward: Forward, batches: Iterable[Batch], total: int, criterio
     start = time.perf_counter()
     bar = tqdm(batches, total=total, desc=description, unit="batch", leave=False)
     for batch_index, (inputs, labels) in enumerate(bar, start=1):
+        check_stop_request()
         inputs = to_device(inputs, data.device, data.channels_last)
         labels = labels.to(data.device, non_blocking=True)
         loss = criterion(forward(inputs), labels)
