@@ -108,7 +108,7 @@ def test_expanding_folders_and_globs(image_folder: Path) -> None:
 
 def test_predict_command_text_reports_bad_files_and_keeps_going(
         tiny_run_dir: Path, image_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["predict", str(tiny_run_dir), str(image_folder)]) == 1
+    assert main(["predict", str(tiny_run_dir), str(image_folder)]) == 2
     captured = capsys.readouterr()
     names = sorted(path.name for path in image_folder.glob("ISIC_*.jpg"))
     assert all(name in captured.out for name in names)
@@ -133,7 +133,7 @@ def test_predict_command_json_from_onnx(tiny_onnx_file: Path, image_folder: Path
 
 def test_predict_command_json_lists_failures(tiny_run_dir: Path, image_folder: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["predict", str(tiny_run_dir), str(image_folder), "--json"]) == 1
+    assert main(["predict", str(tiny_run_dir), str(image_folder), "--json"]) == 2
     document = json.loads(capsys.readouterr().out)
     assert len(document["predictions"]) == 3
     assert [failure["image"] for failure in document["failures"]] == [str(image_folder / "broken.jpg")]

@@ -1,7 +1,9 @@
 """The `lesionlab` command: one argparse parser whose verbs live in `lesionlab.commands.<verb>`.
 
 The CLI holds no logic of its own: each verb module adds its sub-parser and a handler calling the library.
-User errors (`LesionlabError`) are printed as one clear message with exit code 2, never a traceback.
+Exit codes: 0 success; 1 a bug (an unexpected exception, with its traceback); 2 a user error
+(`LesionlabError`, printed as one clear message, never a traceback; argparse uses 2 for bad arguments too);
+130 or 143 training stopped by SIGINT or SIGTERM (128 + the signal number), with the command that resumes it.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from lesionlab.errors import LesionlabError
+from lesionlab.errors import USER_ERROR, LesionlabError
+from lesionlab.training.interrupt import TrainingStopped, resume_command
 
 COMMAND_MODULES: tuple[str, ...] = (
     "data",
@@ -47,7 +50,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = args.handler(args)
     except LesionlabError as error:
         print(f"lesionlab {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        return USER_ERROR
+    except TrainingStopped as stop:
+        print(f"lesionlab {args.command}: {stop}.", file=sys.stderr)
+        if stop.run_dir is not None:
+            command = resume_command(args.command, sys.argv[1:] if argv is None else argv, stop.run_dir)
+            print(f"Resume it with:\n  {command}", file=sys.stderr)
+        return stop.exit_code
     except KeyboardInterrupt:
         print(f"lesionlab {args.command}: interrupted; completed work is saved.", file=sys.stderr)
         return 130

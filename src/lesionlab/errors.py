@@ -1,9 +1,13 @@
 """User-facing errors: each says what went wrong, on which file, and what to do about it.
 
-The CLI prints these without a traceback and exits non-zero; anything else is a bug and keeps its traceback.
+The CLI prints these without a traceback and exits with `USER_ERROR`; anything else is a bug, keeps its
+traceback and exits with `INTERNAL_ERROR` (Python's own code for an uncaught exception).
 """
 
 from __future__ import annotations
+
+INTERNAL_ERROR = 1
+USER_ERROR = 2
 
 
 class LesionlabError(Exception):

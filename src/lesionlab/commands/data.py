@@ -22,6 +22,7 @@ from lesionlab.data.split import (
     shared_lesions,
     write_split,
 )
+from lesionlab.errors import USER_ERROR
 from lesionlab.evaluation.report import Table, format_table
 
 PATH_HELP = (
@@ -87,13 +88,13 @@ def _count(value: int | None) -> str:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    """Print the inspection report; exit 1 when an image is bad or missing, unless --skip-bad."""
+    """Print the inspection report; exit 2 (a user error) if an image is bad or missing, unless --skip-bad."""
     report = inspect_dataset(args.path, args.fmt, decode=not args.no_decode, progress=not args.json)
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:
         print(_describe(report))
-    return 1 if report.problems and not args.skip_bad else 0
+    return USER_ERROR if report.problems and not args.skip_bad else 0
 
 
 def _describe(report: InspectionReport) -> str:

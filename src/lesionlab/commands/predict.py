@@ -38,8 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    """Predict every image; list failures as `file: reason` and exit 1 if there were any."""
-    from lesionlab.errors import ConfigError
+    """Predict every image; list failures as `file: reason` and exit 2 (a user error) if there were any."""
+    from lesionlab.errors import USER_ERROR, ConfigError
     from lesionlab.inference.files import expand_image_paths, predict_files
 
     if args.top < 1:
@@ -60,7 +60,7 @@ def run_predict(args: argparse.Namespace) -> int:
               f"diagnosis.")
     for path, reason in failures:
         print(f"{path}: {reason}", file=sys.stderr)
-    return 1 if failures else 0
+    return USER_ERROR if failures else 0
 
 
 def _json_document(predictor: Predictor, predictions: list[FilePrediction], failures: list[tuple[Path, str]],

@@ -15,6 +15,11 @@ Choices:
   higher limit (its `DecompressionBombError`) is reported the same way; its warning is silenced because ours
   applies first.
 - The whole image is decoded (`load()`), so a truncated file fails here and not in the middle of training.
+- With `min_size` (the service passes twice the model's input size), an image larger than needed is decoded
+  reduced, so its memory follows what the model sees, not the upload's pixels: a JPEG decodes at 1/2, 1/4
+  or 1/8 scale in the decoder itself (`draft`); other formats cannot decode partly, so they decode once and
+  are reduced by an integer factor (`Image.reduce`) before any conversion or copy. Both sides stay at least
+  `min_size`, so images no larger than that decode exactly as without it. Training never reduces.
 
 MedMNIST images live inside an `.npz` archive; their path is `file.npz#<part>/<index>` and decoding reads the
 part's array once per process.
@@ -23,13 +28,14 @@ part's array once per process.
 from __future__ import annotations
 
 import functools
+import io
 import os
 import re
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -44,7 +50,9 @@ SIXTEEN_BIT_MAX = 65535
 _HIGH_DEPTH_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 _NPZ_MEMBER = re.compile(r"^(?P<archive>.+\.npz)#(?P<part>[A-Za-z]+)/(?P<index>\d+)$", re.IGNORECASE)
+_UNREDUCIBLE_MODES = frozenset({"1", "P", "I;16", "I;16L", "I;16B", "I;16N"})
 _PIL_FAILURES = (OSError, SyntaxError, ValueError, TypeError, EOFError, IndexError, KeyError)
+EMPTY_FILE_REASON = "empty file (0 bytes); re-copy or re-export the image, or remove it"
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -142,36 +150,75 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_rgb(path: str | os.PathLike[str], max_pixels: int | None = None) -> Image.Image:
+def load_rgb(
+    path: str | os.PathLike[str], max_pixels: int | None = None, min_size: int | None = None
+) -> Image.Image:
     """Decode an image file (or `file.npz#part/index`) fully into upright RGB; raise ImageDecodeError.
 
     `max_pixels` defaults to `pixel_limit()`; an image with more pixels is refused before it is decoded.
+    With `min_size`, a larger image is decoded reduced, both sides kept at least `min_size` (see the module
+    docstring).
     """
     text = os.fspath(path)
     member = parse_npz_member(text)
     if member is not None:
         return _load_npz_member(text, *member)
-    limit = pixel_limit() if max_pixels is None else max_pixels
     if not Path(text).is_file():
         raise ImageDecodeError(text, "file not found (or not a regular file)")
+    if os.path.getsize(text) == 0:
+        raise ImageDecodeError(text, EMPTY_FILE_REASON)
+    return _decode(text, text, max_pixels, min_size)
+
+
+def decode_bytes(
+    data: bytes, name: str, max_pixels: int | None = None, min_size: int | None = None
+) -> Image.Image:
+    """`load_rgb` for an image held in memory (an upload); errors name it `name`."""
+    if not data:
+        raise ImageDecodeError(name, EMPTY_FILE_REASON)
+    return _decode(io.BytesIO(data), name, max_pixels, min_size)
+
+
+def _decode(source: str | BinaryIO, name: str, max_pixels: int | None, min_size: int | None) -> Image.Image:
+    limit = pixel_limit() if max_pixels is None else max_pixels
     try:
-        with Image.open(text) as image:
+        with Image.open(source) as image:
             width, height = image.size
             if width * height > limit:
-                raise ImageDecodeError(text, _too_large_reason(width, height, limit))
+                raise ImageDecodeError(name, _too_large_reason(width, height, limit))
+            if min_size is not None:
+                image.draft(None, (min_size, min_size))
             image.load()
-            upright = ImageOps.exif_transpose(image)
+            reduced = image if min_size is None else _reduced(image, min_size)
+            upright = ImageOps.exif_transpose(reduced)
             return to_rgb(upright)
     except Image.DecompressionBombError as error:
         raise ImageDecodeError(
-            text,
+            name,
             f"refused by Pillow as a possible decompression bomb ({error}); "
             "downscale the image before using it",
         ) from None
     except _PIL_FAILURES as error:
         raise ImageDecodeError(
-            text, f"cannot decode image ({type(error).__name__}: {error}); re-export or remove the file"
+            name, f"cannot decode image ({type(error).__name__}: {error}); re-export or remove the file"
         ) from None
+
+
+def _reduced(image: Image.Image, min_size: int) -> Image.Image:
+    """The decoded image shrunk by the largest integer factor that keeps both sides at least `min_size`.
+
+    Modes `Image.reduce` cannot handle (palette, 1-bit, 16-bit) are converted to RGB first; the EXIF block
+    is carried over so the orientation still applies.
+    """
+    factor = min(image.size) // min_size
+    if factor < 2:
+        return image
+    exif = image.info.get("exif")
+    source = image if image.mode not in _UNREDUCIBLE_MODES else to_rgb(image)
+    reduced = source.reduce(factor)
+    if exif is not None:
+        reduced.info["exif"] = exif
+    return reduced
 
 
 def _too_large_reason(width: int, height: int, limit: int) -> str:

@@ -11,9 +11,17 @@ visited rarest class first, largest first (ties in a seeded random order), and e
 target for the group's classes would be least filled after taking it. On HAM10000 every class share lands
 within 0.1 percentage point of the whole in each part, in ~0.2 s.
 
-The split file starts with `# lesionlab-split v1 fingerprint=... seed=... group=...` and then the CSV
+The split file starts with `# lesionlab-split v2 fingerprint=... seed=... group=...` and then the CSV
 `image_id,label,class,lesion_id,part`, so reading it against different data fails loudly instead of silently
 evaluating on training images.
+
+Order matters as much as membership: the seeded sampler draws positions in a part, so the same seed over the
+same images in another order trains on other images. The file is therefore the one source of a part's order:
+`write_split` writes each part's samples in the order it holds them, `read_split` gives them back in file
+order, and a new run trains on the split as read back from its own `split.csv` (see `training.runner`). A
+fresh run, a resumed run and a rerun from the run's `split.csv` thus draw the same images. Version 1 files
+sorted their rows by image id, while the runs that wrote them trained on the dataset's own order;
+`read_split` restores that order for them, so those runs still resume exactly.
 """
 
 from __future__ import annotations
@@ -34,7 +42,8 @@ from lesionlab.data.readers import Sample, SampleTable
 from lesionlab.errors import ConfigError, DataError
 from lesionlab.io_utils import atomic_write_text
 
-SPLIT_VERSION = 1
+SPLIT_VERSION = 2
+DATASET_ORDER_VERSIONS: frozenset[int] = frozenset({1})
 PARTS: tuple[str, ...] = ("train", "val", "test")
 GROUPINGS: tuple[str, ...] = ("lesion", "none")
 DATASET_GROUPING = "dataset"
@@ -135,7 +144,7 @@ def shared_lesions(split: Split) -> set[str]:
 
 
 def write_split(path: str | os.PathLike[str], split: Split) -> Path:
-    """Write the split file (header line + CSV) atomically; rows are sorted, so a split has one exact text."""
+    """Write the split file (header line + CSV) atomically, each part's rows in the split's own order."""
     buffer = io.StringIO()
     buffer.write(
         f"{HEADER_MARK} v{SPLIT_VERSION} fingerprint={split.fingerprint} seed={split.seed} "
@@ -144,17 +153,19 @@ def write_split(path: str | os.PathLike[str], split: Split) -> Path:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(COLUMNS)
     for part in PARTS:
-        for sample in sorted(split.parts.get(part, []), key=lambda row: row.image_id):
+        for sample in split.parts.get(part, []):
             writer.writerow((sample.image_id, sample.label, sample.code, sample.lesion_id or "", part))
     return atomic_write_text(path, buffer.getvalue())
 
 
 def _parse_header(path: Path, first_line: str) -> dict[str, str]:
+    """The header's fields, plus `version` (1 or 2, both readable)."""
     tokens = first_line.strip().split()
-    if first_line.startswith(HEADER_MARK) and len(tokens) >= 3 and tokens[2] == f"v{SPLIT_VERSION}":
+    readable = {f"v{number}" for number in (SPLIT_VERSION, *DATASET_ORDER_VERSIONS)}
+    if first_line.startswith(HEADER_MARK) and len(tokens) >= 3 and tokens[2] in readable:
         fields = dict(token.split("=", 1) for token in tokens[3:] if "=" in token)
         if {"fingerprint", "seed", "group"} <= fields.keys():
-            return fields
+            return {**fields, "version": tokens[2][1:]}
     raise DataError(
         f"{path}: not a lesionlab split file (its first line should read '{HEADER_MARK} "
         f"v{SPLIT_VERSION} fingerprint=... seed=... group=...'); make one with `lesionlab data split`"
@@ -162,7 +173,10 @@ def _parse_header(path: Path, first_line: str) -> dict[str, str]:
 
 
 def read_split(path: str | os.PathLike[str], table: SampleTable) -> Split:
-    """Read a split file and bind it to `table`; fail clearly if made for other data or files are gone."""
+    """Read a split file and bind it to `table`; fail clearly if made for other data or files are gone.
+
+    Each part keeps the file's row order (version 1 files: the table's order, which their runs trained on).
+    """
     source = Path(path)
     try:
         lines = source.read_text(encoding="utf-8").splitlines()
@@ -178,6 +192,8 @@ def read_split(path: str | os.PathLike[str], table: SampleTable) -> Split:
             "differ). Use the dataset it was made for, or make a new split with `lesionlab data split`."
         )
     parts = _read_rows(source, lines[1:], table)
+    if int(header["version"]) in DATASET_ORDER_VERSIONS:
+        parts = _in_table_order(parts, table)
     _check_files_exist(source, parts)
     return Split(parts, header["fingerprint"], int(header["seed"]), header["group"])
 
@@ -207,6 +223,13 @@ def _read_rows(source: Path, lines: list[str], table: SampleTable) -> dict[str, 
             )
         parts[row["part"]].append(sample)
     return parts
+
+
+def _in_table_order(parts: dict[str, list[Sample]], table: SampleTable) -> dict[str, list[Sample]]:
+    """Each part's samples in the order `table` lists them (what `make_split` gives)."""
+    position = {sample.image_id: index for index, sample in enumerate(table.samples)}
+    return {part: sorted(samples, key=lambda sample: position[sample.image_id])
+            for part, samples in parts.items()}
 
 
 def _check_files_exist(source: Path, parts: dict[str, list[Sample]]) -> None:

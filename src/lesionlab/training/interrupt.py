@@ -1,4 +1,4 @@
-"""Graceful stop: SIGINT or SIGTERM ends training at the next batch, keeps a resumable run and says how to resume.
+"""Graceful stop: SIGINT or SIGTERM ends training at the next batch, keeps the run resumable, says how.
 
 Why the stop abandons the epoch in progress rather than saving it: the resume state is committed atomically
 once per epoch (`RunDirectory.save_state`) and every epoch replays bit for bit from (seed, stage, epoch), so
@@ -60,15 +60,15 @@ class _StopRequest:
         if self.signal_number is not None:
             raise TrainingStopped(self.signal_number)
         self.signal_number = signal_number
-        print(f"\n{signal.Signals(signal_number).name} received: stopping at the next batch (send it again to "
-              "stop at once); the run keeps its last completed epoch.", file=sys.stderr, flush=True)
+        print(f"\n{signal.Signals(signal_number).name} received: stopping at the next batch (send it again "
+              "to stop at once); the run keeps its last completed epoch.", file=sys.stderr, flush=True)
 
 
 _request = _StopRequest()
 
 
 def check() -> None:
-    """Raise `TrainingStopped` if a stop signal has arrived; the training loop calls this before each batch."""
+    """Raise `TrainingStopped` if a stop signal has arrived; the training loop calls it before each batch."""
     if _request.signal_number is not None:
         raise TrainingStopped(_request.signal_number)
 

@@ -8,6 +8,12 @@ Layout (see docs/architecture.md): `config.yaml`, `split.csv`, `history.csv`, `r
 last completed epoch, and the rest of the resume state (epoch, scheduler, history, best so far) as JSON in
 its header, so one atomic rename commits everything at once. `state.json` is a readable copy of that JSON,
 written after.
+
+A run killed at any instant (even `kill -9` inside a write) therefore resumes from the last commit: files
+written after it (an epoch checkpoint, a best checkpoint) are rewritten identically when the epoch replays,
+and `recover` repairs what may lag behind a commit (`state.json`, `history.csv`, the pruning, temporary files
+of a write cut short). A new run that fails before its first commit holds nothing worth keeping, so
+`remove_new_run` deletes what it created.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import csv
 import io
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +97,42 @@ class RunDirectory:
         tensors.update({f"{OPTIMIZER_PREFIX}{name}": tensor for name, tensor in optimizer_tensors.items()})
         atomic_write_bytes(self.state_tensors, save(tensors, metadata={STATE_KEY: json.dumps(payload)}))
         atomic_write_json(self.state_json, payload)
+
+    def recover(self, payload: dict[str, Any]) -> None:
+        """Bring the files that follow a commit up to date with the committed state `payload`.
+
+        A stop between `save_state`'s rename and the end of the epoch's bookkeeping leaves `state.json`,
+        `history.csv` and the checkpoint pruning one epoch behind, and a write cut short leaves its temporary
+        file; a resumed run that has nothing left to train would otherwise keep them so.
+        """
+        for folder in (self.path, self.checkpoints):
+            for leftover in folder.glob(".*.tmp"):
+                leftover.unlink(missing_ok=True)
+        atomic_write_json(self.state_json, payload)
+        self.write_history(payload["history"])
+        best = payload.get("best")
+        if payload.get("stage") and best is not None:
+            self.prune_checkpoints(payload["stage"], {payload["epoch"], best["epoch"]})
+
+    def remove_new_run(self, created_folder: bool) -> None:
+        """Delete a new run that failed before committing an epoch; never a run that can resume.
+
+        The folder goes only if this run created it; otherwise only the files a run writes are removed, and
+        anything else in the folder stays.
+        """
+        if self.state_tensors.exists():
+            return
+        if created_folder:
+            shutil.rmtree(self.path, ignore_errors=True)
+            return
+        shutil.rmtree(self.checkpoints, ignore_errors=True)
+        for name in (self.config, self.split, self.history, self.run_json, self.log, self.state_json):
+            name.unlink(missing_ok=True)
+        for stem in (self.best, *self.path.glob("stage*-best.safetensors")):
+            stem.with_suffix(".safetensors").unlink(missing_ok=True)
+            stem.with_suffix(".json").unlink(missing_ok=True)
+        for leftover in self.path.glob(".*.tmp"):
+            leftover.unlink(missing_ok=True)
 
     def load_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Read the resume state: (JSON state, model state dict, optimizer tensors)."""

@@ -3,6 +3,8 @@
 `train_run` prepares the run folder (resolved config, split copy, run.json), builds data and model, and runs
 the recipe's stages in order, each from the previous stage's best checkpoint. With `resume=True` it continues
 a run from its last completed epoch, mid-recipe included. Only the split's `train` and `val` parts are read.
+SIGINT and SIGTERM stop a run cleanly (`training.interrupt`); a new run that fails before completing an
+epoch removes what it created, as it holds nothing to resume.
 """
 
 from __future__ import annotations
@@ -25,11 +27,12 @@ from lesionlab.classes import NUM_CLASSES
 from lesionlab.data.cache import DecodedImageCache
 from lesionlab.data.dataset import LesionDataset
 from lesionlab.data.readers import SampleTable, compute_fingerprint
-from lesionlab.data.split import Split, assign_groups, write_split
+from lesionlab.data.split import Split, assign_groups, read_split, write_split
 from lesionlab.data.transforms import eval_transform, train_transform
 from lesionlab.errors import CheckpointError, ConfigError, DataError
 from lesionlab.io_utils import atomic_write_json, atomic_write_text
 from lesionlab.models.registry import architecture, build_model
+from lesionlab.training.interrupt import stop_on_signals
 from lesionlab.training.loop import RunProgress, StageData, load_stage_start, stage_is_complete, train_stage
 from lesionlab.training.recipe import Recipe
 from lesionlab.training.rundir import RunDirectory, decode_optimizer
@@ -101,14 +104,23 @@ def torch_settings(recipe: Recipe) -> Any:
         torch.use_deterministic_algorithms(deterministic)
 
 
-def _prepare_new_run(run: RunDirectory, recipe: Recipe, table: SampleTable, split: Split) -> None:
-    """Create the run folder with its resolved config, split copy and run.json; never reuse a run folder."""
+def _refuse_existing_run(run: RunDirectory) -> None:
+    """A new run never reuses a run folder."""
     if run.config.exists() or run.state_tensors.exists():
         raise CheckpointError(f"{run.path}: a run already exists here; choose another --name, or continue it "
                               f"with `lesionlab train --resume {run.path}`.")
+
+
+def _prepare_new_run(run: RunDirectory, recipe: Recipe, table: SampleTable, split: Split) -> Split:
+    """Create the run folder with its resolved config, split copy and run.json.
+
+    Returns the split as read back from the run's `split.csv`: the one order of samples that this run, its
+    resumed sessions and any rerun from that file all train on.
+    """
     run.path.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run.config, recipe.to_yaml())
     write_split(run.split, split)
+    split = read_split(run.split, table)
     atomic_write_json(run.run_json, {
         "name": run.name,
         "status": "created",
@@ -122,6 +134,7 @@ def _prepare_new_run(run: RunDirectory, recipe: Recipe, table: SampleTable, spli
         "split": {"fingerprint": split.fingerprint, "seed": split.seed, "group": split.group,
                   **{f"{part}_images": len(samples) for part, samples in split.parts.items()}},
     })
+    return split
 
 
 def _update_run_json(run: RunDirectory, **changes: Any) -> dict[str, Any]:
@@ -166,20 +179,30 @@ def train_run(recipe: Recipe, table: SampleTable, split: Split, run_dir: str | o
               resume: bool = False) -> Path:
     """Train every stage of `recipe` into `run_dir` (or continue it with `resume=True`); return the folder."""
     run = RunDirectory(run_dir)
+    created_folder = not run.path.exists()
     if resume:
         _check_resumable(run, recipe)
     else:
-        _prepare_new_run(run, recipe, table, split)
+        _refuse_existing_run(run)
+        try:
+            split = _prepare_new_run(run, recipe, table, split)
+        except BaseException:
+            run.remove_new_run(created_folder)
+            raise
     session = {"started": now(), "ended": None}
     sessions = _update_run_json(run, status="running")["sessions"]
     wall_start = time.perf_counter()
     with run_logging(run), torch_settings(recipe):
         try:
-            progress = _run_stages(recipe, table, split, run, resume)
+            with stop_on_signals(run.path):
+                progress = _run_stages(recipe, table, split, run, resume)
         except BaseException as error:
+            stopped = isinstance(error, KeyboardInterrupt)
             session.update(ended=now(), error=f"{type(error).__name__}: {error}")
-            _update_run_json(run, status="failed", sessions=[*sessions, session])
+            _update_run_json(run, status="stopped" if stopped else "failed", sessions=[*sessions, session])
             log.error("run stopped: %s: %s", type(error).__name__, error)
+            if not (resume or stopped):
+                run.remove_new_run(created_folder)
             raise
     session.update(ended=now(), wall_seconds=round(time.perf_counter() - wall_start, 1))
     sessions = [*sessions, session]
@@ -203,6 +226,7 @@ def _run_stages(recipe: Recipe, table: SampleTable, split: Split, run: RunDirect
     optimizer_state = None
     if resume:
         payload, model_state, optimizer_tensors = run.load_state()
+        run.recover(payload)
         optimizer_state = decode_optimizer(payload.pop("optimizer"), optimizer_tensors)
         progress = RunProgress.from_dict(payload)
         model.load_state_dict(model_state, strict=True)
