@@ -1,10 +1,11 @@
-"""Inference speed of one run on this CPU: PyTorch eager against ONNX Runtime fp32 and int8, side by side.
+"""Inference speed of one run on this CPU, every engine side by side: PyTorch eager (fp32 and bf16 autocast),
+ONNX Runtime fp32, and OpenVINO fp32, bf16 and int8.
 
-Every backend gets the same thread count (`torch.set_num_threads` and ORT's `intra_op_num_threads`), the same
-input, and warm-up calls before timing, so the ratios compare engines rather than settings. Reported: batch-1
-latency (p50, p95; what one web request waits) and batch throughput (what a bulk job gets). The numbers are
-only meaningful relative to each other within one run on one machine; the ratio column is against PyTorch
-eager.
+Every engine gets the same thread count, the same real validation images of the run's split, and warm-up
+calls before timing (`inference.timing`), so the ratios compare engines rather than settings. Each row also
+gives the largest probability difference from PyTorch fp32 on those images: speed is worth little if the
+answers move. Ratios are against ONNX Runtime fp32 measured in the same run; absolute numbers only mean
+something next to each other, on one machine, at one moment.
 """
 
 from __future__ import annotations
@@ -12,107 +13,99 @@ from __future__ import annotations
 import os
 import platform
 import tempfile
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+import openvino as ov
 import torch
 
-from lesionlab.export import EXPORT_DIR, FP32_NAME, default_paths, export_onnx, quantize_int8
+from lesionlab.export import default_paths, export_onnx
+from lesionlab.inference.backends import BF16, EXPORT_DIR, FP32_NAME
 from lesionlab.inference.base import Predictor
 from lesionlab.inference.onnx_backend import OnnxPredictor
+from lesionlab.inference.openvino_backend import OpenVinoPredictor
 from lesionlab.inference.run_samples import load_batch, split_samples
+from lesionlab.inference.timing import Timing, time_predictor, timing_batches
 from lesionlab.inference.torch_backend import TorchPredictor
 
-CALIBRATION_IMAGES = 64
+BASELINE = "onnxruntime fp32"
 
 
 @dataclass(frozen=True)
 class BenchRow:
-    """One backend's timings."""
+    """One engine's timings and how far its probabilities move from PyTorch fp32."""
 
     backend: str
-    p50_ms: float
-    p95_ms: float
-    images_per_second: float
+    timing: Timing
+    max_abs_difference: float
 
 
 @dataclass(frozen=True)
 class BenchReport:
-    """All rows (PyTorch eager first) and the conditions they were measured under."""
+    """All rows (PyTorch fp32 first) and the conditions they were measured under."""
 
     rows: tuple[BenchRow, ...]
     threads: int
     batch_size: int
     input_size: int
-    onnx_files: tuple[Path, ...]
-    exported_now: bool
+    onnx_file: Path | None
+    int8_file: Path | None
+
+    @property
+    def baseline(self) -> BenchRow:
+        """The row every ratio is against: ONNX Runtime fp32."""
+        return next(row for row in self.rows if row.backend == BASELINE)
 
     def conditions(self) -> str:
         """One line naming everything that affects the numbers."""
         return (f"{platform.processor() or platform.machine()}, {self.threads} thread(s), input "
                 f"{self.input_size}x{self.input_size}, torch {torch.__version__}, onnxruntime "
-                f"{ort.__version__} (graph optimisation ORT_ENABLE_ALL)")
+                f"{ort.__version__} (ORT_ENABLE_ALL), openvino {ov.__version__} (CPU, latency hint)")
 
 
-def call_times(call: Callable[[], object], iterations: int, warmup: int) -> np.ndarray:
-    """Seconds per call for `iterations` calls, after `warmup` untimed ones."""
-    for _ in range(warmup):
-        call()
-    times = np.empty(iterations)
-    for index in range(iterations):
-        start = time.perf_counter()
-        call()
-        times[index] = time.perf_counter() - start
-    return times
-
-
-def bench_predictor(name: str, predictor: Predictor, single: np.ndarray, batch: np.ndarray, iterations: int,
-                    batch_iterations: int, warmup: int) -> BenchRow:
-    """Batch-1 latency percentiles and batch throughput of one predictor."""
-    latencies = call_times(lambda: predictor.predict_batch(single), iterations, warmup) * 1000.0
-    batch_times = call_times(lambda: predictor.predict_batch(batch), batch_iterations, 1)
-    return BenchRow(
-        backend=name,
-        p50_ms=float(np.percentile(latencies, 50)),
-        p95_ms=float(np.percentile(latencies, 95)),
-        images_per_second=float(len(batch) / np.median(batch_times)),
-    )
-
-
-def exported_files(run_dir: Path, work_dir: Path, reference: TorchPredictor,
-                   data: str | os.PathLike[str] | None) -> tuple[Path, Path, bool]:
-    """The run's exported fp32 and int8 files, or fresh ones in `work_dir` when the run has none."""
-    fp32, int8 = default_paths(run_dir, None)
-    if fp32.is_file() and int8.is_file():
-        return fp32, int8, False
-    fp32, int8 = default_paths(run_dir, work_dir / EXPORT_DIR / FP32_NAME)
-    export_onnx(reference.model, reference.card, fp32)
-    samples = split_samples(run_dir, "train", data, CALIBRATION_IMAGES)
-    calibration = load_batch(samples, reference.preprocessing, "calibration images")
-    quantize_int8(fp32, int8, calibration.images)
-    return fp32, int8, True
+def engines(run_dir: Path, fp32: Path, int8: Path | None, threads: int) -> list[tuple[str, Predictor]]:
+    """Every engine and precision to compare, PyTorch fp32 (the reference) first."""
+    rows: list[tuple[str, Predictor]] = [
+        ("pytorch fp32", TorchPredictor.from_path(run_dir, threads=threads)),
+        ("pytorch bf16 autocast", TorchPredictor.from_path(run_dir, threads=threads, precision=BF16)),
+        (BASELINE, OnnxPredictor(fp32, threads=threads)),
+        ("openvino fp32", OpenVinoPredictor(fp32, threads=threads)),
+        ("openvino bf16", OpenVinoPredictor(fp32, threads=threads, precision=BF16)),
+    ]
+    if int8 is not None:
+        rows.append(("openvino int8", OpenVinoPredictor(int8, threads=threads)))
+    return rows
 
 
 def bench_run(run_dir: str | os.PathLike[str], threads: int, iterations: int = 50, batch_size: int = 32,
               batch_iterations: int = 5, warmup: int = 5, data: str | os.PathLike[str] | None = None,
               seed: int = 0) -> BenchReport:
-    """Time PyTorch eager, ONNX Runtime fp32 and int8 on the same inputs with the same threads."""
-    reference = TorchPredictor.from_path(run_dir, threads=threads)
-    size = reference.preprocessing.input_size
-    inputs = np.random.default_rng(seed).standard_normal((batch_size, 3, size, size), dtype=np.float32)
-    single = inputs[:1].copy()
+    """Time every engine on the same validation images with the same threads.
+
+    The run's `export/model.onnx` is used where it exists (else a fresh export in a temporary folder), and
+    `export/model-int8.xml` where `lesionlab export RUN --int8` installed one (else no int8 row).
+    """
+    run = Path(run_dir)
+    fp32, int8 = default_paths(run, None)
+    reference = TorchPredictor.from_path(run)
+    samples = split_samples(run, "val", data, batch_size, seed)
+    single, batch = timing_batches(load_batch(samples, reference.preprocessing, "benchmark images").images,
+                                   batch_size)
     with tempfile.TemporaryDirectory(prefix="lesionlab-bench-") as work:
-        fp32, int8, exported_now = exported_files(Path(run_dir), Path(work), reference, data)
-        predictors: list[tuple[str, Predictor]] = [
-            ("pytorch eager", reference),
-            ("onnxruntime fp32", OnnxPredictor(fp32, threads=threads)),
-            ("onnxruntime int8", OnnxPredictor(int8, threads=threads)),
-        ]
-        rows = tuple(bench_predictor(name, predictor, single, inputs, iterations, batch_iterations, warmup)
-                     for name, predictor in predictors)
-    return BenchReport(rows=rows, threads=threads, batch_size=batch_size, input_size=size,
-                       onnx_files=() if exported_now else (fp32, int8), exported_now=exported_now)
+        exported = fp32.is_file()
+        if not exported:
+            fp32 = export_onnx(reference.model, reference.card, Path(work) / EXPORT_DIR / FP32_NAME,
+                               reference.temperature)
+        int8_file = int8 if int8.is_file() else None
+        predictors = engines(run, fp32, int8_file, threads)
+        expected = predictors[0][1].predict_batch(batch)
+        rows = tuple(
+            BenchRow(name, time_predictor(predictor, single, batch, iterations, batch_iterations, warmup),
+                     float(np.abs(predictor.predict_batch(batch) - expected).max()))
+            for name, predictor in predictors
+        )
+    return BenchReport(rows=rows, threads=threads, batch_size=batch_size,
+                       input_size=reference.preprocessing.input_size,
+                       onnx_file=fp32 if exported else None, int8_file=int8_file)

@@ -37,6 +37,7 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
         "--subset", type=int, help="train on a class-stratified, lesion-grouped subset of N images"
     )
     parser.add_argument("--workers", type=int, help="shortcut for --set workers=N")
+    add_precision_argument(parser)
 
 
 def add_run_location_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,6 +45,16 @@ def add_run_location_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", help="run name (default: <arch>-<timestamp>)")
     parser.add_argument(
         "--runs-dir", type=Path, default=Path("runs"), help="folder holding run folders (default: runs)"
+    )
+
+
+def add_precision_argument(parser: argparse.ArgumentParser) -> None:
+    """`--precision` for forward-only passes (the recipe key `precision` where a verb trains)."""
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        help="forward passes in fp32 or bf16 autocast; auto (the recipe's default) uses bf16 where the "
+        "processor has it natively and it agrees with fp32 on the run's validation images",
     )
 
 
@@ -63,7 +74,8 @@ def add_tta_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """`--ensemble`, the TTA flags and `--threads`: how `predict` and `serve` turn RUN into a model."""
+    """`--ensemble`, the TTA flags, `--threads`, `--backend` and `--precision`: how `predict` and `serve`
+    turn RUN into a model."""
     parser.add_argument(
         "--ensemble",
         action="append",
@@ -81,6 +93,21 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "probabilities towards balanced decisions (pass the same members and --tta the study used)",
     )
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for inference")
+    parser.add_argument(
+        "--backend",
+        choices=("pytorch", "onnxruntime", "openvino"),
+        default=None,
+        help="engine: pytorch for a run directory, onnxruntime for an .onnx file (the defaults), or openvino "
+        "for an .onnx file or the int8 model-int8.xml; with a run directory, onnxruntime and openvino run "
+        "its export/model.onnx",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="bf16 runs pytorch under bf16 autocast and openvino with INFERENCE_PRECISION_HINT bf16 "
+        "(faster on CPUs with AMX or AVX-512 bf16; probabilities move by about 0.01); default fp32",
+    )
 
 
 def load_model_from_arguments(args: argparse.Namespace) -> Predictor:
@@ -88,14 +115,15 @@ def load_model_from_arguments(args: argparse.Namespace) -> Predictor:
     from lesionlab.inference import load_predictor
 
     return load_predictor(args.run, threads=args.threads, views=tta_views(args), ensemble=args.ensemble,
-                          class_offsets=args.class_offsets)
+                          class_offsets=args.class_offsets, backend=args.backend, precision=args.precision)
 
 
 def recipe_overrides(args: argparse.Namespace) -> list[str]:
     """The `--set` assignments plus those the shortcut flags stand for, in that order."""
     shortcuts = [
         f"{key}={value}"
-        for key, value in (("image_size", args.image_size), ("workers", args.workers))
+        for key, value in (("image_size", args.image_size), ("workers", args.workers),
+                           ("precision", args.precision))
         if value is not None
     ]
     return [*args.set, *shortcuts]

@@ -1,4 +1,4 @@
-"""`lesionlab bench RUN`: latency and throughput of PyTorch eager against ONNX Runtime fp32 and int8."""
+"""`lesionlab bench RUN`: latency and throughput of every inference engine, against ONNX Runtime fp32."""
 
 from __future__ import annotations
 
@@ -13,9 +13,12 @@ if TYPE_CHECKING:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `bench` verb."""
     parser = subparsers.add_parser(
-        "bench", help="time PyTorch eager vs ONNX Runtime fp32/int8 on this CPU",
-        description="Batch-1 latency (p50, p95) and batch throughput with equal thread counts and warm-up; "
-                    "exports to a temporary folder when the run has no RUN/export files.",
+        "bench", help="time PyTorch, ONNX Runtime and OpenVINO (fp32, bf16, int8) on this CPU",
+        description="Batch-1 latency (p50, p95) and batch throughput with equal thread counts and warm-up, "
+                    "on validation images of the run's split, with each engine's largest probability "
+                    "difference from PyTorch fp32. Uses RUN/export/model.onnx (exported to a temporary "
+                    "folder when absent) and RUN/export/model-int8.xml when `lesionlab export --int8` "
+                    "installed one.",
     )
     parser.add_argument("run", metavar="RUN", help="run directory from `lesionlab train`")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
@@ -24,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="batch size for throughput (default 32)")
     parser.add_argument("--batch-iters", type=int, default=5,
                         help="timed batch calls per backend (default 5)")
-    parser.add_argument("--data", default=None, help="dataset of the run's split, for int8 calibration")
+    parser.add_argument("--data", default=None, help="dataset of the run's split (default: as train)")
     parser.set_defaults(handler=run_bench)
 
 
@@ -42,19 +45,22 @@ def run_bench(args: argparse.Namespace) -> int:
 
 
 def bench_table(report: BenchReport) -> str:
-    """Each backend's timings and its ratio against PyTorch eager from the same run."""
+    """Each engine's timings, its ratios against ONNX Runtime fp32 from the same run, and its largest
+    probability difference from PyTorch fp32."""
     from lesionlab.evaluation.report import Table, format_table
 
-    eager = report.rows[0]
+    base = report.baseline.timing
     rows = tuple(
-        (row.backend, f"{row.p50_ms:.2f}", f"{row.p95_ms:.2f}", f"{eager.p50_ms / row.p50_ms:.2f}x",
-         f"{row.images_per_second:.1f}", f"{row.images_per_second / eager.images_per_second:.2f}x")
+        (row.backend, f"{row.timing.p50_ms:.2f}", f"{row.timing.p95_ms:.2f}",
+         f"{base.p50_ms / row.timing.p50_ms:.2f}x", f"{row.timing.images_per_second:.1f}",
+         f"{row.timing.images_per_second / base.images_per_second:.2f}x", f"{row.max_abs_difference:.1e}")
         for row in report.rows
     )
-    headers = ("backend", "batch-1 p50 ms", "p95 ms", "speed-up", f"batch-{report.batch_size} img/s",
-               "speed-up")
-    table = Table(headers=headers, rows=rows)
-    source = ("freshly exported to a temporary folder" if report.exported_now
-              else ", ".join(str(path) for path in report.onnx_files))
-    return (f"{format_table(table)}\n\nSpeed-up is against PyTorch eager in this run. "
-            f"{report.conditions()}.\nONNX files: {source}.")
+    headers = ("backend", "batch-1 p50 ms", "p95 ms", "vs ORT fp32", f"batch-{report.batch_size} img/s",
+               "vs ORT fp32", "max |p - p_fp32|")
+    source = str(report.onnx_file) if report.onnx_file else "freshly exported to a temporary folder"
+    int8 = (str(report.int8_file) if report.int8_file
+            else "none (`lesionlab export RUN --int8` writes RUN/export/model-int8.xml)")
+    return (f"{format_table(Table(headers=headers, rows=rows))}\n\nRatios are against ONNX Runtime fp32 in "
+            f"this run; probability differences are against PyTorch fp32 on {report.batch_size} validation "
+            f"images. {report.conditions()}.\nONNX file: {source}. int8 model: {int8}.")

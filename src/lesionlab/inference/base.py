@@ -1,8 +1,8 @@
 """The `Predictor` interface: image in, `Prediction` out, whatever runs the network underneath.
 
 The CLI, the web service and the benchmark talk only to this interface, so a run directory (PyTorch) and an
-exported `.onnx` file (ONNX Runtime) are interchangeable. This module imports no torch: the ONNX path must
-work on a machine without PyTorch.
+exported model file (ONNX Runtime or OpenVINO) are interchangeable. This module imports no torch: the
+exported-model paths must work on a machine without PyTorch.
 """
 
 from __future__ import annotations
@@ -68,12 +68,14 @@ class Explanation:
         return buffer.getvalue()
 
 
-def file_digest(path: str | os.PathLike[str]) -> str:
-    """The sha256 of a file: a model id that changes whenever the weights do."""
+def file_digest(*paths: str | os.PathLike[str]) -> str:
+    """The sha256 of a file's bytes (of several files' bytes in order, for a model stored as graph plus
+    weights): a model id that changes whenever the weights do."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
+    for path in paths:
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda handle=handle: handle.read(1 << 20), b""):
+                digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -81,6 +83,7 @@ class Predictor(ABC):
     """Turns images into class probabilities with one loaded model; safe to call from several threads."""
 
     backend: str = ""
+    precision: str = "fp32"
     temperature: float | None = None
 
     def __init__(self, card: ModelCard, source: Path, weights_sha256: str) -> None:

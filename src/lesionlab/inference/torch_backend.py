@@ -19,6 +19,7 @@ from torch import nn
 
 from lesionlab.errors import CheckpointError
 from lesionlab.evaluation.calibration import load_temperature, temperature_path
+from lesionlab.inference.backends import BF16, FP32
 from lesionlab.inference.base import Explanation, Predictor, file_digest
 from lesionlab.inference.prediction import Prediction
 from lesionlab.models.checkpoint import BEST_STEM, WEIGHTS_SUFFIX, ModelCard, checkpoint_stem, load_checkpoint
@@ -59,9 +60,10 @@ class TorchPredictor(Predictor):
     backend = "pytorch"
 
     def __init__(self, model: nn.Module, card: ModelCard, source: Path, weights_sha256: str,
-                 threads: int | None = None, temperature: float | None = None) -> None:
+                 threads: int | None = None, temperature: float | None = None, precision: str = FP32) -> None:
         if threads is not None:
             torch.set_num_threads(threads)  # process-wide: PyTorch has one intra-op pool
+        self.precision = precision
         self.model = (fold_temperature(model, temperature) if temperature is not None else model).eval()
         self.temperature = temperature
         self._explain_lock = threading.Lock()
@@ -70,13 +72,15 @@ class TorchPredictor(Predictor):
 
     @classmethod
     def from_path(cls, path: str | os.PathLike[str], threads: int | None = None,
-                  calibrated: bool = True) -> TorchPredictor:
+                  calibrated: bool = True, precision: str = FP32) -> TorchPredictor:
         """Load a run directory's best model, or a single checkpoint, with its fitted temperature where one
-        exists for these exact weights (unless `calibrated` is False)."""
+        exists for these exact weights (unless `calibrated` is False); `precision` bf16 runs it under CPU
+        bf16 autocast."""
         weights = checkpoint_weights_path(path)
         model, card = load_checkpoint(weights)
         fit = load_temperature(temperature_path(checkpoint_stem(weights)), weights) if calibrated else None
-        return cls(model, card, Path(path), file_digest(weights), threads, fit.temperature if fit else None)
+        return cls(model, card, Path(path), file_digest(weights), threads, fit.temperature if fit else None,
+                   precision)
 
     @property
     def can_explain(self) -> bool:
@@ -84,14 +88,17 @@ class TorchPredictor(Predictor):
         return True
 
     def predict_batch(self, batch: np.ndarray) -> np.ndarray:
-        """Softmax probabilities from the eager model."""
-        with torch.inference_mode():
-            logits = self.model(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
-            return torch.softmax(logits, dim=1).numpy()
+        """Softmax probabilities from the eager model; under bf16 autocast the softmax still runs in fp32."""
+        inputs = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == BF16)
+        with torch.inference_mode(), autocast:
+            logits = self.model(inputs)
+        return torch.softmax(logits.float(), dim=1).numpy()
 
     def explain(self, image: Image.Image, prediction: Prediction | None = None) -> Explanation:
-        """Grad-CAM on the last convolutional block for the predicted class, the prediction made with this
-        predictor's views so the overlay explains exactly what `predict_image` reports. A wrapper that
+        """Grad-CAM on the last convolutional block for the predicted class, the prediction and the map both
+        averaged over this predictor's views so the overlay explains exactly what `predict_image` reports
+        (each view's map turned back into the image's frame first). A wrapper that
         changes the decision (class offsets) passes its own `prediction`, so its top class is explained."""
         from lesionlab.explain import grad_cam
 
@@ -100,4 +107,4 @@ class TorchPredictor(Predictor):
         with self._explain_lock:
             if self._explain_model is None:
                 self._explain_model = copy.deepcopy(self.model).requires_grad_(True)
-            return grad_cam(self._explain_model, self.card, image, batch, prediction)
+            return grad_cam(self._explain_model, self.card, image, batch, prediction, self.views)
