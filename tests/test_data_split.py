@@ -58,7 +58,7 @@ def test_same_seed_gives_identical_file_and_other_seed_differs(tmp_path: Path) -
         (tmp_path / "a.csv")
         .read_text()
         .startswith(
-            f"# lesionlab-split v1 fingerprint={'f' * 64} seed=3 "
+            f"# lesionlab-split v2 fingerprint={'f' * 64} seed=3 "
             "group=lesion\nimage_id,label,class,lesion_id,part\n"
         )
     )

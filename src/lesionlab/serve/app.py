@@ -1,55 +1,83 @@
 """The web service: a JSON API over one loaded `Predictor`, and a small page to try it in a browser.
 
 `create_app` takes a predictor that is already loaded (the model loads once, at start-up, before the first
-request) so tests can hand it any predictor and drive the app with FastAPI's TestClient. Decoding and
-inference run in Starlette's threadpool: the event loop keeps accepting requests while a CPU-bound prediction
-runs.
+request) so tests can hand it any predictor and drive the app with FastAPI's TestClient. Reading, decoding
+and inference of an upload run as one job on the `WorkPool` of `serve.limits` (a thread per core by
+default, a bounded queue, 503 with Retry-After beyond it, a per-request timeout): the event loop keeps
+accepting requests while CPU-bound predictions run, and a burst of uploads queues or is refused instead of
+decoding all at once.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
-from fastapi import FastAPI, File, HTTPException, UploadFile
-from fastapi.responses import FileResponse
+from fastapi import FastAPI, File, HTTPException, Request, UploadFile
+from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
-from starlette.concurrency import run_in_threadpool
 
 from lesionlab import __version__
 from lesionlab.errors import LesionlabError
 from lesionlab.inference.base import Predictor
-from lesionlab.serve.limits import ContentLengthLimitMiddleware
+from lesionlab.serve.limits import (
+    BusyRefusalMiddleware,
+    ContentLengthLimitMiddleware,
+    ServerBusyError,
+    WorkLimits,
+    WorkPool,
+)
 from lesionlab.serve.schemas import ErrorOut, ExplanationOut, HealthOut, PredictionOut
 from lesionlab.serve.uploads import UploadRejectedError, decode_upload
 
 STATIC_DIR = Path(__file__).parent / "static"
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 1000 * 1000
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
+UPLOAD_ROUTES = frozenset({"/predict", "/explain"})
 UPLOAD_ERRORS: dict[int | str, dict[str, object]] = {
-    status: {"model": ErrorOut} for status in (400, 413, 415, 422)
+    status: {"model": ErrorOut} for status in (400, 413, 415, 422, 503)
 }
+T = TypeVar("T")
 DESCRIPTION = (
     "Classifies a dermoscopic image into the 7 HAM10000 classes. A research tool, not a medical device: its "
     "output is not a diagnosis."
 )
 
 
-def create_app(predictor: Predictor, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> FastAPI:
-    """Build the service around a loaded predictor; uploads above `max_upload_bytes` are refused with 413."""
+def create_app(predictor: Predictor, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+               limits: WorkLimits | None = None) -> FastAPI:
+    """Build the service around a loaded predictor; uploads above `max_upload_bytes` are refused with 413.
+
+    `limits` bound the decoding and inference in flight (default: `WorkLimits.defaults` for the model's
+    input size); requests beyond them get 503 with a Retry-After header.
+    """
     max_body_bytes = max_upload_bytes + MULTIPART_OVERHEAD_BYTES
     limit_text = f"the upload limit is {max_upload_bytes / 1e6:g} MB; send a smaller image."
+    limits = limits or WorkLimits.defaults(predictor.preprocessing.input_size)
+    pool = WorkPool(limits)
     app = FastAPI(title="lesionlab", version=__version__, description=DESCRIPTION)
+    app.state.work_pool = pool
     app.add_middleware(ContentLengthLimitMiddleware, max_body_bytes=max_body_bytes, limit_text=limit_text)
+    app.add_middleware(BusyRefusalMiddleware, pool=pool, paths=UPLOAD_ROUTES)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
-    async def read_image(file: UploadFile) -> Image.Image:
-        """Decode an upload off the event loop; reading one byte past the limit is enough to detect excess."""
-        data = await file.read(max_upload_bytes + 1)
+    @app.exception_handler(ServerBusyError)
+    async def busy(_: Request, error: ServerBusyError) -> JSONResponse:
+        return error.response()
+
+    async def on_upload(file: UploadFile, work: Callable[[Image.Image], T]) -> T:
+        """Read, decode and process an upload as one pooled job; reading one byte past the limit is enough
+        to detect excess."""
         name = file.filename or "upload"
+
+        def job() -> T:
+            data = file.file.read(max_upload_bytes + 1)
+            return work(decode_upload(data, name, max_upload_bytes, limits.decode_min_size))
+
         try:
-            return await run_in_threadpool(decode_upload, data, name, max_upload_bytes)
+            return await pool.run(job)
         except UploadRejectedError as error:
             raise HTTPException(status_code=error.status_code, detail=error.message) from None
 
@@ -71,8 +99,7 @@ def create_app(predictor: Predictor, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_
     async def predict(file: Annotated[UploadFile, File(description="a JPEG, PNG, BMP, TIFF or WebP image")]
                       ) -> PredictionOut:
         """Class probabilities, the top class and the malignant/benign reading for one image."""
-        image = await read_image(file)
-        prediction = await run_in_threadpool(predictor.predict_image, image)
+        prediction = await on_upload(file, predictor.predict_image)
         return PredictionOut.from_prediction(prediction, predictor.model_id)
 
     @app.post("/explain", max_body_size=max_body_bytes, responses={**UPLOAD_ERRORS, 501: {"model": ErrorOut}})
@@ -82,9 +109,8 @@ def create_app(predictor: Predictor, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_
         otherwise)."""
         if not predictor.can_explain:
             raise HTTPException(status_code=501, detail=str(predictor.explain_unavailable_error()))
-        image = await read_image(file)
         try:
-            explanation = await run_in_threadpool(predictor.explain, image)
+            explanation = await on_upload(file, predictor.explain)
         except LesionlabError as error:
             raise HTTPException(status_code=501, detail=str(error)) from None
         return ExplanationOut.from_explanation(explanation, predictor.model_id)

@@ -1,19 +1,19 @@
 """Turning an uploaded file into an image, or into a clear 4xx reason why not.
 
 The type is decided by the bytes, not by the file name or the client's Content-Type: Pillow identifies the
-format from the file's signature, restricted to the formats we accept. Decoding then goes through `load_rgb`,
-the same decoder the CLI and training use (EXIF orientation, pixel limit, full decode so truncated files fail
-here).
+format from the file's signature, restricted to the formats we accept. Decoding then goes through
+`imageio.decode_bytes`, the decoder the CLI and training use (EXIF orientation, pixel limit, full decode so
+truncated files fail here), straight from memory, and reduced to `min_size` a side when given, so a huge
+upload costs memory in proportion to the model's input rather than to its own pixels.
 """
 
 from __future__ import annotations
 
 import io
-import tempfile
 
 from PIL import Image, UnidentifiedImageError
 
-from lesionlab.data.imageio import load_rgb
+from lesionlab.data.imageio import decode_bytes
 from lesionlab.errors import ImageDecodeError
 
 ACCEPTED_FORMATS: dict[str, str] = {
@@ -43,8 +43,11 @@ def sniff_format(data: bytes) -> str | None:
         return None
 
 
-def decode_upload(data: bytes, filename: str, max_bytes: int) -> Image.Image:
-    """Check size and type of an uploaded file and decode it to RGB; raise `UploadRejectedError` otherwise."""
+def decode_upload(data: bytes, filename: str, max_bytes: int, min_size: int | None = None) -> Image.Image:
+    """Check size and type of an uploaded file and decode it to RGB; raise `UploadRejectedError` otherwise.
+
+    `min_size`: decode a larger image reduced, both sides kept at least this many pixels.
+    """
     if not data:
         raise UploadRejectedError(400, f"{filename}: the uploaded file is empty; choose an image file.")
     if len(data) > max_bytes:
@@ -54,12 +57,8 @@ def decode_upload(data: bytes, filename: str, max_bytes: int) -> Image.Image:
     if image_format is None:
         accepted = ", ".join(sorted(ACCEPTED_FORMATS.values()))
         raise UploadRejectedError(415, f"{filename}: the content is not a supported image ({accepted}).")
-    suffix = f".{image_format.lower()}"
-    with tempfile.NamedTemporaryFile(suffix=suffix) as handle:
-        handle.write(data)
-        handle.flush()
-        try:
-            return load_rgb(handle.name)
-        except ImageDecodeError as error:
-            raise UploadRejectedError(422, f"{filename}: {image_format} image cannot be decoded "
-                                           f"({error.reason}).") from None
+    try:
+        return decode_bytes(data, filename, min_size=min_size)
+    except ImageDecodeError as error:
+        raise UploadRejectedError(422, f"{filename}: {image_format} image cannot be decoded "
+                                       f"({error.reason}).") from None
