@@ -15,6 +15,7 @@ from PIL import Image
 from lesionlab.classes import CLASS_CODES, MALIGNANT_CODES
 from lesionlab.cli import main
 from lesionlab.errors import CheckpointError, ImageDecodeError
+from lesionlab.explain import LEGEND_WIDTH, TITLE_HEIGHT
 from lesionlab.inference import ExplainUnavailableError, Prediction, load_predictor
 from lesionlab.inference.files import expand_image_paths
 
@@ -95,7 +96,7 @@ def test_grad_cam_explains_the_predicted_class(tiny_run_dir: Path, shared_data_d
     assert explanation.heatmap.shape == (96, 96)
     assert explanation.heatmap.min() >= 0.0 and explanation.heatmap.max() <= 1.0 + 1e-6
     assert explanation.heatmap.max() > 0.5
-    assert explanation.overlay.shape == (image.height, image.width, 3)
+    assert explanation.overlay.shape == (image.height + TITLE_HEIGHT, image.width + LEGEND_WIDTH, 3)
     assert explanation.overlay.dtype == np.uint8
 
 
@@ -150,7 +151,8 @@ def test_predict_explain_writes_overlay_pngs(tiny_run_dir: Path, image_folder: P
         overlay = Path(item["overlay"])
         assert overlay == out / f"{image.stem}-gradcam.png"
         with Image.open(overlay) as png:
-            assert png.format == "PNG" and png.size == Image.open(image).size
+            width, height = Image.open(image).size
+            assert png.format == "PNG" and png.size == (width + LEGEND_WIDTH, height + TITLE_HEIGHT)
 
 
 def test_predict_explain_from_onnx_is_a_clear_error(tiny_onnx_file: Path, image_folder: Path,

@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from lesionlab.classes import CLASS_CODES, MALIGNANT_CODES
+from lesionlab.explain import LEGEND_WIDTH, TITLE_HEIGHT
 from lesionlab.inference import load_predictor
 from lesionlab.serve.app import STATIC_DIR, create_app
 
@@ -95,7 +96,8 @@ def test_explain_returns_a_png_overlay(torch_client: TestClient, real_image: Pat
     status, body = upload(torch_client, "/explain", real_image.read_bytes())
     assert status == 200
     overlay = Image.open(io.BytesIO(base64.b64decode(body["overlay_png_base64"])))
-    assert overlay.format == "PNG" and overlay.size == Image.open(real_image).size
+    width, height = Image.open(real_image).size
+    assert overlay.format == "PNG" and overlay.size == (width + LEGEND_WIDTH, height + TITLE_HEIGHT)
     assert body["top_class"] == upload(torch_client, "/predict", real_image.read_bytes())[1]["top_class"]
 
 
