@@ -65,11 +65,11 @@ def usable_cores() -> int:
 class WorkLimits:
     """How much decoding and inference the service takes on at once.
 
-    `workers`: jobs (read, decode, predict) running at once; 0 means no bound at all (every request starts
-    at once, as a plain threadpool would). `queue`: admitted requests waiting for a worker; beyond
-    `workers + queue` a request is refused with 503 at once. `timeout_s`: the most a request may take, waiting
-    included, before it is answered 503 (0: no timeout). `decode_min_size`: uploads are decoded reduced to
-    at least this many pixels a side (None: full size).
+    `workers`: jobs (read, decode, predict) running at once; 0 removes the bound and the queue (jobs then
+    run on up to 40 threads, Starlette's own threadpool size, as before these limits). `queue`: admitted
+    requests waiting for a worker; beyond `workers + queue` a request is refused with 503 at once.
+    `timeout_s`: the most a request may take, waiting included, before it is answered 503 (0: no timeout).
+    `decode_min_size`: uploads are decoded reduced to at least this many pixels a side (None: full size).
     """
 
     workers: int
@@ -83,12 +83,6 @@ class WorkLimits:
         workers = usable_cores()
         return cls(workers=workers, queue=2 * workers, timeout_s=DEFAULT_TIMEOUT_S,
                    decode_min_size=DECODE_SIZE_FACTOR * input_size)
-
-    @classmethod
-    def unlimited(cls) -> WorkLimits:
-        """No bound, no timeout, full-size decoding: the service as it was without limits."""
-        return cls(workers=0, queue=0, timeout_s=0.0, decode_min_size=None)
-
 
 class ServerBusyError(Exception):
     """A request refused because the service is at capacity; answer 503 with `Retry-After`."""
