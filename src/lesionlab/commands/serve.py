@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "0: none)")
     parser.add_argument("--full-decode", action="store_true",
                         help="decode uploads at full resolution (default: larger images decode reduced to "
-                             "twice the model's input size a side, bounding memory per request)")
+                             "four times the model's input size a side, bounding memory per request)")
     add_model_arguments(parser)
     parser.set_defaults(handler=run_serve)
 

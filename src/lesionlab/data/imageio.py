@@ -15,11 +15,12 @@ Choices:
   higher limit (its `DecompressionBombError`) is reported the same way; its warning is silenced because ours
   applies first.
 - The whole image is decoded (`load()`), so a truncated file fails here and not in the middle of training.
-- With `min_size` (the service passes twice the model's input size), an image larger than needed is decoded
-  reduced, so its memory follows what the model sees, not the upload's pixels: a JPEG decodes at 1/2, 1/4
-  or 1/8 scale in the decoder itself (`draft`); other formats cannot decode partly, so they decode once and
-  are reduced by an integer factor (`Image.reduce`) before any conversion or copy. Both sides stay at least
-  `min_size`, so images no larger than that decode exactly as without it. Training never reduces.
+- With `min_size` (the service passes four times the model's input size), an image larger than needed is
+  decoded reduced, so its memory follows what the model sees, not the upload's pixels: a JPEG decodes at
+  1/2, 1/4 or 1/8 scale in the decoder itself (`draft`); other formats cannot decode partly, so they decode
+  once and are reduced by an integer factor (`Image.reduce`) before any conversion or copy. Both sides stay
+  at least `min_size`, and an image whose short side is under twice `min_size` decodes exactly as without
+  it. Training never reduces.
 
 MedMNIST images live inside an `.npz` archive; their path is `file.npz#<part>/<index>` and decoding reads the
 part's array once per process.

@@ -30,7 +30,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT_S = 30.0
-DECODE_SIZE_FACTOR = 2
+DECODE_SIZE_FACTOR = 4
 EWMA_WEIGHT = 0.2
 UNBOUNDED_THREADS = 40  # Starlette's own threadpool size: what "no bound" meant before these limits
 
@@ -79,7 +79,7 @@ class WorkLimits:
 
     @classmethod
     def defaults(cls, input_size: int) -> WorkLimits:
-        """One worker per usable core, a queue twice that, 30 s, decoding at twice the model's input."""
+        """One worker per usable core, a queue twice that, 30 s, decoding at four times the model's input."""
         workers = usable_cores()
         return cls(workers=workers, queue=2 * workers, timeout_s=DEFAULT_TIMEOUT_S,
                    decode_min_size=DECODE_SIZE_FACTOR * input_size)
