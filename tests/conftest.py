@@ -78,6 +78,14 @@ TINY_RUN_INPUT_SIZE = 96
 
 
 @pytest.fixture(scope="session")
+def shared_weights_file() -> Path:
+    """The shared ImageNet MobileNetV3-Small weights; skips if ../shared lacks them."""
+    if not SHARED_WEIGHTS.is_file():
+        pytest.skip(f"ImageNet weights not found at {SHARED_WEIGHTS.resolve()}: ../shared is incomplete")
+    return SHARED_WEIGHTS.resolve()
+
+
+@pytest.fixture(scope="session")
 def tiny_run_dir(tmp_path_factory: pytest.TempPathFactory, shared_data_dir: Path) -> Path:
     """A run directory as `lesionlab train` leaves it, minus training: `best.{safetensors,json}`, `split.csv`.
 

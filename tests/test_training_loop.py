@@ -108,8 +108,9 @@ def test_run_directory_is_complete(tiny_split: tuple[Any, Split], tmp_path: Path
             f"checkpoints/stage1-e{json.loads((run_dir / 'stage1-best.json').read_text())['epoch']:03d}"}
     assert checkpoints == {f"{stem}.{suffix}" for stem in kept for suffix in ("safetensors", "json")}
     history = (run_dir / "history.csv").read_text().splitlines()
-    assert history[0] == ("stage,epoch,lr,train_loss,val_loss,val_accuracy,val_balanced_accuracy,"
-                          "val_macro_f1,seconds,images_per_s")
+    assert history[0] == ("stage,epoch,lr,image_size,train_loss,val_loss,val_accuracy,val_balanced_accuracy,"
+                          "val_macro_f1,ema_val_loss,ema_val_accuracy,ema_val_balanced_accuracy,"
+                          "ema_val_macro_f1,weights,seconds,images_per_s")
     assert [line.split(",")[:2] for line in history[1:]] == [["1", "1"], ["1", "2"], ["2", "1"], ["2", "2"]]
     run_info = json.loads((run_dir / "run.json").read_text())
     assert run_info["status"] == "finished" and run_info["train_seconds"] > 0
@@ -175,3 +176,27 @@ def test_resume_ends_with_identical_weights(tiny_split: tuple[Any, Split], tmp_p
         assert_same_final_run(straight, interrupted)
         sessions = json.loads((interrupted / "run.json").read_text())["sessions"]
         assert len(sessions) == 2 and "error" in sessions[0]
+
+
+def test_resume_with_weight_average_and_size_schedule_ends_identical(
+        tiny_split: tuple[Any, Split], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The moving average of the weights is part of the resume state, as is the progressive-size schedule."""
+    table, split = tiny_split
+    recipe = tiny_recipe("stages.1.ema_decay=0.9", "stages.1.loss=logit-adjusted",
+                         "stages.1.image_size=[16,32]", "stages.1.epochs=3")
+    patch_criterion(monkeypatch, None)
+    straight = train_run(recipe, table, split, tmp_path / "runs" / "straight")
+    history = json.loads((straight / "state.json").read_text())["history"]
+    assert [row["image_size"] for row in history if row["stage"] == 2] == [16, 16, 32]
+    assert all(row["ema_val_balanced_accuracy"] is not None for row in history if row["stage"] == 2)
+    assert {row["weights"] for row in history if row["stage"] == 2} <= {"raw", "ema"}
+
+    interrupted = tmp_path / "runs" / "interrupted"
+    patch_criterion(monkeypatch, fail_at=int(CountingCriterion.calls * 0.9))
+    with pytest.raises(KeyboardInterrupt):
+        train_run(recipe, table, split, interrupted)
+    stopped_at = json.loads((interrupted / "state.json").read_text())
+    assert stopped_at["stage"] == 2 and 1 <= stopped_at["epoch"] < 3
+    patch_criterion(monkeypatch, None)
+    train_run(recipe, table, split, interrupted, resume=True)
+    assert_same_final_run(straight, interrupted)

@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lesionlab.commands._common import add_data_arguments, add_tta_arguments, tta_views
+from lesionlab.commands._common import (
+    add_data_arguments,
+    add_precision_argument,
+    add_tta_arguments,
+    tta_views,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,6 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", type=Path, help="output folder (default: RUN/eval/<data>-<split>)")
     parser.add_argument("--device", help="auto, cpu or cuda (default: the run's recipe)")
+    add_precision_argument(parser)
     parser.set_defaults(handler=run_evaluate)
 
 
@@ -57,6 +63,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             calibrate=not args.no_calibration,
             out_dir=args.out,
             device=args.device,
+            precision=args.precision,
         ),
     )
     evaluation = result.metrics["evaluation"]

@@ -14,7 +14,8 @@ from lesionlab.commands._common import (
     tta_views,
 )
 
-RESUME_CONFLICTS = ("data", "format", "config", "set", "image_size", "epochs_scale", "subset", "workers")
+RESUME_CONFLICTS = ("data", "format", "config", "set", "image_size", "epochs_scale", "subset", "workers",
+                    "precision")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -14,7 +14,8 @@ from lesionlab.commands._common import (
     reject_options_with_resume,
 )
 
-RESUME_CONFLICTS = ("config", "split", "set", "image_size", "epochs_scale", "subset", "name", "workers")
+RESUME_CONFLICTS = ("config", "split", "set", "image_size", "epochs_scale", "subset", "name", "workers",
+                    "precision")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

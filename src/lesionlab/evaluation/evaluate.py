@@ -8,7 +8,7 @@ without a model. Output folder: `RUN/eval/<dataset-name>-<split>/` holding `pred
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,7 @@ from lesionlab.models.checkpoint import (
 )
 from lesionlab.models.freeze import block_modules, resolve_plan
 from lesionlab.models.registry import architecture
+from lesionlab.precision import PARITY_IMAGES, ParityCheck, parity_from_logits, resolve_precision
 from lesionlab.training.recipe import Recipe
 from lesionlab.training.runner import pick_device
 
@@ -141,7 +142,8 @@ class EvaluationOptions:
     """What to evaluate and how: the CLI flags of `lesionlab evaluate`.
 
     `data=None` evaluates the run's own split (`split` defaults to `test`); other data is evaluated whole
-    unless it carries a split. `tta_views=None` turns TTA off. `device=None` uses the run's recipe device.
+    unless it carries a split. `tta_views=None` turns TTA off. `device=None` uses the run's recipe device,
+    `precision=None` its recipe precision (`auto`: bf16 where it agrees with fp32 on the run's val images).
     `checkpoint` picks another checkpoint of the run (e.g. `RUN/stage1-best`) than its best model.
     """
 
@@ -153,6 +155,7 @@ class EvaluationOptions:
     out_dir: Path | None = None
     device: str | None = None
     checkpoint: Path | None = None
+    precision: str | None = None
 
 
 @dataclass(frozen=True)
@@ -256,6 +259,19 @@ def trainable_parameters(model: nn.Module, card: ModelCard, recipe: Recipe) -> i
     )
 
 
+def validation_parity(model: nn.Module, card: ModelCard, selection: EvaluationData,
+                      settings: InferenceSettings, use_cache: bool) -> ParityCheck:
+    """bf16 against fp32 on up to `PARITY_IMAGES` images of the run's validation part (never test)."""
+    validation = selection.run_split.parts["val"]
+    spread = np.linspace(0, len(validation) - 1, min(PARITY_IMAGES, len(validation))).astype(int)
+    samples = [validation[int(index)] for index in spread]
+    dataset = image_dataset(samples, selection.run_table, card, use_cache)
+    fp32 = infer_view_logits(model, dataset, settings, (IDENTITY,), "parity fp32")[:, 0]
+    bf16 = infer_view_logits(model, dataset, replace(settings, precision="bf16"), (IDENTITY,),
+                             "parity bf16")[:, 0]
+    return parity_from_logits(fp32, bf16, model_labels(samples, card.classes, "the run's split"))
+
+
 def evaluate_run(run_dir: str | Path, options: EvaluationOptions | None = None) -> EvaluationResult:
     """Evaluate the run's best model (or `options.checkpoint`) as `options` ask; write the evaluation
     folder."""
@@ -273,6 +289,11 @@ def evaluate_run(run_dir: str | Path, options: EvaluationOptions | None = None) 
         workers=recipe.workers,
         channels_last=recipe.channels_last,
     )
+    precision, parity = resolve_precision(
+        options.precision or recipe.precision, settings.device,
+        lambda: validation_parity(model, card, selection, settings, recipe.cache),
+    )
+    settings = replace(settings, precision=precision)
     views = options.tta_views or (IDENTITY,)
     dataset = image_dataset(selection.samples, selection.table, card, recipe.cache)
     view_logits = infer_view_logits(
@@ -302,6 +323,7 @@ def evaluate_run(run_dir: str | Path, options: EvaluationOptions | None = None) 
         "own_split": own_data,
         "tta_views": list(views) if len(views) > 1 else None,
         "temperature": asdict(fit) if fit else None,
+        "precision": {"precision": precision, "parity": parity.to_dict() if parity else None},
         "training_overlap": training_overlap(selection.samples, selection.run_split),
         "variant_description": describe_variant(views, fit),
         "calibration_note": calibration_note(views, fit, selection.split, own_data),

@@ -17,17 +17,19 @@ from tqdm import tqdm
 
 from lesionlab.data.dataset import LesionDataset
 from lesionlab.evaluation.tta import IDENTITY, apply_view
+from lesionlab.precision import forward_precision
 from lesionlab.training.features import to_device
 
 
 @dataclass(frozen=True)
 class InferenceSettings:
-    """Where and how batches run: device, batch size, loader workers, memory layout."""
+    """Where and how batches run: device, batch size, loader workers, memory layout, resolved precision."""
 
     device: torch.device
     batch_size: int
     workers: int
     channels_last: bool
+    precision: str = "fp32"
 
 
 @torch.inference_mode()
@@ -52,6 +54,7 @@ def infer_view_logits(
     batches = []
     for images, _ in tqdm(loader, desc=description, unit="batch", leave=False):
         images = to_device(images, settings.device, settings.channels_last)
-        per_view = [model(apply_view(view, images)).float().cpu() for view in views]
+        with forward_precision(settings.precision, settings.device):
+            per_view = [model(apply_view(view, images)).float().cpu() for view in views]
         batches.append(torch.stack(per_view, dim=1).numpy())
     return np.concatenate(batches).astype(np.float64)

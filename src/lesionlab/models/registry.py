@@ -153,12 +153,15 @@ def build_model(
     dropout: float | None = None,
     weights_dir: str | os.PathLike[str] | None = None,
     weights_sha256: str | None = None,
+    pretrained_head: bool = False,
 ) -> nn.Module:
     """Build `arch` with a fresh task head; load ImageNet backbone weights when `pretrained` asks for them.
 
     `head_hidden`/`dropout` default to the architecture's reference head (`head_hidden=0`: a linear head).
     `pretrained` is `imagenet`, `none`, or a state-dict path for the architecture's ImageNet network. The
     ImageNet classifier is the only part replaced (and logged as re-initialised); the rest loads strictly.
+    `pretrained_head=True` keeps the ImageNet classifier's hidden layer (MobileNetV3's 576->1024 or
+    960->1280 projection, trained on ImageNet like the backbone) and re-initialises only the output layer.
     """
     spec = architecture(arch)
     hidden, drop = head_config(arch, head_hidden, dropout)
@@ -173,13 +176,27 @@ def build_model(
     if weights_file is not None:
         _load_backbone(native, weights_file, arch, weights_sha256)
         old_head = getattr(native, classifier_name)
+        if pretrained_head:
+            _keep_imagenet_hidden_layer(head, old_head, arch)
         replaced = sorted(f"{classifier_name}.{name}" for name, _ in old_head.named_parameters())
-        log.info("loaded %s backbone from %s; re-initialised the task head (replaces ImageNet %s: %s)",
-                 arch, weights_file, classifier_name, ", ".join(replaced))
+        log.info("loaded %s backbone from %s; %s (replaces ImageNet %s: %s)", arch, weights_file,
+                 "kept the ImageNet hidden layer, re-initialised the output layer" if pretrained_head
+                 else "re-initialised the task head", classifier_name, ", ".join(replaced))
     if arch == "efficientnet_lite0":
         return efficientnet_lite.EfficientNetLite(native, head)
     native.classifier = head
     return native
+
+
+def _keep_imagenet_hidden_layer(head: nn.Sequential, imagenet_head: nn.Module, arch: str) -> None:
+    """Copy the ImageNet classifier's first Linear into the task head's, which must have its shape."""
+    imagenet_hidden = imagenet_head[0] if isinstance(imagenet_head, nn.Sequential) else None
+    if not (isinstance(imagenet_hidden, nn.Linear) and isinstance(head[0], nn.Linear)
+            and head[0].weight.shape == imagenet_hidden.weight.shape):
+        raise ConfigError(f"pretrained_head: {arch}'s ImageNet classifier has no hidden layer of the task "
+                          f"head's shape to keep; set `pretrained_head: false` or `head_hidden` to its "
+                          f"width.")
+    head[0].load_state_dict(imagenet_hidden.state_dict())
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -4,6 +4,11 @@ nv is about two thirds of HAM10000 while df and vasc are about 1% each, so an un
 and little else. The reference hand-tuned both a sampler (`[4,4,2,6,2,1,6]`) and loss weights; lesionlab
 also derives them from class counts (`inverse`, `sqrt-inverse`, and `effective-number` after Cui et al.,
 CVPR 2019).
+
+Balanced accuracy asks for the class-balanced posterior, so the loss can also aim at it directly:
+`logit-adjusted` cross-entropy (Menon et al., ICLR 2021; "balanced softmax", Ren et al., NeurIPS 2020)
+trains on `logits + tau * log(prior)`, where `prior` is the class distribution the sampler actually feeds
+the model. Plain logits then estimate the posterior under equal class priors, with no post-hoc correction.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from lesionlab.classes import NUM_CLASSES
 from lesionlab.errors import ConfigError
 
 WeightSpec = Sequence[float] | str
+PRIOR_FLOOR = 1e-8  # keeps log(prior) finite for a class the training part lacks
 
 
 def class_counts(labels: Sequence[int], num_classes: int = NUM_CLASSES) -> np.ndarray:
@@ -103,8 +109,31 @@ def loss_class_weights(spec: WeightSpec, counts: np.ndarray, beta: float = 0.999
     return torch.as_tensor(weights, dtype=torch.float32)
 
 
-def make_criterion(weights: torch.Tensor | None, label_smoothing: float = 0.0) -> nn.CrossEntropyLoss:
-    """Weighted cross-entropy with optional label smoothing."""
+def sampled_prior(counts: np.ndarray, sampler_spec: WeightSpec) -> np.ndarray:
+    """The class distribution of the draws a stage trains on: counts times the sampler's class weights."""
+    weights = sampler_class_weights(sampler_spec, counts)
+    drawn = counts if weights is None else counts * weights
+    return drawn / drawn.sum()
+
+
+class LogitAdjustedCrossEntropy(nn.CrossEntropyLoss):
+    """Cross-entropy on `logits + tau * log(prior)`: the plain logits learn the class-balanced posterior."""
+
+    def __init__(self, prior: np.ndarray, tau: float, weight: torch.Tensor | None = None,
+                 label_smoothing: float = 0.0) -> None:
+        super().__init__(weight=weight, label_smoothing=label_smoothing)
+        floor = np.maximum(prior, PRIOR_FLOOR)
+        self.register_buffer("offset", torch.as_tensor(tau * np.log(floor), dtype=torch.float32))
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return super().forward(logits + self.offset.to(logits.device), labels)
+
+
+def make_criterion(weights: torch.Tensor | None, label_smoothing: float = 0.0,
+                   prior: np.ndarray | None = None, tau: float = 1.0) -> nn.CrossEntropyLoss:
+    """Weighted cross-entropy with optional label smoothing; logit-adjusted by `tau * log(prior)` if given."""
     if not 0.0 <= label_smoothing < 1.0:
         raise ConfigError(f"label_smoothing {label_smoothing}: must be in [0, 1)")
+    if prior is not None:
+        return LogitAdjustedCrossEntropy(prior, tau, weights, label_smoothing)
     return nn.CrossEntropyLoss(weight=weights, label_smoothing=label_smoothing)

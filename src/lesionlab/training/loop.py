@@ -21,17 +21,25 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from lesionlab.classes import CLASS_CODES, NUM_CLASSES
-from lesionlab.data.dataset import LesionDataset
+from lesionlab.data.dataset import ImageTransform, LesionDataset
 from lesionlab.errors import ConfigError, LesionlabError
 from lesionlab.models.checkpoint import ModelCard, load_state, save_checkpoint
 from lesionlab.models.freeze import FreezePlan, apply_plan, plan_table, resolve_plan, set_train_mode
 from lesionlab.models.registry import Architecture, architecture, head_config
+from lesionlab.precision import PARITY_IMAGES, ParityCheck, check_parity, forward_precision, resolve_precision
 from lesionlab.training.features import FeatureCache, extract_features, frozen_backbone_forward, to_device
-from lesionlab.training.imbalance import class_counts, loss_class_weights, make_criterion, make_sampler
+from lesionlab.training.imbalance import (
+    class_counts,
+    loss_class_weights,
+    make_criterion,
+    make_sampler,
+    sampled_prior,
+)
 from lesionlab.training.interrupt import check as check_stop_request
 from lesionlab.training.recipe import Recipe, StageConfig
 from lesionlab.training.rundir import RunDirectory
@@ -58,6 +66,8 @@ class RunProgress:
     stage_bests: dict[str, dict[str, Any]] = field(default_factory=dict)
     scheduler: dict[str, Any] | None = None
     train_seconds: float = 0.0
+    precision: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per stage, the precision of its forward-only passes and the parity check that chose it."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -78,6 +88,8 @@ class StageData:
     workers: int
     device: torch.device
     channels_last: bool
+    augment: Callable[[int], ImageTransform]
+    """The training transform at a given output size (progressive resizing swaps it per epoch)."""
 
 
 def derive_seed(seed: int, stage: int, epoch: int) -> int:
@@ -175,10 +187,25 @@ def val_loader(data: StageData, stage: StageConfig) -> DataLoader:
                       persistent_workers=data.workers > 0, pin_memory=data.device.type == "cuda")
 
 
+def weight_average(model: nn.Module, decay: float | None) -> AveragedModel | None:
+    """An exponential moving average of the weights and BatchNorm statistics, or None without `ema_decay`.
+
+    Averaging the last few hundred steps of a short, noisy fine-tune usually generalises better than its
+    last step; `train_stage` validates both each epoch and lets the selection rule choose.
+    """
+    if decay is None:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
 def train_epoch(forward: Forward, batches: Iterable[Batch], total: int, criterion: nn.Module,
                 optimizer: torch.optim.Optimizer, batch_scheduler: Any, data: StageData,
-                description: str) -> tuple[float, int, float]:
-    """One pass over the training batches; returns (mean loss, items seen, seconds)."""
+                description: str, average: AveragedModel | None = None,
+                model: nn.Module | None = None) -> tuple[float, int, float]:
+    """One pass over the training batches, updating `average` from `model` after every step.
+
+    Returns (mean loss, items seen, seconds).
+    """
     loss_sum, seen = 0.0, 0
     start = time.perf_counter()
     bar = tqdm(batches, total=total, desc=description, unit="batch", leave=False)
@@ -192,6 +219,8 @@ def train_epoch(forward: Forward, batches: Iterable[Batch], total: int, criterio
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if average is not None and model is not None:
+            average.update_parameters(model)
         if batch_scheduler is not None:
             batch_scheduler.step()
         loss_sum += loss.item() * len(labels)
@@ -215,6 +244,11 @@ def evaluate(forward: Forward, batches: Iterable[Batch],
     return loss_sum / max(len(truth), 1), truth, np.concatenate(predictions)
 
 
+def unprefixed(averaged: dict[str, float]) -> dict[str, float]:
+    """`ema_val_*` scores under the `val_*` names the selection rule reads."""
+    return {key[len("ema_"):]: value for key, value in averaged.items()}
+
+
 def model_card(recipe: Recipe, spec: Architecture, stage: int, epoch: int, metrics: dict[str, float],
                run_name: str) -> ModelCard:
     """The card saved beside every checkpoint of this run."""
@@ -227,8 +261,20 @@ def model_card(recipe: Recipe, spec: Architecture, stage: int, epoch: int, metri
     )
 
 
+def validate(forward: Forward, val_features: Batch | None, validation: DataLoader, data: StageData,
+             prefix: str = "val_") -> dict[str, float]:
+    """Validation loss and scores of one set of weights, on cached features when the stage has them."""
+    if val_features is not None:
+        val_loss, truth, predictions = evaluate(forward, [val_features], data)
+    else:
+        val_loss, truth, predictions = evaluate(forward, validation, data)
+    scores = {"val_loss": val_loss, **score(truth, predictions)}
+    return {f"{prefix}{key[len('val_'):]}": value for key, value in scores.items()}
+
+
 def train_stage(model: nn.Module, recipe: Recipe, stage_index: int, data: StageData, run: RunDirectory,
-                progress: RunProgress, optimizer_state: dict[str, Any] | None) -> RunProgress:
+                progress: RunProgress, optimizer_state: dict[str, Any] | None,
+                average_state: dict[str, torch.Tensor] | None = None) -> RunProgress:
     """Train one stage from its first epoch, or from `progress` when resuming inside it."""
     stage = recipe.stages[stage_index - 1]
     spec = architecture(recipe.arch)
@@ -245,13 +291,18 @@ def train_stage(model: nn.Module, recipe: Recipe, stage_index: int, data: StageD
 
     counts = class_counts(data.train_set.labels)
     weights = loss_class_weights(stage.loss_weights, counts, stage.loss_beta)
-    criterion = make_criterion(None if weights is None else weights.to(data.device), stage.label_smoothing)
+    prior = sampled_prior(counts, stage.sampler_weights) if stage.loss == "logit-adjusted" else None
+    criterion = make_criterion(None if weights is None else weights.to(data.device), stage.label_smoothing,
+                               prior, stage.logit_adjust_tau)
     optimizer = make_optimizer(stage, [p for p in model.parameters() if p.requires_grad])
     steps = batch_count(epoch_draws(data, stage), stage.batch_size)
     scheduler, per_batch = make_scheduler(stage, optimizer, steps)
     resuming = progress.stage == stage_index and progress.epoch > 0
+    average = weight_average(model, stage.ema_decay)
     if resuming:
         optimizer.load_state_dict(optimizer_state or {})
+        if average is not None:
+            average.load_state_dict(average_state or {}, strict=True)
         if scheduler is not None and progress.scheduler is not None:
             scheduler.load_state_dict(progress.scheduler)
     else:
@@ -259,16 +310,22 @@ def train_stage(model: nn.Module, recipe: Recipe, stage_index: int, data: StageD
     first_epoch = progress.epoch + 1
 
     validation = val_loader(data, stage)
+    if str(stage_index) not in progress.precision:
+        progress = dataclasses.replace(progress, precision={
+            **progress.precision, str(stage_index): stage_precision(model, recipe, data)})
+    precision = progress.precision[str(stage_index)]["precision"]
     cache: FeatureCache | None = None
     val_features: Batch | None = None
     extra_seconds = 0.0
     if stage.feature_cache is not None and first_epoch <= stage.epochs:
         start = time.perf_counter()
         set_train_mode(model, spec, plan)
-        cache = build_stage_feature_cache(model, recipe, stage_index, stage, data)
-        model.eval()
-        val_features = extract_features(model, validation, data.device, data.channels_last,
-                                        "validation features")
+        data.train_set.transform = data.augment(stage.epoch_image_size(1, recipe.image_size))
+        with forward_precision(precision, data.device):
+            cache = build_stage_feature_cache(model, recipe, stage_index, stage, data)
+            model.eval()
+            val_features = extract_features(model, validation, data.device, data.channels_last,
+                                            "validation features")
         extra_seconds = time.perf_counter() - start
         log.info("feature cache: %d view(s) of %d images in %.1f s", stage.feature_cache.views,
                  len(data.train_set), extra_seconds)
@@ -279,16 +336,19 @@ def train_stage(model: nn.Module, recipe: Recipe, stage_index: int, data: StageD
         torch.manual_seed(epoch_seed)
         set_train_mode(model, spec, plan)
         lr = optimizer.param_groups[0]["lr"]
+        image_size = stage.epoch_image_size(epoch, recipe.image_size)
         description = f"stage {stage_index} epoch {epoch}/{stage.epochs}"
         if cache is not None:
             forward: Forward = model.classifier
             batches: Iterable[Batch] = cached_batches(cache, data, stage, epoch_seed)
         else:
             forward = frozen_backbone_forward(model) if plan.backbone_frozen() else model
+            data.train_set.transform = data.augment(image_size)
             batches = image_batches(data, stage, epoch_seed)
         try:
             train_loss, seen, train_seconds = train_epoch(forward, batches, steps, criterion, optimizer,
-                                                          scheduler if per_batch else None, data, description)
+                                                          scheduler if per_batch else None, data, description,
+                                                          average, model)
         except DivergedError as error:
             raise DivergedError(
                 f"stage {stage_index} epoch {epoch}, {error}: the run stopped. The last good state is "
@@ -300,38 +360,70 @@ def train_stage(model: nn.Module, recipe: Recipe, stage_index: int, data: StageD
             scheduler.step()
 
         model.eval()
-        if val_features is not None:
-            val_loss, truth, predictions = evaluate(model.classifier, [val_features], data)
-        else:
-            val_loss, truth, predictions = evaluate(model, validation, data)
+        with forward_precision(precision, data.device):
+            raw = validate(model.classifier if val_features is not None else model, val_features, validation,
+                           data)
+            averaged: dict[str, float] = {}
+            if average is not None:
+                average.eval()
+                averaged = validate(average.module.classifier if val_features is not None
+                                    else average.module, val_features, validation, data, prefix="ema_val_")
+        use_average = bool(averaged) and is_better(recipe.select, {**unprefixed(averaged), "train_loss": 0.0},
+                                                   {**raw, "train_loss": 0.0})
+        chosen, chosen_model = (unprefixed(averaged), average.module) if use_average else (raw, model)
         seconds = time.perf_counter() - epoch_start + (extra_seconds if epoch == first_epoch else 0.0)
-        record = {"stage": stage_index, "epoch": epoch, "lr": lr, "train_loss": train_loss,
-                  "val_loss": val_loss, **score(truth, predictions), "seconds": round(seconds, 3),
+        record = {"stage": stage_index, "epoch": epoch, "lr": lr, "image_size": image_size,
+                  "train_loss": train_loss, **raw, **averaged, "weights": "ema" if use_average else "raw",
+                  "seconds": round(seconds, 3),
                   "images_per_s": round(seen / train_seconds, 1) if train_seconds > 0 else 0.0}
-        print(f"{description}: train loss {train_loss:.4f}  val loss {val_loss:.4f}  "
-              f"acc {record['val_accuracy']:.4f}  bal acc {record['val_balanced_accuracy']:.4f}  "
-              f"macro F1 {record['val_macro_f1']:.4f}  ({seconds:.1f} s, {record['images_per_s']:.0f} img/s)")
+        ema_note = (f"  | EMA bal acc {averaged['ema_val_balanced_accuracy']:.4f}"
+                    f"{' (kept)' if use_average else ''}" if averaged else "")
+        print(f"{description} @ {image_size}px: train loss {train_loss:.4f}  val loss {raw['val_loss']:.4f}  "
+              f"acc {raw['val_accuracy']:.4f}  bal acc {raw['val_balanced_accuracy']:.4f}  "
+              f"macro F1 {raw['val_macro_f1']:.4f}{ema_note}  ({seconds:.1f} s, "
+              f"{record['images_per_s']:.0f} img/s)")
         log.info("epoch %s", record)
 
-        metrics = {key: value for key, value in record.items()
-                   if key.startswith("val_") or key == "train_loss"}
+        selected = {**record, **chosen}
+        metrics = {key: value for key, value in selected.items()
+                   if (key.startswith("val_") or key == "train_loss")}
         card = model_card(recipe, spec, stage_index, epoch, metrics, run.name)
-        save_checkpoint(run.epoch_stem(stage_index, epoch), model, card)
+        save_checkpoint(run.epoch_stem(stage_index, epoch), chosen_model, card)
         best = progress.best
-        if is_better(recipe.select, record, best):
-            best = dict(record)
-            save_checkpoint(run.stage_best(stage_index), model, card)
-            save_checkpoint(run.best, model, card)
+        if is_better(recipe.select, selected, best):
+            best = selected
+            save_checkpoint(run.stage_best(stage_index), chosen_model, card)
+            save_checkpoint(run.best, chosen_model, card)
         progress = dataclasses.replace(
             progress, epoch=epoch, history=[*progress.history, record], best=best,
             stage_bests={**progress.stage_bests, str(stage_index): best},
             scheduler=scheduler.state_dict() if scheduler is not None else None,
             train_seconds=progress.train_seconds + seconds,
         )
-        run.save_state(progress.to_dict(), model, optimizer)
+        run.save_state(progress.to_dict(), model, optimizer, average)
         run.write_history(progress.history)
         run.prune_checkpoints(stage_index, {epoch, best["epoch"]})
     return progress
+
+
+def stage_precision(model: nn.Module, recipe: Recipe, data: StageData) -> dict[str, Any]:
+    """Resolve the recipe's `precision` for a stage, checking parity on validation images when `auto`."""
+    def parity() -> ParityCheck:
+        model.eval()
+        spread = np.linspace(0, len(data.val_set) - 1, min(PARITY_IMAGES, len(data.val_set))).astype(int)
+        images = torch.stack([data.val_set[int(index)][0] for index in spread])
+        labels = torch.as_tensor([data.val_set.labels[int(index)] for index in spread])
+        inputs = to_device(images, data.device, data.channels_last)
+        return check_parity(model, [(inputs, labels)], data.device)
+
+    precision, check = resolve_precision(recipe.precision, data.device, parity)
+    if check is not None:
+        log.info("bf16 parity on %d validation images: %s", check.images, check.to_dict())
+        print(f"precision auto: bf16 top-1 agreement {check.top1_agreement:.3f}, largest probability "
+              f"difference {check.max_probability_difference:.4f}, balanced accuracy fp32 "
+              f"{check.balanced_accuracy_fp32:.3f} / bf16 {check.balanced_accuracy_bf16:.3f} -> {precision}")
+    return {"choice": recipe.precision, "precision": precision,
+            "parity": check.to_dict() if check is not None else None}
 
 
 def build_stage_feature_cache(model: nn.Module, recipe: Recipe, stage_index: int, stage: StageConfig,

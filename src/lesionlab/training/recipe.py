@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from lesionlab.errors import ConfigError
+from lesionlab.precision import PRECISIONS
 
 # Shipped inside the package so a wheel install finds them too; `configs/` at the repository root links here.
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -32,6 +33,7 @@ OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "sgd")
 SCHEDULERS: tuple[str, ...] = ("step", "cosine", "onecycle", "none")
 SAMPLER_RULES: tuple[str, ...] = ("none", "inverse", "sqrt-inverse")
 LOSS_RULES: tuple[str, ...] = ("none", "inverse", "sqrt-inverse", "effective-number")
+LOSSES: tuple[str, ...] = ("cross-entropy", "logit-adjusted")
 
 
 @dataclass
@@ -61,7 +63,25 @@ class StageConfig:
     loss_weights: list[float] | str
     loss_beta: float
     label_smoothing: float
+    loss: str
+    logit_adjust_tau: float
+    ema_decay: float | None
+    image_size: int | list[int] | None
     feature_cache: FeatureCacheConfig | None
+
+    def epoch_image_size(self, epoch: int, final_size: int) -> int:
+        """The training image size of a 1-based epoch: a schedule's sizes share the epochs in equal runs.
+
+        `image_size: [128, 160, 192]` over 9 epochs trains epochs 1-3 at 128, 4-6 at 160 and 7-9 at 192
+        (progressive resizing: cheap small images first, the full size last so the model ends where it is
+        evaluated); `null` is the recipe's `image_size` throughout.
+        """
+        if self.image_size is None:
+            return final_size
+        if isinstance(self.image_size, int):
+            return self.image_size
+        runs = len(self.image_size)
+        return self.image_size[min(runs - 1, (epoch - 1) * runs // self.epochs)]
 
 
 @dataclass
@@ -70,6 +90,7 @@ class Recipe:
 
     arch: str
     pretrained: str
+    pretrained_head: bool
     weights_dir: str | None
     weights_sha256: str | None
     head_hidden: int | None
@@ -85,6 +106,7 @@ class Recipe:
     channels_last: bool
     deterministic: bool
     device: str
+    precision: str
     stages: list[StageConfig]
 
     def to_dict(self) -> dict[str, Any]:
@@ -173,6 +195,7 @@ def _check_choice(value: Any, choices: Sequence[str], key: str) -> None:
 def _validate(recipe: Recipe) -> None:
     """Checks that types alone cannot express: choices, positive sizes, at least one stage."""
     _check_choice(recipe.select, SELECT_RULES, "select")
+    _check_choice(recipe.precision, PRECISIONS, "precision")
     if recipe.image_size < 16:
         raise ConfigError(f"recipe key 'image_size': {recipe.image_size} is too small (use 16 or more)")
     if not recipe.stages:
@@ -183,6 +206,15 @@ def _validate(recipe: Recipe) -> None:
         _check_choice(stage.scheduler, SCHEDULERS, f"{key}.scheduler")
         _check_choice(stage.sampler_weights, SAMPLER_RULES, f"{key}.sampler_weights")
         _check_choice(stage.loss_weights, LOSS_RULES, f"{key}.loss_weights")
+        _check_choice(stage.loss, LOSSES, f"{key}.loss")
+        if stage.ema_decay is not None and not 0.0 < stage.ema_decay < 1.0:
+            raise ConfigError(f"recipe key '{key}.ema_decay': {stage.ema_decay} must be in (0, 1), e.g. "
+                              f"0.998, or null for no weight averaging")
+        sizes = [stage.image_size] if isinstance(stage.image_size, int) else stage.image_size or []
+        if any(not 16 <= size <= recipe.image_size for size in sizes):
+            raise ConfigError(f"recipe key '{key}.image_size': {stage.image_size} must lie between 16 and "
+                              f"the recipe's image_size ({recipe.image_size}), which the image cache and "
+                              f"evaluation use")
         for name in ("epochs", "batch_size", "eval_batch_size", "step_size"):
             if getattr(stage, name) < 1:
                 raise ConfigError(f"recipe key '{key}.{name}' must be at least 1")

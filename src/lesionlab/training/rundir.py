@@ -34,12 +34,14 @@ from lesionlab.io_utils import atomic_write_bytes, atomic_write_json, atomic_wri
 from lesionlab.models.checkpoint import BEST_STEM, stage_best_stem
 
 HISTORY_COLUMNS: tuple[str, ...] = (
-    "stage", "epoch", "lr", "train_loss", "val_loss", "val_accuracy", "val_balanced_accuracy", "val_macro_f1",
-    "seconds", "images_per_s",
+    "stage", "epoch", "lr", "image_size", "train_loss", "val_loss", "val_accuracy", "val_balanced_accuracy",
+    "val_macro_f1", "ema_val_loss", "ema_val_accuracy", "ema_val_balanced_accuracy", "ema_val_macro_f1",
+    "weights", "seconds", "images_per_s",
 )
 STATE_KEY = "lesionlab_state"
 MODEL_PREFIX = "model/"
 OPTIMIZER_PREFIX = "optimizer/"
+AVERAGE_PREFIX = "average/"
 
 
 class RunDirectory:
@@ -86,8 +88,13 @@ class RunDirectory:
                 weights.unlink(missing_ok=True)
                 weights.with_suffix(".json").unlink(missing_ok=True)
 
-    def save_state(self, state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        """Commit the resume state: one atomic `state.safetensors`, then its readable `state.json` copy."""
+    def save_state(self, state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
+                   average: nn.Module | None = None) -> None:
+        """Commit the resume state: one atomic `state.safetensors`, then its readable `state.json` copy.
+
+        `average` is the stage's moving average of the weights, when it keeps one: resuming without it
+        would restart the average and end on other weights.
+        """
         from safetensors.torch import save
 
         optimizer_json, optimizer_tensors = encode_optimizer(optimizer)
@@ -95,6 +102,9 @@ class RunDirectory:
         tensors = {f"{MODEL_PREFIX}{name}": tensor.detach().cpu().contiguous()
                    for name, tensor in model.state_dict().items()}
         tensors.update({f"{OPTIMIZER_PREFIX}{name}": tensor for name, tensor in optimizer_tensors.items()})
+        if average is not None:
+            tensors.update({f"{AVERAGE_PREFIX}{name}": tensor.detach().cpu().contiguous()
+                            for name, tensor in average.state_dict().items()})
         atomic_write_bytes(self.state_tensors, save(tensors, metadata={STATE_KEY: json.dumps(payload)}))
         atomic_write_json(self.state_json, payload)
 
@@ -134,8 +144,9 @@ class RunDirectory:
         for leftover in self.path.glob(".*.tmp"):
             leftover.unlink(missing_ok=True)
 
-    def load_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Read the resume state: (JSON state, model state dict, optimizer tensors)."""
+    def load_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, torch.Tensor],
+                                  dict[str, torch.Tensor]]:
+        """Read the resume state: (JSON state, model state dict, optimizer tensors, weight-average state)."""
         from safetensors import SafetensorError, safe_open
 
         if not self.state_tensors.is_file():
@@ -153,7 +164,9 @@ class RunDirectory:
                        if name.startswith(MODEL_PREFIX)}
         optimizer_tensors = {name[len(OPTIMIZER_PREFIX):]: tensor for name, tensor in tensors.items()
                              if name.startswith(OPTIMIZER_PREFIX)}
-        return payload, model_state, optimizer_tensors
+        average_state = {name[len(AVERAGE_PREFIX):]: tensor for name, tensor in tensors.items()
+                         if name.startswith(AVERAGE_PREFIX)}
+        return payload, model_state, optimizer_tensors, average_state
 
 
 def encode_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

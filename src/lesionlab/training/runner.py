@@ -25,7 +25,7 @@ import torch
 
 from lesionlab.classes import NUM_CLASSES
 from lesionlab.data.cache import DecodedImageCache
-from lesionlab.data.dataset import LesionDataset
+from lesionlab.data.dataset import ImageTransform, LesionDataset
 from lesionlab.data.readers import SampleTable, compute_fingerprint
 from lesionlab.data.split import Split, assign_groups, read_split, write_split
 from lesionlab.data.transforms import eval_transform, train_transform
@@ -168,11 +168,14 @@ def _stage_data(recipe: Recipe, table: SampleTable, split: Split, device: torch.
         cache = DecodedImageCache(covered.fingerprint, recipe.image_size)
         cache.ensure(covered.samples, workers=max(recipe.workers, 2))
     size, gray = recipe.image_size, recipe.grayscale
-    train_set = LesionDataset(split.parts["train"], size,
-                              train_transform(recipe.augment, size, gray, spec.mean, spec.std), cache)
+
+    def augment(train_size: int) -> ImageTransform:
+        return train_transform(recipe.augment, train_size, gray, spec.mean, spec.std)
+
+    train_set = LesionDataset(split.parts["train"], size, augment(size), cache)
     val_set = LesionDataset(split.parts["val"], size, eval_transform(size, gray, spec.mean, spec.std), cache)
     return StageData(train_set=train_set, val_set=val_set, workers=recipe.workers, device=device,
-                     channels_last=recipe.channels_last)
+                     channels_last=recipe.channels_last, augment=augment)
 
 
 def train_run(recipe: Recipe, table: SampleTable, split: Split, run_dir: str | os.PathLike[str], *,
@@ -207,7 +210,8 @@ def train_run(recipe: Recipe, table: SampleTable, split: Split, run_dir: str | o
     session.update(ended=now(), wall_seconds=round(time.perf_counter() - wall_start, 1))
     sessions = [*sessions, session]
     _update_run_json(run, status="finished", sessions=sessions, started=sessions[0]["started"],
-                     ended=session["ended"], train_seconds=round(progress.train_seconds, 1))
+                     ended=session["ended"], train_seconds=round(progress.train_seconds, 1),
+                     precision=progress.precision)
     return run.path
 
 
@@ -221,11 +225,13 @@ def _run_stages(recipe: Recipe, table: SampleTable, split: Split, run: RunDirect
         resume = False
     model = build_model(recipe.arch, pretrained="none" if resume else recipe.pretrained,
                         head_hidden=recipe.head_hidden, dropout=recipe.dropout,
-                        weights_dir=recipe.weights_dir, weights_sha256=recipe.weights_sha256)
+                        weights_dir=recipe.weights_dir, weights_sha256=recipe.weights_sha256,
+                        pretrained_head=recipe.pretrained_head)
     progress = RunProgress()
     optimizer_state = None
+    average_state: dict[str, torch.Tensor] = {}
     if resume:
-        payload, model_state, optimizer_tensors = run.load_state()
+        payload, model_state, optimizer_tensors, average_state = run.load_state()
         run.recover(payload)
         optimizer_state = decode_optimizer(payload.pop("optimizer"), optimizer_tensors)
         progress = RunProgress.from_dict(payload)
@@ -241,7 +247,7 @@ def _run_stages(recipe: Recipe, table: SampleTable, split: Split, run: RunDirect
         if not inside and stage_index > 1:
             load_stage_start(model, run, stage_index - 1)
         progress = train_stage(model, recipe, stage_index, data, run, progress,
-                               optimizer_state if inside else None)
+                               optimizer_state if inside else None, average_state if inside else {})
     return progress
 
 
