@@ -57,7 +57,7 @@ def test_train_splits_by_lesion_and_never_reads_test(tiny_ham_dataset: Callable[
 def test_resume_refuses_recipe_changes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["train", "--resume", str(tmp_path), "--set", "image_size=64"])
     assert code == 2
-    assert "--resume continues a run with its own recipe" in capsys.readouterr().err
+    assert "--resume keeps the run's own recipe" in capsys.readouterr().err
 
 
 @pytest.mark.integration

@@ -200,3 +200,34 @@ def test_resume_with_weight_average_and_size_schedule_ends_identical(
     patch_criterion(monkeypatch, None)
     train_run(recipe, table, split, interrupted, resume=True)
     assert_same_final_run(straight, interrupted)
+
+
+def test_release_fit_keeps_the_validated_choices_and_never_scores_training_images(
+        tiny_split: tuple[Any, Split], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Train + val, each stage stopping at the validated epoch; evaluation refuses the parts trained on."""
+    from lesionlab.errors import DataError
+    from lesionlab.evaluation.evaluate import EvaluationOptions, evaluate_run
+    from lesionlab.training.release import plan_from_validated_run, release_split
+
+    table, split = tiny_split
+    split = Split({**split.parts, "test": split.parts["val"][:4], "val": split.parts["val"][4:]},
+                  split.fingerprint, split.seed, split.group)
+    recipe = tiny_recipe("stages.1.ema_decay=0.9", "stages.1.epochs=3")
+    validated = train_run(recipe, table, split, tmp_path / "runs" / "validated")
+    plan = plan_from_validated_run(validated)
+    refit = train_run(recipe, table, release_split(split), tmp_path / "runs" / "refit", release=plan)
+
+    history = json.loads((refit / "state.json").read_text())["history"]
+    for stage, choice in plan.stages.items():
+        rows = [row for row in history if str(row["stage"]) == stage]
+        assert [row["epoch"] for row in rows] == list(range(1, choice.epoch + 1))
+        assert rows[-1]["weights"] == choice.weights and "val_balanced_accuracy" not in rows[-1]
+    assert json.loads((refit / "run.json").read_text())["release"] == plan.to_dict()
+    assert json.loads((refit / "best.json").read_text())["epoch"] == plan.stages["2"].epoch
+
+    with pytest.raises(DataError, match="trained on"):
+        evaluate_run(validated, EvaluationOptions(split="train"))
+    with pytest.raises(DataError, match="trained on"):
+        evaluate_run(refit, EvaluationOptions(split="all"))
+    result = evaluate_run(refit, EvaluationOptions(split="test", out_dir=tmp_path / "eval"))
+    assert result.metrics["evaluation"]["temperature"] is None

@@ -18,6 +18,7 @@ from lesionlab.errors import CheckpointError, ConfigError
 from lesionlab.evaluation.evaluate import EvaluationOptions, EvaluationResult, evaluate_run
 from lesionlab.evaluation.sources import run_data
 from lesionlab.training.recipe import Recipe, load_recipe, scale_epochs
+from lesionlab.training.release import plan_from_validated_run, release_split
 from lesionlab.training.runner import subset_table, train_run
 
 VAL_FRACTION = 0.15
@@ -38,6 +39,8 @@ class PipelineOptions:
     runs_dir: Path = Path("runs")
     tta_views: tuple[str, ...] | None = None
     resume: bool = False
+    release: Path | None = None
+    """A validated run to refit on train + val (`lesionlab.training.release`) instead of a new recipe."""
 
 
 @dataclass(frozen=True)
@@ -87,11 +90,19 @@ def run_pipeline(options: PipelineOptions) -> PipelineResult:
             )
         recipe = load_recipe(run_dir / "config.yaml")
         table, split = run_data(run_dir)
+        plan = None
+    elif options.release is not None:
+        recipe = load_recipe(options.release / "config.yaml")
+        plan = plan_from_validated_run(options.release)
+        table, validated_split = run_data(options.release)
+        split = release_split(validated_split)
+        run_dir = options.runs_dir / (options.name or f"{options.release.name}-release")
     else:
         recipe = resolve_recipe(options)
         table = read_dataset(options.data, options.fmt)
         split = new_run_split(table, options.subset, recipe.seed)
         run_dir = options.runs_dir / (options.name or f"{recipe.arch}-{datetime.now():%Y%m%d-%H%M%S}")
-    train_run(recipe, table, split, run_dir, resume=options.resume)
+        plan = None
+    train_run(recipe, table, split, run_dir, resume=options.resume, release=plan)
     evaluation = evaluate_run(run_dir, EvaluationOptions(split="test", tta_views=options.tta_views))
     return PipelineResult(run_dir, evaluation)

@@ -138,12 +138,14 @@ def tta_views(args: argparse.Namespace) -> tuple[str, ...] | None:
     return parse_views(args.tta_views)
 
 
-def reject_options_with_resume(args: argparse.Namespace, names: tuple[str, ...], keeps: str) -> None:
-    """Refuse flags that would change a run being resumed: it continues with its own recipe and split."""
+def reject_options_with_resume(args: argparse.Namespace, names: tuple[str, ...], keeps: str,
+                               flag: str = "--resume") -> None:
+    """Refuse flags that would change a run being resumed (or refitted by `--release`): it keeps its own
+    recipe and split."""
     from lesionlab.errors import ConfigError
 
     given = [f"--{name.replace('_', '-')}" for name in names if getattr(args, name) not in (None, [])]
     if given:
         raise ConfigError(
-            f"--resume continues a run with its own {keeps}; drop {', '.join(given)} or start a new run."
+            f"{flag} keeps the run's own {keeps}; drop {', '.join(given)} or start a new run."
         )

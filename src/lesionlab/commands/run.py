@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from lesionlab.commands._common import (
     add_data_arguments,
@@ -38,6 +39,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="continue the run --name from its last completed epoch, then evaluate it",
     )
+    parser.add_argument(
+        "--release",
+        metavar="VALIDATED_RUN",
+        type=Path,
+        help="refit a finished run's recipe on its train + val parts, each stage stopping at the epoch "
+        "validation chose, then evaluate on its untouched test part (run name: <VALIDATED_RUN>-release "
+        "unless --name)",
+    )
     parser.set_defaults(handler=run_run)
 
 
@@ -48,7 +57,9 @@ def run_run(args: argparse.Namespace) -> int:
     from lesionlab.training.runner import summary_table
 
     if args.resume:
-        reject_options_with_resume(args, RESUME_CONFLICTS, "data, recipe and split")
+        reject_options_with_resume(args, (*RESUME_CONFLICTS, "release"), "data, recipe and split")
+    if args.release:
+        reject_options_with_resume(args, RESUME_CONFLICTS, "recipe and split", flag="--release")
     result = run_pipeline(
         PipelineOptions(
             data=args.data,
@@ -61,6 +72,7 @@ def run_run(args: argparse.Namespace) -> int:
             runs_dir=args.runs_dir,
             tta_views=tta_views(args),
             resume=args.resume,
+            release=args.release,
         )
     )
     metrics = result.evaluation.metrics

@@ -42,6 +42,7 @@ from lesionlab.training.imbalance import (
 )
 from lesionlab.training.interrupt import check as check_stop_request
 from lesionlab.training.recipe import Recipe, StageConfig
+from lesionlab.training.release import StageChoice
 from lesionlab.training.rundir import RunDirectory
 
 log = logging.getLogger(__name__)
@@ -244,6 +245,18 @@ def evaluate(forward: Forward, batches: Iterable[Batch],
     return loss_sum / max(len(truth), 1), truth, np.concatenate(predictions)
 
 
+def epoch_scores(raw: dict[str, float], averaged: dict[str, float], use_average: bool) -> str:
+    """The validation part of an epoch's progress line (a release fit has no validation part)."""
+    if not raw:
+        return "(no validation part: release fit)"
+    line = (f"val loss {raw['val_loss']:.4f}  acc {raw['val_accuracy']:.4f}  "
+            f"bal acc {raw['val_balanced_accuracy']:.4f}  macro F1 {raw['val_macro_f1']:.4f}")
+    if averaged:
+        kept = " (kept)" if use_average else ""
+        line += f"  | EMA bal acc {averaged['ema_val_balanced_accuracy']:.4f}{kept}"
+    return line
+
+
 def unprefixed(averaged: dict[str, float]) -> dict[str, float]:
     """`ema_val_*` scores under the `val_*` names the selection rule reads."""
     return {key[len("ema_"):]: value for key, value in averaged.items()}
@@ -274,9 +287,15 @@ def validate(forward: Forward, val_features: Batch | None, validation: DataLoade
 
 def train_stage(model: nn.Module, recipe: Recipe, stage_index: int, data: StageData, run: RunDirectory,
                 progress: RunProgress, optimizer_state: dict[str, Any] | None,
-                average_state: dict[str, torch.Tensor] | None = None) -> RunProgress:
-    """Train one stage from its first epoch, or from `progress` when resuming inside it."""
+                average_state: dict[str, torch.Tensor] | None = None,
+                choice: StageChoice | None = None) -> RunProgress:
+    """Train one stage from its first epoch, or from `progress` when resuming inside it.
+
+    `choice` (a release fit) fixes the epoch and weights to keep instead of selecting them on validation;
+    the stage then stops at that epoch, on the schedule of its full length, and may have no validation part.
+    """
     stage = recipe.stages[stage_index - 1]
+    last_epoch = stage_last_epoch(recipe, stage_index, choice)
     spec = architecture(recipe.arch)
     plan: FreezePlan = resolve_plan(stage.trainable, spec, stage.bn)
     apply_plan(model, spec, plan)
@@ -299,6 +318,9 @@ def train_stage(model: nn.Module, recipe: Recipe, stage_index: int, data: StageD
     scheduler, per_batch = make_scheduler(stage, optimizer, steps)
     resuming = progress.stage == stage_index and progress.epoch > 0
     average = weight_average(model, stage.ema_decay)
+    if choice is not None and choice.weights == "ema" and average is None:
+        raise ConfigError(f"stage {stage_index}: the validated run kept averaged weights but this recipe has "
+                          f"no `ema_decay`; refit with the validated run's own recipe.")
     if resuming:
         optimizer.load_state_dict(optimizer_state or {})
         if average is not None:
@@ -317,20 +339,20 @@ def train_stage(model: nn.Module, recipe: Recipe, stage_index: int, data: StageD
     cache: FeatureCache | None = None
     val_features: Batch | None = None
     extra_seconds = 0.0
-    if stage.feature_cache is not None and first_epoch <= stage.epochs:
+    if stage.feature_cache is not None and first_epoch <= last_epoch:
         start = time.perf_counter()
         set_train_mode(model, spec, plan)
         data.train_set.transform = data.augment(stage.epoch_image_size(1, recipe.image_size))
         with forward_precision(precision, data.device):
             cache = build_stage_feature_cache(model, recipe, stage_index, stage, data)
             model.eval()
-            val_features = extract_features(model, validation, data.device, data.channels_last,
-                                            "validation features")
+            val_features = (extract_features(model, validation, data.device, data.channels_last,
+                                             "validation features") if len(data.val_set) else None)
         extra_seconds = time.perf_counter() - start
         log.info("feature cache: %d view(s) of %d images in %.1f s", stage.feature_cache.views,
                  len(data.train_set), extra_seconds)
 
-    for epoch in range(first_epoch, stage.epochs + 1):
+    for epoch in range(first_epoch, last_epoch + 1):
         epoch_start = time.perf_counter()
         epoch_seed = derive_seed(recipe.seed, stage_index, epoch)
         torch.manual_seed(epoch_seed)
@@ -360,28 +382,31 @@ def train_stage(model: nn.Module, recipe: Recipe, stage_index: int, data: StageD
             scheduler.step()
 
         model.eval()
-        with forward_precision(precision, data.device):
-            raw = validate(model.classifier if val_features is not None else model, val_features, validation,
-                           data)
-            averaged: dict[str, float] = {}
-            if average is not None:
-                average.eval()
-                averaged = validate(average.module.classifier if val_features is not None
-                                    else average.module, val_features, validation, data, prefix="ema_val_")
-        use_average = bool(averaged) and is_better(recipe.select, {**unprefixed(averaged), "train_loss": 0.0},
-                                                   {**raw, "train_loss": 0.0})
+        raw: dict[str, float] = {}
+        averaged: dict[str, float] = {}
+        if len(data.val_set):
+            with forward_precision(precision, data.device):
+                raw = validate(model.classifier if val_features is not None else model, val_features,
+                               validation, data)
+                if average is not None:
+                    average.eval()
+                    averaged = validate(average.module.classifier if val_features is not None
+                                        else average.module, val_features, validation, data,
+                                        prefix="ema_val_")
+        if choice is not None:
+            use_average = choice.weights == "ema"
+        else:
+            use_average = bool(averaged) and is_better(
+                recipe.select, {**unprefixed(averaged), "train_loss": 0.0}, {**raw, "train_loss": 0.0})
         chosen, chosen_model = (unprefixed(averaged), average.module) if use_average else (raw, model)
         seconds = time.perf_counter() - epoch_start + (extra_seconds if epoch == first_epoch else 0.0)
         record = {"stage": stage_index, "epoch": epoch, "lr": lr, "image_size": image_size,
                   "train_loss": train_loss, **raw, **averaged, "weights": "ema" if use_average else "raw",
                   "seconds": round(seconds, 3),
                   "images_per_s": round(seen / train_seconds, 1) if train_seconds > 0 else 0.0}
-        ema_note = (f"  | EMA bal acc {averaged['ema_val_balanced_accuracy']:.4f}"
-                    f"{' (kept)' if use_average else ''}" if averaged else "")
-        print(f"{description} @ {image_size}px: train loss {train_loss:.4f}  val loss {raw['val_loss']:.4f}  "
-              f"acc {raw['val_accuracy']:.4f}  bal acc {raw['val_balanced_accuracy']:.4f}  "
-              f"macro F1 {raw['val_macro_f1']:.4f}{ema_note}  ({seconds:.1f} s, "
-              f"{record['images_per_s']:.0f} img/s)")
+        print(f"{description} @ {image_size}px: train loss {train_loss:.4f}  "
+              f"{epoch_scores(raw, averaged, use_average)}  "
+              f"({seconds:.1f} s, {record['images_per_s']:.0f} img/s)")
         log.info("epoch %s", record)
 
         selected = {**record, **chosen}
@@ -390,7 +415,7 @@ def train_stage(model: nn.Module, recipe: Recipe, stage_index: int, data: StageD
         card = model_card(recipe, spec, stage_index, epoch, metrics, run.name)
         save_checkpoint(run.epoch_stem(stage_index, epoch), chosen_model, card)
         best = progress.best
-        if is_better(recipe.select, selected, best):
+        if epoch == choice.epoch if choice is not None else is_better(recipe.select, selected, best):
             best = selected
             save_checkpoint(run.stage_best(stage_index), chosen_model, card)
             save_checkpoint(run.best, chosen_model, card)
@@ -402,17 +427,22 @@ def train_stage(model: nn.Module, recipe: Recipe, stage_index: int, data: StageD
         )
         run.save_state(progress.to_dict(), model, optimizer, average)
         run.write_history(progress.history)
-        run.prune_checkpoints(stage_index, {epoch, best["epoch"]})
+        run.prune_checkpoints(stage_index, {epoch} | ({best["epoch"]} if best is not None else set()))
     return progress
 
 
 def stage_precision(model: nn.Module, recipe: Recipe, data: StageData) -> dict[str, Any]:
-    """Resolve the recipe's `precision` for a stage, checking parity on validation images when `auto`."""
+    """Resolve the recipe's `precision` for a stage, checking parity on validation images when `auto`.
+
+    A release fit has no validation part; its check uses training images (it measures arithmetic, not skill).
+    """
+    images_of = data.val_set if len(data.val_set) else data.train_set
+
     def parity() -> ParityCheck:
         model.eval()
-        spread = np.linspace(0, len(data.val_set) - 1, min(PARITY_IMAGES, len(data.val_set))).astype(int)
-        images = torch.stack([data.val_set[int(index)][0] for index in spread])
-        labels = torch.as_tensor([data.val_set.labels[int(index)] for index in spread])
+        spread = np.linspace(0, len(images_of) - 1, min(PARITY_IMAGES, len(images_of))).astype(int)
+        images = torch.stack([images_of[int(index)][0] for index in spread])
+        labels = torch.as_tensor([images_of.labels[int(index)] for index in spread])
         inputs = to_device(images, data.device, data.channels_last)
         return check_parity(model, [(inputs, labels)], data.device)
 
@@ -440,8 +470,20 @@ def load_stage_start(model: nn.Module, run: RunDirectory, previous_stage: int) -
     model.load_state_dict(load_state(run.stage_best(previous_stage)), strict=True)
 
 
-def stage_is_complete(recipe: Recipe, progress: RunProgress, stage_index: int) -> bool:
-    """Whether `progress` already covers every epoch of a stage."""
+def stage_last_epoch(recipe: Recipe, stage_index: int, choice: StageChoice | None = None) -> int:
+    """The last epoch a stage trains: all of them, or a release fit's chosen one."""
+    epochs = recipe.stages[stage_index - 1].epochs
+    if choice is None:
+        return epochs
+    if not 1 <= choice.epoch <= epochs:
+        raise ConfigError(f"stage {stage_index}: the release plan keeps epoch {choice.epoch}, but the "
+                          f"recipe's stage has {epochs} epochs; refit with the validated run's own recipe.")
+    return choice.epoch
+
+
+def stage_is_complete(recipe: Recipe, progress: RunProgress, stage_index: int,
+                      choice: StageChoice | None = None) -> bool:
+    """Whether `progress` already covers every epoch a stage trains."""
     if progress.stage > stage_index:
         return True
-    return progress.stage == stage_index and progress.epoch >= recipe.stages[stage_index - 1].epochs
+    return progress.stage == stage_index and progress.epoch >= stage_last_epoch(recipe, stage_index, choice)

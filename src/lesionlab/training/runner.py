@@ -35,6 +35,7 @@ from lesionlab.models.registry import architecture, build_model
 from lesionlab.training.interrupt import stop_on_signals
 from lesionlab.training.loop import RunProgress, StageData, load_stage_start, stage_is_complete, train_stage
 from lesionlab.training.recipe import Recipe
+from lesionlab.training.release import ReleasePlan
 from lesionlab.training.rundir import RunDirectory, decode_optimizer
 
 log = logging.getLogger("lesionlab")
@@ -155,9 +156,13 @@ def _check_resumable(run: RunDirectory, recipe: Recipe) -> None:
                           f"run keeps its recipe. Start a new run to change it.")
 
 
-def _stage_data(recipe: Recipe, table: SampleTable, split: Split, device: torch.device) -> StageData:
-    """Datasets for the train and val parts, reading pixels from the decoded-image cache when enabled."""
-    if not split.parts.get("train") or not split.parts.get("val"):
+def _stage_data(recipe: Recipe, table: SampleTable, split: Split, device: torch.device,
+                needs_validation: bool = True) -> StageData:
+    """Datasets for the train and val parts, reading pixels from the decoded-image cache when enabled.
+
+    Only a release fit (`needs_validation=False`) trains without a validation part.
+    """
+    if not split.parts.get("train") or (needs_validation and not split.parts.get("val")):
         raise DataError(f"the split of {table.root} needs non-empty train and val parts (it has "
                         f"{len(split.parts.get('train', []))} train, {len(split.parts.get('val', []))} val); "
                         f"make a split with a validation fraction above 0.")
@@ -173,22 +178,31 @@ def _stage_data(recipe: Recipe, table: SampleTable, split: Split, device: torch.
         return train_transform(recipe.augment, train_size, gray, spec.mean, spec.std)
 
     train_set = LesionDataset(split.parts["train"], size, augment(size), cache)
-    val_set = LesionDataset(split.parts["val"], size, eval_transform(size, gray, spec.mean, spec.std), cache)
+    val_set = LesionDataset(split.parts.get("val", []), size, eval_transform(size, gray, spec.mean, spec.std),
+                            cache)
     return StageData(train_set=train_set, val_set=val_set, workers=recipe.workers, device=device,
                      channels_last=recipe.channels_last, augment=augment)
 
 
 def train_run(recipe: Recipe, table: SampleTable, split: Split, run_dir: str | os.PathLike[str], *,
-              resume: bool = False) -> Path:
-    """Train every stage of `recipe` into `run_dir` (or continue it with `resume=True`); return the folder."""
+              resume: bool = False, release: ReleasePlan | None = None) -> Path:
+    """Train every stage of `recipe` into `run_dir` (or continue it with `resume=True`); return the folder.
+
+    `release` makes a new run a release fit (`lesionlab.training.release`): its split has no validation
+    part and each stage keeps the epoch the plan names. A resumed run reads its plan back from run.json.
+    """
     run = RunDirectory(run_dir)
     created_folder = not run.path.exists()
     if resume:
         _check_resumable(run, recipe)
+        recorded = json.loads(run.run_json.read_text(encoding="utf-8")).get("release")
+        release = ReleasePlan.from_dict(recorded) if recorded else None
     else:
         _refuse_existing_run(run)
         try:
             split = _prepare_new_run(run, recipe, table, split)
+            if release is not None:
+                _update_run_json(run, release=release.to_dict())
         except BaseException:
             run.remove_new_run(created_folder)
             raise
@@ -198,7 +212,7 @@ def train_run(recipe: Recipe, table: SampleTable, split: Split, run_dir: str | o
     with run_logging(run), torch_settings(recipe):
         try:
             with stop_on_signals(run.path):
-                progress = _run_stages(recipe, table, split, run, resume)
+                progress = _run_stages(recipe, table, split, run, resume, release)
         except BaseException as error:
             stopped = isinstance(error, KeyboardInterrupt)
             session.update(ended=now(), error=f"{type(error).__name__}: {error}")
@@ -216,9 +230,9 @@ def train_run(recipe: Recipe, table: SampleTable, split: Split, run_dir: str | o
 
 
 def _run_stages(recipe: Recipe, table: SampleTable, split: Split, run: RunDirectory,
-                resume: bool) -> RunProgress:
+                resume: bool, release: ReleasePlan | None) -> RunProgress:
     device = pick_device(recipe.device)
-    data = _stage_data(recipe, table, split, device)
+    data = _stage_data(recipe, table, split, device, needs_validation=release is None)
     torch.manual_seed(recipe.seed)
     if resume and not run.state_tensors.exists():
         log.info("%s never completed an epoch; starting it from its first epoch", run.path)
@@ -241,13 +255,14 @@ def _run_stages(recipe: Recipe, table: SampleTable, split: Split, run: RunDirect
     if recipe.channels_last:
         model.to(memory_format=torch.channels_last)
     for stage_index in range(1, len(recipe.stages) + 1):
-        if stage_is_complete(recipe, progress, stage_index):
+        choice = release.choice(stage_index) if release is not None else None
+        if stage_is_complete(recipe, progress, stage_index, choice):
             continue
         inside = progress.stage == stage_index and progress.epoch > 0
         if not inside and stage_index > 1:
             load_stage_start(model, run, stage_index - 1)
         progress = train_stage(model, recipe, stage_index, data, run, progress,
-                               optimizer_state if inside else None, average_state if inside else {})
+                               optimizer_state if inside else None, average_state if inside else {}, choice)
     return progress
 
 
@@ -261,9 +276,10 @@ def summary_rows(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     rows = []
     for stage, best in sorted(state["stage_bests"].items(), key=lambda item: int(item[0])):
         seconds = sum(row["seconds"] for row in state["history"] if str(row["stage"]) == stage)
-        rows.append({"stage": int(stage), "best_epoch": best["epoch"], "val_accuracy": best["val_accuracy"],
-                     "val_balanced_accuracy": best["val_balanced_accuracy"],
-                     "val_macro_f1": best["val_macro_f1"], "seconds": seconds})
+        rows.append({"stage": int(stage), "best_epoch": best["epoch"],
+                     "val_accuracy": best.get("val_accuracy"),
+                     "val_balanced_accuracy": best.get("val_balanced_accuracy"),
+                     "val_macro_f1": best.get("val_macro_f1"), "seconds": seconds})
     return rows
 
 
@@ -272,7 +288,13 @@ def summary_table(run_dir: str | os.PathLike[str]) -> str:
     header = f"{'stage':>5}  {'best epoch':>10}  {'val acc':>7}  {'bal acc':>7}  {'macro F1':>8}  {'time':>8}"
     lines = [header]
     for row in summary_rows(run_dir):
-        lines.append(f"{row['stage']:>5}  {row['best_epoch']:>10}  {row['val_accuracy']:>7.4f}  "
-                     f"{row['val_balanced_accuracy']:>7.4f}  {row['val_macro_f1']:>8.4f}  "
+        scores = [_score_cell(row[key], width) for key, width in
+                  (("val_accuracy", 7), ("val_balanced_accuracy", 7), ("val_macro_f1", 8))]
+        lines.append(f"{row['stage']:>5}  {row['best_epoch']:>10}  {'  '.join(scores)}  "
                      f"{row['seconds'] / 60:>6.1f} m")
     return "\n".join(lines)
+
+
+def _score_cell(value: float | None, width: int) -> str:
+    """A validation score, or `-` where a release fit had no validation part."""
+    return f"{value:>{width}.4f}" if value is not None else f"{'-':>{width}}"
