@@ -8,6 +8,8 @@ without a model. Output folder: `RUN/eval/<dataset-name>-<split>/` holding `pred
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,9 +23,11 @@ from lesionlab.data.dataset import LesionDataset
 from lesionlab.data.readers import Sample, SampleTable
 from lesionlab.data.split import Split
 from lesionlab.data.transforms import eval_transform
+from lesionlab.errors import DataError
 from lesionlab.evaluation import plots
 from lesionlab.evaluation.calibration import (
     TemperatureFit,
+    file_sha256,
     fit_temperature_record,
     load_temperature,
     save_temperature,
@@ -31,9 +35,14 @@ from lesionlab.evaluation.calibration import (
     temperature_path,
 )
 from lesionlab.evaluation.inference import InferenceSettings, infer_view_logits
-from lesionlab.evaluation.metrics import compute_metrics, reliability_bins, variant_metrics
+from lesionlab.evaluation.metrics import (
+    compute_metrics,
+    fit_malignancy_threshold,
+    reliability_bins,
+    variant_metrics,
+)
 from lesionlab.evaluation.predictions import Predictions, write_predictions
-from lesionlab.evaluation.report import build_report, render_html, render_markdown
+from lesionlab.evaluation.report import MALIGNANCY_ROC_CAPTION, build_report, render_html, render_markdown
 from lesionlab.evaluation.sources import (
     EvaluationData,
     model_labels,
@@ -44,6 +53,15 @@ from lesionlab.evaluation.sources import (
 from lesionlab.evaluation.summary import data_summary, model_summary
 from lesionlab.evaluation.tta import IDENTITY, average_view_probabilities
 from lesionlab.io_utils import atomic_write_json, atomic_write_text
+from lesionlab.malignancy import (
+    DEFAULT_TARGET_SENSITIVITY,
+    FALLBACK_RULE,
+    FALLBACK_THRESHOLD,
+    MalignancyRule,
+    rule_for,
+    save_threshold,
+    threshold_path,
+)
 from lesionlab.models.checkpoint import (
     BEST_STEM,
     WEIGHTS_SUFFIX,
@@ -80,7 +98,8 @@ def variant_probabilities(
 
 
 def write_figures(
-    out_dir: Path, predictions: Predictions, title: str, history: Path | None
+    out_dir: Path, predictions: Predictions, title: str, history: Path | None,
+    malignancy: MalignancyRule = FALLBACK_RULE,
 ) -> dict[str, str]:
     """Draw the report's figures into `out_dir/figures`; return caption -> path relative to `out_dir`."""
     figures_dir = out_dir / FIGURES_DIR
@@ -99,6 +118,9 @@ def write_figures(
     drawn["Reliability diagram of the predicted class's probability"] = plots.plot_reliability_diagram(
         reliability_bins(labels, probabilities), title, figures_dir / "reliability.png"
     )
+    drawn[MALIGNANCY_ROC_CAPTION] = plots.plot_malignancy_roc(
+        labels, probabilities, codes, malignancy, title, figures_dir / "malignancy-roc.png"
+    )
     return {caption: path.relative_to(out_dir).as_posix() for caption, path in drawn.items()}
 
 
@@ -109,11 +131,13 @@ def write_evaluation(
     data: dict[str, Any],
     model: dict[str, Any],
     history: Path | None,
+    malignancy: MalignancyRule = FALLBACK_RULE,
 ) -> dict[str, Any]:
     """Measure the most enhanced variant (the last), compare all variants, and write every output file.
 
     `evaluation` describes where the predictions came from (run, dataset, split, options); `data` and
-    `model` are the summaries from `lesionlab.evaluation.summary`. Returns the metrics.json payload.
+    `model` are the summaries from `lesionlab.evaluation.summary`; `malignancy` is the malignant/benign
+    rule fitted on validation (or the fallback). Returns the metrics.json payload.
     """
     primary_name = list(variants)[-1]
     primary = variants[primary_name]
@@ -123,7 +147,7 @@ def write_evaluation(
             "variant": primary_name,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         },
-        **compute_metrics(primary),
+        **compute_metrics(primary, malignancy=malignancy),
         "variants": {name: variant_metrics(predictions) for name, predictions in variants.items()},
         "data": data,
         "model": model,
@@ -131,7 +155,7 @@ def write_evaluation(
     write_predictions(out_dir / "predictions.csv", primary)
     atomic_write_json(out_dir / "metrics.json", metrics)
     title = f"{evaluation['run']} on {evaluation['dataset']}-{evaluation['split']}"
-    report = build_report(metrics, write_figures(out_dir, primary, title, history))
+    report = build_report(metrics, write_figures(out_dir, primary, title, history, malignancy))
     atomic_write_text(out_dir / "report.md", render_markdown(report))
     atomic_write_text(out_dir / "report.html", render_html(report, out_dir))
     return metrics
@@ -145,6 +169,7 @@ class EvaluationOptions:
     unless it carries a split. `tta_views=None` turns TTA off. `device=None` uses the run's recipe device,
     `precision=None` its recipe precision (`auto`: bf16 where it agrees with fp32 on the run's val images).
     `checkpoint` picks another checkpoint of the run (e.g. `RUN/stage1-best`) than its best model.
+    `malignant_sensitivity` is the sensitivity the malignancy threshold is chosen for on validation.
     """
 
     data: str | Path | None = None
@@ -156,6 +181,7 @@ class EvaluationOptions:
     device: str | None = None
     checkpoint: Path | None = None
     precision: str | None = None
+    malignant_sensitivity: float = DEFAULT_TARGET_SENSITIVITY
 
 
 @dataclass(frozen=True)
@@ -182,28 +208,68 @@ def image_dataset(
     return LesionDataset(samples, card.input_size, transform, cache)
 
 
-def ensure_temperature(
+ValidationLogits = Callable[[], tuple[np.ndarray, np.ndarray]]
+
+
+def validation_logits(
     run_dir: Path,
-    stem: Path,
     model: nn.Module,
     card: ModelCard,
     selection: EvaluationData,
     settings: InferenceSettings,
     use_cache: bool,
-) -> TemperatureFit:
+) -> ValidationLogits:
+    """Single-view logits and labels of the run's validation part, inferred on first use and then kept, so
+    the fits made on validation (temperature, malignancy threshold) share one pass."""
+
+    @functools.cache
+    def infer() -> tuple[np.ndarray, np.ndarray]:
+        validation = selection.run_split.parts["val"]
+        if not validation:
+            return np.zeros((0, len(card.classes))), np.zeros(0, dtype=np.int64)
+        dataset = image_dataset(validation, selection.run_table, card, use_cache)
+        logits = infer_view_logits(model, dataset, settings, (IDENTITY,), "fits on val")[:, 0]
+        return logits, model_labels(validation, card.classes, run_dir / "split.csv")
+
+    return infer
+
+
+def ensure_temperature(stem: Path, validation: ValidationLogits) -> TemperatureFit:
     """The temperature of the checkpoint `stem`: read from `<stem>.temperature.json`, else fitted on the
     run's validation part (never the test part) and saved there."""
     checkpoint = stem.with_suffix(WEIGHTS_SUFFIX)
     path = temperature_path(stem)
     fit = load_temperature(path, checkpoint)
     if fit is None:
-        validation = selection.run_split.parts["val"]
-        dataset = image_dataset(validation, selection.run_table, card, use_cache)
-        logits = infer_view_logits(model, dataset, settings, (IDENTITY,), "fit temperature on val")[:, 0]
-        labels = model_labels(validation, card.classes, run_dir / "split.csv")
+        logits, labels = validation()
         fit = fit_temperature_record(logits, labels, "val", checkpoint)
         save_temperature(path, fit)
     return fit
+
+
+def ensure_malignancy_rule(
+    stem: Path, validation: ValidationLogits, classes: tuple[str, ...], temperature: float | None,
+    target_sensitivity: float,
+) -> MalignancyRule:
+    """The malignant/benign rule of the checkpoint `stem` under `temperature`: the threshold in
+    `<stem>.malignancy.json` where it was fitted for these weights, this temperature and this sensitivity,
+    else fitted on the run's validation part (never the test part) and saved there; the stated fallback
+    where validation lacks malignant or benign images."""
+    checkpoint = stem.with_suffix(WEIGHTS_SUFFIX)
+    path = threshold_path(stem)
+    digest = file_sha256(checkpoint)
+    rule = rule_for(path, digest, temperature)
+    if rule.fit is not None and rule.fit.target_sensitivity == target_sensitivity:
+        return rule
+    logits, labels = validation()
+    probabilities = softmax_probabilities(logits, temperature or 1.0)
+    fit = fit_malignancy_threshold(probabilities, labels, classes, target_sensitivity, "val", temperature,
+                                   digest)
+    if fit is None:
+        return MalignancyRule(FALLBACK_THRESHOLD,
+                              reason="the validation part lacks malignant or benign images")
+    save_threshold(path, fit)
+    return MalignancyRule(fit.threshold, fit)
 
 
 def describe_variant(views: tuple[str, ...], fit: TemperatureFit | None) -> str:
@@ -235,6 +301,19 @@ def calibration_note(views: tuple[str, ...], fit: TemperatureFit | None, split: 
     return " ".join(notes)
 
 
+def malignancy_note(rule: MalignancyRule, views: tuple[str, ...], split: str, own_data: bool) -> str:
+    """Where the malignant/benign threshold came from, with a caution where it was fitted on these images
+    or on other probabilities than the evaluated ones."""
+    notes = [f"Malignant vs benign: {rule.description}."]
+    if rule.fitted and len(views) > 1:
+        notes.append("The threshold was fitted on single-view validation probabilities and is applied here "
+                     "to the mean over the TTA views.")
+    if rule.fitted and own_data and split in ("val", "all"):
+        notes.append("Caution: the evaluated images include the validation part the threshold was chosen "
+                     "on, so its sensitivity here is optimistic.")
+    return " ".join(notes)
+
+
 def training_overlap(samples: list[Sample], run_split: Split) -> dict[str, int]:
     """How many evaluated images, and lesions, the run trained on: non-zero means optimistic metrics."""
     train = run_split.parts["train"]
@@ -261,8 +340,9 @@ def trainable_parameters(model: nn.Module, card: ModelCard, recipe: Recipe) -> i
 
 def validation_parity(model: nn.Module, card: ModelCard, selection: EvaluationData,
                       settings: InferenceSettings, use_cache: bool) -> ParityCheck:
-    """bf16 against fp32 on up to `PARITY_IMAGES` images of the run's validation part (never test)."""
-    validation = selection.run_split.parts["val"]
+    """bf16 against fp32 on up to `PARITY_IMAGES` images of the run's validation part (never test); a
+    release fit, which has none, is checked on training images (parity measures arithmetic, not skill)."""
+    validation = selection.run_split.parts["val"] or selection.run_split.parts["train"]
     spread = np.linspace(0, len(validation) - 1, min(PARITY_IMAGES, len(validation))).astype(int)
     samples = [validation[int(index)] for index in spread]
     dataset = image_dataset(samples, selection.run_table, card, use_cache)
@@ -270,6 +350,17 @@ def validation_parity(model: nn.Module, card: ModelCard, selection: EvaluationDa
     bf16 = infer_view_logits(model, dataset, replace(settings, precision="bf16"), (IDENTITY,),
                              "parity bf16")[:, 0]
     return parity_from_logits(fp32, bf16, model_labels(samples, card.classes, "the run's split"))
+
+
+def refuse_training_images(selection: EvaluationData, run_dir: Path, where: str | Path) -> None:
+    """A model is never scored on images it trained on: such figures measure memory, not skill."""
+    overlap = training_overlap(selection.samples, selection.run_split)
+    if overlap["images"]:
+        raise DataError(
+            f"{where}: {overlap['images']} of the {len(selection.samples)} images to evaluate are in the "
+            f"part run {run_dir.name} trained on, and a model is not scored on its training images; evaluate "
+            f"its test part (the default), its val part if it has one, or data it never saw."
+        )
 
 
 def evaluate_run(run_dir: str | Path, options: EvaluationOptions | None = None) -> EvaluationResult:
@@ -282,6 +373,7 @@ def evaluate_run(run_dir: str | Path, options: EvaluationOptions | None = None) 
     recipe = read_run_recipe(run_dir)
     selection = select_evaluation_data(run_dir, options.data, options.fmt, options.split)
     where = options.data or selection.table.root
+    refuse_training_images(selection, run_dir, where)
     labels = model_labels(selection.samples, card.classes, where)
     settings = InferenceSettings(
         device=pick_device(options.device or recipe.device),
@@ -299,11 +391,11 @@ def evaluate_run(run_dir: str | Path, options: EvaluationOptions | None = None) 
     view_logits = infer_view_logits(
         model, dataset, settings, views, f"evaluate {selection.name}-{selection.split}"
     )
-    fit = (
-        ensure_temperature(run_dir, stem, model, card, selection, settings, recipe.cache)
-        if options.calibrate
-        else None
-    )
+    validation = validation_logits(run_dir, model, card, selection, settings, recipe.cache)
+    calibrate = options.calibrate and bool(selection.run_split.parts["val"])
+    fit = ensure_temperature(stem, validation) if calibrate else None
+    malignancy = ensure_malignancy_rule(stem, validation, tuple(card.classes),
+                                        fit.temperature if fit else None, options.malignant_sensitivity)
     image_ids = tuple(sample.image_id for sample in selection.samples)
     lesion_ids = tuple(sample.lesion_id for sample in selection.samples)
     variants = {
@@ -315,7 +407,6 @@ def evaluate_run(run_dir: str | Path, options: EvaluationOptions | None = None) 
     own_data = selection.table is selection.run_table
     evaluation = {
         "run": run_dir.name,
-        "run_dir": str(run_dir.resolve()),
         "checkpoint": stem.name,
         "dataset": selection.name,
         "data_path": str(Path(where).resolve()),
@@ -327,6 +418,7 @@ def evaluate_run(run_dir: str | Path, options: EvaluationOptions | None = None) 
         "training_overlap": training_overlap(selection.samples, selection.run_split),
         "variant_description": describe_variant(views, fit),
         "calibration_note": calibration_note(views, fit, selection.split, own_data),
+        "malignancy_note": malignancy_note(malignancy, views, selection.split, own_data),
     }
     data = data_summary(
         {
@@ -342,5 +434,6 @@ def evaluate_run(run_dir: str | Path, options: EvaluationOptions | None = None) 
         model, card, trainable_parameters(model, card, recipe), run_facts.get("train_seconds")
     )
     out_dir = options.out_dir or run_dir / "eval" / f"{selection.name}-{selection.split}"
-    metrics = write_evaluation(out_dir, variants, evaluation, data, model_facts, run_dir / "history.csv")
+    metrics = write_evaluation(out_dir, variants, evaluation, data, model_facts, run_dir / "history.csv",
+                               malignancy)
     return EvaluationResult(out_dir, metrics)
