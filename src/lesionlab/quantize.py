@@ -107,8 +107,7 @@ def report_path(int8_path: Path) -> Path:
 
 def output_layer_scope(model: ov.Model) -> nncf.IgnoredScope:
     """The softmax and the matrix multiply feeding it (through its bias add), kept float by name."""
-    producers = {op.get_friendly_name(): op for op in model.get_ordered_ops()}
-    softmax = next(op for op in producers.values() if op.get_type_name().startswith("Softmax"))
+    softmax = next(op for op in model.get_ordered_ops() if op.get_type_name().startswith("Softmax"))
     names = [softmax.get_friendly_name()]
     node = softmax.input_value(0).get_node()
     while node.get_type_name() in ("Add", "Convert"):
