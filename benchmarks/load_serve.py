@@ -307,7 +307,13 @@ def overload_report(results: list[OverloadResult], cap_mb: float) -> str:
     table = format_table(Table(headers=headers, rows=rows))
     unlimited, limited = results
     ratio = [f"peak RSS, limits / no limits: {limited.peak_rss / unlimited.peak_rss:.2f}x"]
-    if unlimited.ordinary_ms and limited.ordinary_ms:
+    answered = {result.label: result.large["200"] + result.ordinary["200"] for result in results}
+    ratio.append(f"requests answered 200, limits / no limits: {answered[limited.label]} / "
+                 f"{answered[unlimited.label]}")
+    if unlimited.killed:
+        ratio.append(f"ordinary latency not compared: the server without limits was killed at the cap, after "
+                     f"answering {len(unlimited.ordinary_ms)} ordinary request(s)")
+    elif unlimited.ordinary_ms and limited.ordinary_ms:
         p95 = np.percentile(limited.ordinary_ms, 95) / np.percentile(unlimited.ordinary_ms, 95)
         ratio.append(f"ordinary p95, limits / no limits: {p95:.2f}x")
     note = (f"A server past {cap_mb:g} MB is killed by the test, so its peak is a lower bound and its "
