@@ -129,7 +129,7 @@ def test_variants_compare_plain_tta_and_temperature(evaluation_dir: Path) -> Non
 def test_markdown_report_references_only_existing_figures(evaluation_dir: Path) -> None:
     markdown = (evaluation_dir / "report.md").read_text()
     figures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown)
-    assert len(figures) == 4
+    assert len(figures) == 5
     assert all((evaluation_dir / figure).is_file() and figure.endswith(".png") for figure in figures)
     assert "balanced accuracy" in markdown and "+TTA" in markdown and "mel" in markdown
     assert "3 of their lesions were in the run's training part" in markdown
@@ -139,9 +139,28 @@ def test_html_report_is_self_contained(evaluation_dir: Path) -> None:
     page = (evaluation_dir / "report.html").read_text()
     assert "http://" not in page and "https://" not in page
     sources = re.findall(r'src="([^"]*)"', page)
-    assert len(sources) == 4
+    assert len(sources) == 5
     assert all(source.startswith("data:image/png;base64,") for source in sources)
     assert "<link" not in page and "url(" not in page
+
+
+def test_report_answers_malignant_or_benign(evaluation_dir: Path) -> None:
+    metrics = json.loads((evaluation_dir / "metrics.json").read_text())
+    malignancy = metrics["malignancy"]
+    assert {"sensitivity", "specificity", "roc_auc", "melanoma"} <= set(malignancy)
+    assert malignancy["threshold_fitted"] is False and "fallback" in malignancy["rule"]
+    markdown = (evaluation_dir / "report.md").read_text()
+    section = markdown[markdown.index("## Malignant vs benign"):markdown.index("## Per class")]
+    assert "melanoma sensitivity at specificity 0.90" in section and "fallback" in section
+    assert "(figures/malignancy-roc.png)" in section
+    assert (evaluation_dir / "figures" / "malignancy-roc.png").is_file()
+    html_page = (evaluation_dir / "report.html").read_text()
+    assert "Malignant vs benign" in html_page and "ROC curve, malignant" in html_page
+
+
+def test_metrics_json_stores_no_absolute_path_of_the_run(evaluation_dir: Path) -> None:
+    evaluation = json.loads((evaluation_dir / "metrics.json").read_text())["evaluation"]
+    assert "run_dir" not in evaluation and evaluation["run"] == "unit-run"
 
 
 def test_predictions_csv_reads_back_as_the_primary_variant(evaluation_dir: Path) -> None:

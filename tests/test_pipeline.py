@@ -64,5 +64,11 @@ def test_run_trains_and_evaluates_a_tiny_dataset(
     test_part = read_split(run_dir / "split.csv", read_dataset(data)).parts["test"]
     assert metrics["samples"] == len(test_part)
     assert metrics["evaluation"]["tta_views"] == ["identity", "hflip"]
-    assert json.loads((run_dir / "best.temperature.json").read_text())["fitted_on"] == "val"
+    temperature = json.loads((run_dir / "best.temperature.json").read_text())
+    assert temperature["fitted_on"] == "val"
+    threshold = json.loads((run_dir / "best.malignancy.json").read_text())
+    assert threshold["fitted_on"] == "val" and threshold["temperature"] == temperature["temperature"]
+    assert metrics["malignancy"]["threshold"] == threshold["threshold"]
+    assert metrics["malignancy"]["threshold_fitted"] is True
+    assert "malignant vs benign" in printed and "run_dir" not in metrics["evaluation"]
     assert metrics["model"]["arch"] == "small_cnn"

@@ -11,13 +11,18 @@ Conventions, chosen so that a part of the data lacking a class still gets honest
 - Confidence intervals are 95% percentile bootstrap intervals from 1000 seeded resamples. Images of one
 lesion are not independent (HAM10000 has 10,015 images of 7,470 lesions), so where lesion ids are known
 whole lesions are resampled (a cluster bootstrap); an image without a lesion id is its own cluster.
+One set of draws (`bootstrap_draws`) serves every interval, the 7-class ones and the malignant-vs-benign
+ones alike, so they all describe the same resampled data sets.
+- Malignant vs benign scores each image by its summed malignant probability (`lesionlab.malignancy`); the
+ROC curve, its AUC and the sensitivity at a specificity come from the tie-grouped curve that scikit-learn's
+`roc_curve` draws (the tests check they agree), computed for all resamples at once from cumulative weights.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -33,13 +38,19 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from lesionlab.classes import MALIGNANT_CODES
 from lesionlab.evaluation.predictions import Predictions
+from lesionlab.malignancy import FALLBACK_RULE, MalignancyRule, ThresholdFit, malignant_probability
 
 ECE_BINS = 15
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
 CONFIDENCE_LEVEL = 0.95
 INTERVAL_METRICS: tuple[str, ...] = ("balanced_accuracy", "accuracy", "macro_f1")
+MELANOMA = "mel"
+MELANOMA_SPECIFICITIES: tuple[float, ...] = (0.80, 0.90)
+RESAMPLE_CHUNK = 250
+RATE_TOLERANCE = 1e-12
 
 
 @dataclass(frozen=True)
@@ -209,6 +220,23 @@ def cluster_ids(image_ids: Sequence[str], lesion_ids: Sequence[str | None]) -> t
     return ids, unit
 
 
+def bootstrap_draws(
+    cluster_count: int, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED
+) -> np.ndarray:
+    """How often each cluster is drawn in each resample, `(resamples, clusters)`: each resample draws as many
+    clusters as there are, with replacement. Every bootstrap interval in `metrics.json` uses these draws."""
+    rng = np.random.default_rng(seed)
+    return rng.multinomial(cluster_count, np.full(cluster_count, 1.0 / cluster_count), size=resamples)
+
+
+def percentile_interval(values: np.ndarray, level: float = CONFIDENCE_LEVEL) -> tuple[float, float]:
+    """The central `level` percentile interval of bootstrap values (resamples where a value is undefined,
+    such as a resample without malignant images, are left out)."""
+    tail = 100.0 * (1.0 - level) / 2.0
+    low, high = np.nanpercentile(values, [tail, 100.0 - tail])
+    return float(low), float(high)
+
+
 def bootstrap_intervals(
     labels: np.ndarray,
     predicted: np.ndarray,
@@ -220,22 +248,174 @@ def bootstrap_intervals(
 ) -> dict[str, tuple[float, float]]:
     """Percentile bootstrap intervals for accuracy, balanced accuracy and macro F1, resampling whole clusters.
 
-    Each resample draws as many clusters as there are, with replacement; a cluster drawn k times contributes
-    its images k times. One confusion matrix per cluster times the (resamples x clusters) draw counts gives
-    every resample's confusion matrix in one matrix product.
+    A cluster drawn k times contributes its images k times. One confusion matrix per cluster times the
+    (resamples x clusters) draw counts gives every resample's confusion matrix in one matrix product.
     """
     cluster_count = int(clusters.max()) + 1
     cells = labels * num_classes + predicted
     per_cluster = np.zeros((cluster_count, num_classes * num_classes))
     np.add.at(per_cluster, (clusters, cells), 1.0)
-    rng = np.random.default_rng(seed)
-    draws = rng.multinomial(cluster_count, np.full(cluster_count, 1.0 / cluster_count), size=resamples)
+    draws = bootstrap_draws(cluster_count, resamples, seed)
     confusion = (draws @ per_cluster).reshape(resamples, num_classes, num_classes)
-    tail = 100.0 * (1.0 - level) / 2.0
     return {
-        name: (float(np.percentile(values, tail)), float(np.percentile(values, 100.0 - tail)))
-        for name, values in confusion_from_counts(confusion).items()
+        name: percentile_interval(values, level) for name, values in confusion_from_counts(confusion).items()
     }
+
+
+@dataclass(frozen=True)
+class RocPoints:
+    """ROC curves of one score against binary truth under one or more image weightings (a bootstrap's
+    resamples), `(weightings, points)`; point 0 is (0, 0) at an infinite threshold, then one point per
+    distinct score, highest first. An image is called positive when its score is >= the threshold."""
+
+    false_positive_rate: np.ndarray
+    true_positive_rate: np.ndarray
+    thresholds: np.ndarray
+
+    @classmethod
+    def from_scores(cls, scores: np.ndarray, positives: np.ndarray, weights: np.ndarray) -> RocPoints:
+        """Curves from per-image `weights` `(weightings, images)` (ones for the plain curve)."""
+        order = np.argsort(-scores, kind="mergesort")
+        ordered = scores[order]
+        group_ends = np.r_[np.nonzero(np.diff(ordered))[0], len(ordered) - 1]
+        weighted = weights[:, order]
+        is_positive = positives[order].astype(bool)
+        true_positives = np.cumsum(weighted * is_positive, axis=1)[:, group_ends]
+        false_positives = np.cumsum(weighted * ~is_positive, axis=1)[:, group_ends]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            tpr = true_positives / true_positives[:, -1:]
+            fpr = false_positives / false_positives[:, -1:]
+        zeros = np.zeros((len(weights), 1))
+        return cls(np.hstack([zeros, fpr]), np.hstack([zeros, tpr]), np.r_[np.inf, ordered[group_ends]])
+
+    def auc(self) -> np.ndarray:
+        """Area under each curve (trapezoids between the points; ties count half, as in roc_auc_score)."""
+        fpr, tpr = self.false_positive_rate, self.true_positive_rate
+        return np.sum(np.diff(fpr, axis=1) * (tpr[:, 1:] + tpr[:, :-1]) / 2.0, axis=1)
+
+    def sensitivity_at_specificity(self, specificity: float) -> np.ndarray:
+        """The highest true positive rate among points whose specificity is at least `specificity`."""
+        allowed = self.false_positive_rate <= 1.0 - specificity + RATE_TOLERANCE
+        return np.where(allowed, self.true_positive_rate, -np.inf).max(axis=1)
+
+    def rates_at_threshold(self, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+        """Sensitivity and specificity when images scoring >= `threshold` are called positive."""
+        point = int(np.searchsorted(-self.thresholds, -threshold, side="right")) - 1
+        return self.true_positive_rate[:, point], 1.0 - self.false_positive_rate[:, point]
+
+
+def binary_labels(
+    labels: np.ndarray, class_codes: Sequence[str], positive_codes: frozenset[str]
+) -> np.ndarray:
+    """Whether each image's true class is one of `positive_codes`."""
+    positive_labels = [index for index, code in enumerate(class_codes) if code in positive_codes]
+    return np.isin(labels, positive_labels)
+
+
+def fit_malignancy_threshold(
+    probabilities: np.ndarray,
+    labels: np.ndarray,
+    class_codes: Sequence[str],
+    target_sensitivity: float,
+    fitted_on: str,
+    temperature: float | None,
+    checkpoint_sha256: str,
+) -> ThresholdFit | None:
+    """The highest threshold on the summed malignant probability that flags at least `target_sensitivity`
+    of the malignant images (highest, so specificity is as good as that sensitivity allows); None where the
+    data lack malignant or benign images."""
+    positives = binary_labels(labels, class_codes, MALIGNANT_CODES)
+    if positives.all() or not positives.any():
+        return None
+    scores = malignant_probability(probabilities, class_codes)
+    curve = RocPoints.from_scores(scores, positives, np.ones((1, len(scores))))
+    point = int(np.argmax(curve.true_positive_rate[0] >= target_sensitivity - RATE_TOLERANCE))
+    threshold = float(curve.thresholds[point])
+    sensitivity, specificity = curve.rates_at_threshold(threshold)
+    return ThresholdFit(threshold=threshold, target_sensitivity=target_sensitivity, fitted_on=fitted_on,
+                        samples=len(scores), malignant_samples=int(positives.sum()),
+                        sensitivity=float(sensitivity[0]), specificity=float(specificity[0]),
+                        temperature=temperature, checkpoint_sha256=checkpoint_sha256)
+
+
+def _estimate(estimate: float, values: np.ndarray, level: float) -> dict[str, float]:
+    """One JSON interval record."""
+    low, high = percentile_interval(values, level)
+    return {"estimate": float(estimate), "low": low, "high": high}
+
+
+def _binary_figures(
+    scores: np.ndarray, positives: np.ndarray, clusters: np.ndarray, draws: np.ndarray,
+    measure: Callable[[RocPoints], dict[str, np.ndarray]], level: float,
+) -> dict[str, dict[str, float]]:
+    """`measure` of the plain curve, with bootstrap intervals over the same draws, in chunks of resamples so
+    memory stays bounded on the whole dataset."""
+    plain = measure(RocPoints.from_scores(scores, positives, np.ones((1, len(scores)))))
+    chunks = [
+        measure(RocPoints.from_scores(scores, positives, draws[start:start + RESAMPLE_CHUNK][:, clusters]))
+        for start in range(0, len(draws), RESAMPLE_CHUNK)
+    ]
+    return {
+        name: _estimate(plain[name][0], np.concatenate([chunk[name] for chunk in chunks]), level)
+        for name in plain
+    }
+
+
+def malignancy_metrics(
+    predictions: Predictions,
+    clusters: np.ndarray,
+    rule: MalignancyRule = FALLBACK_RULE,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+    level: float = CONFIDENCE_LEVEL,
+) -> dict[str, Any]:
+    """Malignant (akiec, bcc, mel) vs benign on the summed malignant probability: sensitivity and
+    specificity at the rule's threshold, ROC AUC, and melanoma's sensitivity at fixed specificities, each
+    with a bootstrap interval resampled by `clusters` (the draws of `bootstrap_intervals`)."""
+    codes = predictions.class_codes
+    positives = binary_labels(predictions.labels, codes, MALIGNANT_CODES)
+    scores = malignant_probability(predictions.probabilities, codes)
+    draws = bootstrap_draws(int(clusters.max()) + 1, resamples, seed)
+    result: dict[str, Any] = {
+        "score": f"sum of the probabilities of {', '.join(sorted(MALIGNANT_CODES))}",
+        "malignant_images": int(positives.sum()),
+        "benign_images": int((~positives).sum()),
+        "threshold": rule.threshold,
+        "threshold_fitted": rule.fitted,
+        "threshold_fit": asdict(rule.fit) if rule.fit else None,
+        "rule": rule.description,
+    }
+    if positives.all() or not positives.any():
+        result["note"] = (
+            "the data lack malignant or benign images: sensitivity, specificity and AUC are undefined"
+        )
+        return result
+
+    def at_threshold(curve: RocPoints) -> dict[str, np.ndarray]:
+        sensitivity, specificity = curve.rates_at_threshold(rule.threshold)
+        return {"sensitivity": sensitivity, "specificity": specificity, "roc_auc": curve.auc()}
+
+    result.update(_binary_figures(scores, positives, clusters, draws, at_threshold, level))
+    melanoma = binary_labels(predictions.labels, codes, frozenset({MELANOMA}))
+    if MELANOMA in codes and melanoma.any() and not melanoma.all():
+
+        def melanoma_figures(curve: RocPoints) -> dict[str, np.ndarray]:
+            return {"roc_auc": curve.auc(), **{
+                f"{specificity:.2f}": curve.sensitivity_at_specificity(specificity)
+                for specificity in MELANOMA_SPECIFICITIES
+            }}
+
+        figures = _binary_figures(
+            predictions.probabilities[:, codes.index(MELANOMA)], melanoma, clusters, draws, melanoma_figures,
+            level,
+        )
+        result["melanoma"] = {
+            "score": "probability of mel",
+            "images": int(melanoma.sum()),
+            "roc_auc": figures.pop("roc_auc"),
+            "sensitivity_at_specificity": figures,
+        }
+    return result
 
 
 def compute_metrics(
@@ -243,8 +423,10 @@ def compute_metrics(
     resamples: int = BOOTSTRAP_RESAMPLES,
     seed: int = BOOTSTRAP_SEED,
     n_bins: int = ECE_BINS,
+    malignancy: MalignancyRule = FALLBACK_RULE,
 ) -> dict[str, Any]:
-    """Every metric of one evaluation, as the JSON-ready body of `metrics.json`."""
+    """Every metric of one evaluation, as the JSON-ready body of `metrics.json`; `malignancy` is the rule
+    (a threshold fitted on validation, or the fallback) whose sensitivity and specificity are reported."""
     labels, probabilities, predicted = predictions.labels, predictions.probabilities, predictions.predicted
     codes = predictions.class_codes
     num_classes = len(codes)
@@ -283,6 +465,7 @@ def compute_metrics(
                 for name in INTERVAL_METRICS
             },
         },
+        "malignancy": malignancy_metrics(predictions, clusters, malignancy, resamples, seed),
     }
 
 

@@ -1,4 +1,5 @@
-"""The report's PNG figures: confusion matrices, ROC curves, a reliability diagram and training curves.
+"""The report's PNG figures: confusion matrices, ROC curves (per class, and malignant vs benign), a
+reliability diagram and training curves.
 
 Figures are drawn on `matplotlib.figure.Figure` objects with the Agg canvas (no pyplot state, no display
 needed) and written through `atomic_write_bytes`. Every figure has a title, labelled axes and the class
@@ -18,8 +19,16 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
 
-from lesionlab.evaluation.metrics import ReliabilityBins
+from lesionlab.classes import MALIGNANT_CODES
+from lesionlab.evaluation.metrics import (
+    MELANOMA,
+    MELANOMA_SPECIFICITIES,
+    ReliabilityBins,
+    RocPoints,
+    binary_labels,
+)
 from lesionlab.io_utils import atomic_write_bytes
+from lesionlab.malignancy import MalignancyRule, malignant_probability
 
 DPI = 110
 
@@ -77,6 +86,42 @@ def plot_roc_curves(
     axes.set_xlabel("false positive rate (1 - specificity)")
     axes.set_ylabel("true positive rate (sensitivity)")
     axes.set_title(f"ROC curves, one class vs rest — {title}")
+    axes.legend(loc="lower right", fontsize="small")
+    return save_figure(figure, path)
+
+
+def plot_malignancy_roc(
+    labels: np.ndarray, probabilities: np.ndarray, class_codes: Sequence[str], rule: MalignancyRule,
+    title: str, path: Path,
+) -> Path:
+    """The clinician's curve: malignant vs benign on the summed malignant probability, with the operating
+    point of the rule's threshold marked, and melanoma vs the rest on p(mel) with the specificities the
+    report quotes drawn as vertical lines. A curve whose positives or negatives are absent is left out."""
+    figure = Figure(figsize=(7, 6.2), layout="constrained")
+    axes = figure.subplots()
+    malignant = binary_labels(labels, class_codes, MALIGNANT_CODES)
+    if malignant.any() and not malignant.all():
+        scores = malignant_probability(probabilities, class_codes)
+        RocCurveDisplay.from_predictions(malignant, scores, name="malignant vs benign", ax=axes,
+                                         curve_kwargs={"color": "tab:red"})
+        curve = RocPoints.from_scores(scores, malignant, np.ones((1, len(scores))))
+        sensitivity, specificity = curve.rates_at_threshold(rule.threshold)
+        origin = "fitted on val" if rule.fitted else "fallback, not fitted"
+        axes.plot(1.0 - specificity[0], sensitivity[0], marker="o", markersize=9, color="black",
+                  linestyle="none", label=f"threshold {rule.threshold:.3f} ({origin}): sensitivity "
+                                          f"{sensitivity[0]:.2f}, specificity {specificity[0]:.2f}")
+    melanoma = binary_labels(labels, class_codes, frozenset({MELANOMA}))
+    if MELANOMA in class_codes and melanoma.any() and not melanoma.all():
+        RocCurveDisplay.from_predictions(melanoma, probabilities[:, list(class_codes).index(MELANOMA)],
+                                         name="melanoma vs rest (p(mel))", ax=axes,
+                                         curve_kwargs={"color": "tab:purple", "linestyle": "--"})
+        for specificity in MELANOMA_SPECIFICITIES:
+            axes.axvline(1.0 - specificity, color="grey", linestyle=":", linewidth=1)
+            axes.text(1.0 - specificity, 0.02, f" spec {specificity:.2f}", fontsize="x-small", color="grey")
+    axes.plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance (AUC = 0.5)")
+    axes.set_xlabel("false positive rate (1 - specificity)")
+    axes.set_ylabel("true positive rate (sensitivity)")
+    axes.set_title(f"Malignant vs benign — {title}")
     axes.legend(loc="lower right", fontsize="small")
     return save_figure(figure, path)
 

@@ -29,6 +29,9 @@ INTERVAL_TITLES: dict[str, str] = {
     "macro_f1": "macro F1",
 }
 CLASS_NAMES = {c.code: c.name for c in CLASSES}
+MALIGNANCY_ROC_CAPTION = (
+    "ROC curve, malignant (akiec, bcc, mel) vs benign, on the summed malignant probability"
+)
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,27 @@ def headline_table(metrics: dict[str, Any]) -> Table:
         ("negative log-likelihood", number(metrics["nll"])),
     ]
     return Table(("metric", f"value ({level} interval)"), tuple(rows))
+
+
+def malignancy_table(metrics: dict[str, Any]) -> Table:
+    """Malignant vs benign as a clinician asks it: the flag's sensitivity and specificity at the threshold,
+    ROC AUC, and melanoma's sensitivity at fixed specificities, with their intervals."""
+    malignancy = metrics["malignancy"]
+    origin = "fitted on val" if malignancy["threshold_fitted"] else "fallback"
+    threshold = f"{malignancy['threshold']:.3f} ({origin})"
+    rows = [
+        ("images: malignant / benign", f"{malignancy['malignant_images']} / {malignancy['benign_images']}"),
+        ("threshold on the malignant probability", threshold),
+    ]
+    for key, title in (("sensitivity", "sensitivity at the threshold"),
+                       ("specificity", "specificity at the threshold"), ("roc_auc", "ROC AUC")):
+        rows.append((title, with_interval(malignancy[key]) if key in malignancy else "—"))
+    melanoma = malignancy.get("melanoma")
+    rows.append(("melanoma ROC AUC (p(mel))", with_interval(melanoma["roc_auc"]) if melanoma else "—"))
+    for specificity, interval in (melanoma or {}).get("sensitivity_at_specificity", {}).items():
+        rows.append((f"melanoma sensitivity at specificity {specificity}", with_interval(interval)))
+    level = f"{metrics['confidence_intervals']['level']:.0%}"
+    return Table(("malignant (akiec, bcc, mel) vs benign", f"value ({level} interval)"), tuple(rows))
 
 
 def recall_table(metrics: dict[str, Any]) -> Table:
@@ -222,6 +246,14 @@ def build_report(metrics: dict[str, Any], figures: dict[str, str]) -> Report:
             f"({', '.join(metrics['classes_present'])})."
         ),
         recall_table(metrics),
+        Heading("Malignant vs benign"),
+        malignancy_table(metrics),
+        Paragraph(
+            f"Each image scores {metrics['malignancy']['score']}; it is flagged malignant when that reaches "
+            f"the threshold. {evaluation.get('malignancy_note', metrics['malignancy']['rule'])} Intervals "
+            f"resample by {intervals['unit']}, as above."
+        ),
+        *_figure(figures, MALIGNANCY_ROC_CAPTION),
     ]
     if len(metrics["variants"]) > 1:
         blocks += [
@@ -244,7 +276,7 @@ def build_report(metrics: dict[str, Any], figures: dict[str, str]) -> Report:
         model_table(metrics["model"]),
         Heading("Figures"),
     ]
-    blocks += [Image(path, caption) for caption, path in figures.items()]
+    blocks += [Image(path, caption) for caption, path in figures.items() if caption != MALIGNANCY_ROC_CAPTION]
     return Report(
         f"Evaluation: {evaluation['run']} on {evaluation['dataset']}-{evaluation['split']}", tuple(blocks)
     )
@@ -329,10 +361,16 @@ def console_summary(metrics: dict[str, Any], with_classification_report: bool = 
     """The end-of-command text: optionally scikit-learn's classification report in the reference's layout,
     then the headline metrics with intervals, recall per class, and the plain/TTA/temperature comparison."""
     sections = [metrics["classification_report"].rstrip("\n")] if with_classification_report else []
-    sections += [format_table(headline_table(metrics)), format_table(recall_table(metrics))]
+    sections += [format_table(headline_table(metrics)), format_table(recall_table(metrics)),
+                 format_table(malignancy_table(metrics))]
     if len(metrics["variants"]) > 1:
         sections.append(format_table(variants_table(metrics["variants"])))
     return "\n\n".join(sections)
+
+
+def _figure(figures: dict[str, str], caption: str) -> list[Block]:
+    """The figure with this caption, where it was drawn."""
+    return [Image(figures[caption], caption)] if caption in figures else []
 
 
 def _absent_classes_note(metrics: dict[str, Any]) -> list[Block]:

@@ -21,6 +21,7 @@ from lesionlab.data.imageio import load_rgb
 from lesionlab.data.preprocess_np import preprocess_array
 from lesionlab.errors import LesionlabError
 from lesionlab.inference.prediction import Prediction
+from lesionlab.malignancy import FALLBACK_RULE, MalignancyRule
 from lesionlab.models.checkpoint import ModelCard
 from lesionlab.views import IDENTITY, view_batch
 
@@ -85,6 +86,7 @@ class Predictor(ABC):
     backend: str = ""
     precision: str = "fp32"
     temperature: float | None = None
+    malignancy: MalignancyRule = FALLBACK_RULE
 
     def __init__(self, card: ModelCard, source: Path, weights_sha256: str) -> None:
         self.views: tuple[str, ...] = (IDENTITY,)
@@ -130,7 +132,7 @@ class Predictor(ABC):
 
     def predict_image(self, image: Image.Image) -> Prediction:
         """Classify one decoded image."""
-        return Prediction.from_probabilities(self.classes, self.image_probabilities(image))
+        return Prediction.from_probabilities(self.classes, self.image_probabilities(image), self.malignancy)
 
     def predict_file(self, path: str | os.PathLike[str]) -> Prediction:
         """Decode an image file (raising `ImageDecodeError` naming it) and classify it."""

@@ -22,6 +22,7 @@ from lesionlab.evaluation.calibration import load_temperature, temperature_path
 from lesionlab.inference.backends import BF16, FP32
 from lesionlab.inference.base import Explanation, Predictor, file_digest
 from lesionlab.inference.prediction import Prediction
+from lesionlab.malignancy import rule_for, threshold_path
 from lesionlab.models.checkpoint import BEST_STEM, WEIGHTS_SUFFIX, ModelCard, checkpoint_stem, load_checkpoint
 from lesionlab.models.registry import output_layer
 
@@ -73,14 +74,18 @@ class TorchPredictor(Predictor):
     @classmethod
     def from_path(cls, path: str | os.PathLike[str], threads: int | None = None,
                   calibrated: bool = True, precision: str = FP32) -> TorchPredictor:
-        """Load a run directory's best model, or a single checkpoint, with its fitted temperature where one
-        exists for these exact weights (unless `calibrated` is False); `precision` bf16 runs it under CPU
-        bf16 autocast."""
+        """Load a run directory's best model, or a single checkpoint, with its fitted temperature and
+        malignancy threshold where they exist for these exact weights (the temperature unless `calibrated`
+        is False; the threshold only where it was fitted under that same temperature); `precision` bf16 runs
+        it under CPU bf16 autocast."""
         weights = checkpoint_weights_path(path)
         model, card = load_checkpoint(weights)
         fit = load_temperature(temperature_path(checkpoint_stem(weights)), weights) if calibrated else None
-        return cls(model, card, Path(path), file_digest(weights), threads, fit.temperature if fit else None,
-                   precision)
+        digest = file_digest(weights)
+        predictor = cls(model, card, Path(path), digest, threads, fit.temperature if fit else None, precision)
+        stem = checkpoint_stem(weights)
+        predictor.malignancy = rule_for(threshold_path(stem), digest, predictor.temperature)
+        return predictor
 
     @property
     def can_explain(self) -> bool:
