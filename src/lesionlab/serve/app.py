@@ -17,6 +17,7 @@ from typing import Annotated, TypeVar
 from fastapi import FastAPI, File, HTTPException, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from PIL import Image
 
 from lesionlab import __version__
@@ -33,6 +34,7 @@ from lesionlab.serve.schemas import ErrorOut, ExplanationOut, HealthOut, Predict
 from lesionlab.serve.uploads import UploadRejectedError, decode_upload
 
 STATIC_DIR = Path(__file__).parent / "static"
+FAVICON_ROUTE = "/favicon.ico"
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 1000 * 1000
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 UPLOAD_ROUTES = frozenset({"/predict", "/explain"})
@@ -57,7 +59,8 @@ def create_app(predictor: Predictor, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_
     limit_text = f"the upload limit is {max_upload_bytes / 1e6:g} MB; send a smaller image."
     limits = limits or WorkLimits.defaults(predictor.preprocessing.input_size)
     pool = WorkPool(limits)
-    app = FastAPI(title="lesionlab", version=__version__, description=DESCRIPTION)
+    app = FastAPIOffline(title="lesionlab", version=__version__, description=DESCRIPTION,
+                         favicon_url=FAVICON_ROUTE)  # /docs from packaged assets: it works offline
     app.state.work_pool = pool
     app.add_middleware(ContentLengthLimitMiddleware, max_body_bytes=max_body_bytes, limit_text=limit_text)
     app.add_middleware(BusyRefusalMiddleware, pool=pool, paths=UPLOAD_ROUTES)
@@ -86,6 +89,11 @@ def create_app(predictor: Predictor, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_
         """The page for people; its script and style come from /static."""
         return FileResponse(STATIC_DIR / "index.html")
 
+    @app.get(FAVICON_ROUTE, include_in_schema=False)
+    async def favicon() -> FileResponse:
+        """The tab icon, for the page and /docs alike."""
+        return FileResponse(STATIC_DIR / "favicon.ico", media_type="image/x-icon")
+
     @app.get("/health")
     async def health() -> HealthOut:
         """What model is loaded and whether it can explain."""
@@ -93,7 +101,10 @@ def create_app(predictor: Predictor, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_
                          arch=predictor.card.arch, classes=list(predictor.classes),
                          input_size=predictor.preprocessing.input_size, can_explain=predictor.can_explain,
                          max_upload_mb=max_upload_bytes / 1e6, calibrated=predictor.calibrated,
-                         temperature=predictor.temperature, calibration=predictor.calibration)
+                         temperature=predictor.temperature, calibration=predictor.calibration,
+                         malignant_threshold=predictor.malignancy.threshold,
+                         malignant_threshold_fitted=predictor.malignancy.fitted,
+                         malignant_rule=predictor.malignancy.description)
 
     @app.post("/predict", max_body_size=max_body_bytes, responses=UPLOAD_ERRORS)
     async def predict(file: Annotated[UploadFile, File(description="a JPEG, PNG, BMP, TIFF or WebP image")]

@@ -25,7 +25,12 @@ class PredictionOut(BaseModel):
     probabilities: dict[str, float] = Field(description="softmax probability per class code, in label order")
     top_class: str
     top_probability: float
-    malignant: bool = Field(description="whether the top class is akiec, bcc or mel")
+    malignant_probability: float = Field(description="summed probability of akiec, bcc and mel")
+    malignant: bool = Field(description="whether malignant_probability reaches malignant_threshold")
+    malignant_threshold: float = Field(description="the threshold on malignant_probability")
+    malignant_threshold_fitted: bool = Field(description="whether the threshold was chosen on validation "
+                                                         "data for a stated sensitivity (else a fallback)")
+    malignant_rule: str = Field(description="the malignant/benign rule in words, with its origin")
     classes: list[RankedClassOut] = Field(description="all classes, most probable first")
     model_id: str = Field(description="run name, backend and the first 12 hex digits of the weights' sha256")
 
@@ -38,13 +43,18 @@ class PredictionOut(BaseModel):
 class ExplanationOut(PredictionOut):
     """A prediction with its Grad-CAM overlay."""
 
-    overlay_png_base64: str = Field(description="Grad-CAM overlay for the top class, PNG, base64-encoded")
+    overlay_png_base64: str = Field(description="Grad-CAM overlay for the top class, PNG, base64-encoded, "
+                                                "with a colour bar and a title naming the class explained")
+    explained_class: str = Field(description="the class the Grad-CAM map explains (the top class)")
+    explained_probability: float = Field(description="that class's probability")
 
     @classmethod
     def from_explanation(cls, explanation: Explanation, model_id: str) -> ExplanationOut:
         """Wrap an `Explanation` for the API, its overlay as base64 PNG."""
         overlay = base64.b64encode(explanation.overlay_png()).decode("ascii")
-        return cls(**explanation.prediction.to_dict(), model_id=model_id, overlay_png_base64=overlay)
+        prediction = explanation.prediction
+        return cls(**prediction.to_dict(), model_id=model_id, overlay_png_base64=overlay,
+                   explained_class=prediction.top_class, explained_probability=prediction.top_probability)
 
 
 class HealthOut(BaseModel):
@@ -63,6 +73,9 @@ class HealthOut(BaseModel):
     temperature: float | None = Field(description="the temperature of a single model, applied to every "
                                                   "probability; null for uncalibrated models and ensembles")
     calibration: str = Field(description="how the probabilities are scaled, in words")
+    malignant_threshold: float = Field(description="the threshold on the summed malignant probability")
+    malignant_threshold_fitted: bool = Field(description="whether it was fitted on validation data")
+    malignant_rule: str = Field(description="the malignant/benign rule in words, or why it falls back")
 
 
 class ErrorOut(BaseModel):

@@ -23,6 +23,7 @@ async function loadHealth() {
     el("model-id").textContent = `${health.model_id} (${health.arch}, ${health.backend}, ${calibration})`;
     el("model-id").title = health.calibration;
     el("drop-hint").textContent = `JPEG, PNG, BMP, TIFF or WebP, up to ${health.max_upload_mb} MB`;
+    el("rule").textContent = health.malignant_rule;
   } catch (error) {
     el("model-id").textContent = "unavailable";
     setStatus(`The service does not answer: ${error}`, true);
@@ -62,15 +63,24 @@ function renderResult(result) {
   el("top-class").textContent = `${top.name} (${top.code})`;
   el("top-probability").textContent = `${(100 * result.top_probability).toFixed(1)}%`;
   const flag = el("malignancy");
-  flag.textContent = result.malignant
-    ? "Top class is malignant (akiec, bcc or mel)"
-    : "Top class is benign";
+  const malignantPercent = (100 * result.malignant_probability).toFixed(1);
+  flag.textContent = `${result.malignant ? "Flagged malignant" : "Not flagged"}: `
+    + `malignant probability ${malignantPercent}%`;
   flag.className = result.malignant ? "malignancy malignant" : "malignancy benign";
+  const origin = result.malignant_threshold_fitted
+    ? "chosen on validation data"
+    : "a fallback: no threshold was fitted on validation data for this model";
+  el("malignancy-rule").textContent = `Malignant probability is the sum of akiec, bcc and mel; the flag `
+    + `threshold is ${(100 * result.malignant_threshold).toFixed(1)}% (${origin}).`;
   renderBars(result.classes);
 
   const overlayFigure = el("overlay-figure");
   if (result.overlay_png_base64) {
     el("overlay").src = `data:image/png;base64,${result.overlay_png_base64}`;
+    const explained = result.classes.find((entry) => entry.code === result.explained_class);
+    el("overlay-caption").textContent = `Grad-CAM for ${explained.name} (${explained.code}), probability `
+      + `${(100 * result.explained_probability).toFixed(1)}%: the colour bar runs from blue (0, least) `
+      + `to red (1, most).`;
     overlayFigure.hidden = false;
   } else {
     overlayFigure.hidden = true;
