@@ -1,8 +1,11 @@
-"""Training images per second: a plain torchvision loop against lesionlab's head-only and fine-tune paths.
+"""Training images per second: a plain torchvision loop against lesionlab's head-only and fine-tune paths,
+progressive resizing, and freeze plans with the frozen prefix in fp32 or bf16.
 
-All rows train MobileNetV3-Small (shared ImageNet weights, the reference head) with the `reference`
-augmentation on the same N real images, in one process run, so the ratios compare like with like:
+All rows train MobileNetV3-Small (shared ImageNet weights, the reference head) with the same augmentation
+(`--augment`, `reference` by default) on the same N real images, in one process run, so the ratios compare
+like with like. Each table has its own baseline, its first row:
 
+Paths, against (a):
 (a) baseline, the reference's way: an ImageFolder-style dataset decoding JPEGs with PIL transforms, a
     DataLoader, Adam, the backbone frozen by `requires_grad=False` but still run forward in train mode
     (full model forward, backward through the head);
@@ -13,9 +16,19 @@ augmentation on the same N real images, in one process run, so the ratios compar
 (c) lesionlab full fine-tune (every layer trains) from the decoded-image cache, with and without
     channels_last.
 
+Progressive resizing, against full fine-tuning at a fixed `--size`: one epoch at each size of `--schedule`,
+then the schedule's average over a stage of `--epochs` epochs, each size weighted by the epochs
+`StageConfig.epoch_image_size` gives it (total images / total time, so slow sizes count for their time).
+
+Freeze plans, against `all`: `trainable: <plan>` with BatchNorm `frozen` (train mode in the trainable blocks,
+eval mode in the frozen ones). lesionlab's own path runs the whole model in fp32; the frozen prefix then
+records no autograd graph, because neither its weights nor its input require gradients. The bf16 column runs
+that prefix under no_grad and bf16 autocast and the trainable rest in fp32, to see whether bf16 would pay on
+this CPU (lesionlab's training steps stay fp32; see `lesionlab.precision`).
+
 Image-path rows time one epoch after a two-batch warm-up. Run from the repository root:
 
-    .venv/bin/python benchmarks/bench_training.py --n 256
+    nice -n 19 .venv/bin/python benchmarks/bench_training.py --n 256
 """
 
 from __future__ import annotations
@@ -25,29 +38,35 @@ import itertools
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as tv1
+from tqdm import tqdm
 
 from lesionlab.data.cache import DecodedImageCache
-from lesionlab.data.dataset import LesionDataset
+from lesionlab.data.dataset import ImageTransform, LesionDataset
 from lesionlab.data.readers import Sample, compute_fingerprint, read_dataset
-from lesionlab.data.transforms import eval_transform, train_transform
-from lesionlab.models.freeze import apply_plan, resolve_plan, set_train_mode
+from lesionlab.data.transforms import PRESETS, eval_transform, train_transform
+from lesionlab.evaluation.report import Table, format_table
+from lesionlab.models.freeze import FreezePlan, apply_plan, resolve_plan, set_train_mode
 from lesionlab.models.registry import IMAGENET_MEAN, IMAGENET_STD, architecture, build_model
+from lesionlab.precision import forward_precision, native_bf16
 from lesionlab.training.features import FeatureCache, frozen_backbone_forward
 from lesionlab.training.imbalance import make_criterion
 from lesionlab.training.loop import StageData, image_batches, train_epoch
-from lesionlab.training.recipe import load_recipe
+from lesionlab.training.recipe import StageConfig, load_recipe
 
 ARCH = "mobilenet_v3_small"
+FREEZE_PLANS: tuple[str, ...] = ("all", "features.2-12,head", "features.4-12,head", "features.7-12,head")
+WARMUP_BATCHES = 2
+Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", help="dataset (default: $LESIONLAB_DATA, then ../shared/data/ham10000)")
@@ -57,7 +76,24 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers (default 2)")
     parser.add_argument("--views", type=int, default=4, help="feature cache views K (default 4)")
     parser.add_argument("--head-epochs", type=int, default=12, help="head epochs E on the cache (default 12)")
-    return parser.parse_args()
+    parser.add_argument("--augment", default="reference", choices=sorted(PRESETS),
+                        help="augmentation of the lesionlab rows (default reference, as the baseline's)")
+    parser.add_argument("--schedule", default="160,192,224",
+                        help="progressive image sizes, none above --size (default 160,192,224)")
+    parser.add_argument("--epochs", type=int, default=8,
+                        help="epochs of the stage the schedule spreads over (default 8, the default stage 2)")
+    parser.add_argument("--plans", nargs="+", default=list(FREEZE_PLANS),
+                        help=f"freeze plans to time, `all` first (default: {' '.join(FREEZE_PLANS)})")
+    parser.add_argument("--pretrained", default="imagenet",
+                        help="initial weights: imagenet (default) or none (the smoke test)")
+    args = parser.parse_args(argv)
+    args.schedule = [int(size) for size in args.schedule.split(",")]
+    if max(args.schedule) > args.size:
+        parser.error(f"--schedule {args.schedule} goes above --size {args.size}, the size images are "
+                     f"cached at")
+    if args.plans[0] != "all":
+        parser.error("--plans must start with `all`, the freeze table's baseline")
+    return args
 
 
 class PilDataset(Dataset):
@@ -82,9 +118,6 @@ def spread_sample(samples: list[Sample], count: int) -> list[Sample]:
     return samples[::step][:count]
 
 
-WARMUP_BATCHES = 2
-
-
 def timed(run_epoch: Callable[[int | None], int]) -> float:
     """Images per second of one epoch, after a short warm-up that loads kernels and page cache."""
     run_epoch(WARMUP_BATCHES)
@@ -101,7 +134,7 @@ def plain_torchvision(samples: list[Sample], args: argparse.Namespace) -> float:
         tv1.ToTensor(),
         tv1.Normalize(IMAGENET_MEAN, IMAGENET_STD),
     ])
-    model = build_model(ARCH, pretrained="imagenet")
+    model = build_model(ARCH, pretrained=args.pretrained)
     for parameter in model.features.parameters():
         parameter.requires_grad = False
     model.train()
@@ -123,22 +156,24 @@ def plain_torchvision(samples: list[Sample], args: argparse.Namespace) -> float:
     return timed(epoch)
 
 
-def stage_setup(trainable: str, bn: str, data: StageData) -> tuple[nn.Module, torch.optim.Optimizer, object]:
-    """A pretrained model with a freeze plan applied, its optimizer, and a plain criterion."""
+def stage_setup(trainable: str, bn: str, data: StageData,
+                pretrained: str) -> tuple[nn.Module, FreezePlan, torch.optim.Optimizer, nn.Module]:
+    """A pretrained model with a freeze plan applied (as `train_stage` does), its optimizer, a criterion."""
     spec = architecture(ARCH)
-    model = build_model(ARCH, pretrained="imagenet")
+    model = build_model(ARCH, pretrained=pretrained)
     if data.channels_last:
         model = model.to(memory_format=torch.channels_last)
     plan = resolve_plan(trainable, spec, bn)
     apply_plan(model, spec, plan)
     set_train_mode(model, spec, plan)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    return model, optimizer, make_criterion(None)
+    return model, plan, optimizer, make_criterion(None)
 
 
 def lesionlab_head_cached(data: StageData, args: argparse.Namespace) -> float:
     """(b) Head-only stage: build the K-view feature cache, then E head epochs on it."""
-    model, optimizer, criterion = stage_setup("head", "frozen", data)
+    model, _, optimizer, criterion = stage_setup("head", "frozen", data, args.pretrained)
+    data.train_set.transform = data.augment(args.size)
     stage = load_recipe(None, [f"stages.0.batch_size={args.batch_size}"]).stages[0]
     start = time.perf_counter()
     cache = FeatureCache.build(model, data.train_set, args.views, stage.eval_batch_size, data.workers, 0,
@@ -152,13 +187,34 @@ def lesionlab_head_cached(data: StageData, args: argparse.Namespace) -> float:
     return args.head_epochs * len(data.train_set) / (time.perf_counter() - start)
 
 
-def lesionlab_image_path(data: StageData, args: argparse.Namespace, trainable: str, bn: str) -> float:
-    """(c) and the uncached head path: lesionlab's image loader and `train_epoch`."""
-    model, optimizer, criterion = stage_setup(trainable, bn, data)
+def bf16_prefix_forward(model: nn.Module, plan: FreezePlan, device: torch.device) -> Forward:
+    """The frozen blocks before the first trainable one under no_grad and bf16 autocast, the rest in fp32.
+
+    lesionlab has no such path (its training steps are fp32 throughout); this measures what one would gain.
+    """
+    first = min(int(block.split(".")[1]) for block in plan.trainable if block.startswith("features."))
+    prefix, rest = model.features[:first], model.features[first:]
+
+    def forward(images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), forward_precision("bf16", device):
+            frozen = prefix(images)
+        return model.classifier(torch.flatten(model.avgpool(rest(frozen.float())), 1))
+
+    return forward
+
+
+def lesionlab_image_path(data: StageData, args: argparse.Namespace, trainable: str, bn: str,
+                         image_size: int | None = None, bf16_prefix: bool = False) -> float:
+    """(b'), (c) and the other image-path rows: lesionlab's image loader and `train_epoch`, as `train_stage`
+    runs them (the training transform at the epoch's size, the plan's forward)."""
+    model, plan, optimizer, criterion = stage_setup(trainable, bn, data, args.pretrained)
     stage = load_recipe(None, [f"stages.1.batch_size={args.batch_size}"]).stages[1]
-    spec = architecture(ARCH)
-    plan = resolve_plan(trainable, spec, bn)
-    forward = frozen_backbone_forward(model) if plan.backbone_frozen() else model
+    data.train_set.transform = data.augment(image_size or args.size)
+    forward: Forward = model
+    if plan.backbone_frozen():
+        forward = frozen_backbone_forward(model)
+    elif bf16_prefix:
+        forward = bf16_prefix_forward(model, plan, data.device)
 
     def epoch(limit: int | None) -> int:
         loader = image_batches(data, stage, epoch_seed=0)
@@ -170,38 +226,111 @@ def lesionlab_image_path(data: StageData, args: argparse.Namespace, trainable: s
     return timed(epoch)
 
 
-def main() -> None:
-    args = parse_args()
+def schedule_stage(args: argparse.Namespace) -> StageConfig:
+    """The fine-tuning stage with `--schedule` over `--epochs`, as a recipe would declare it."""
+    sizes = ",".join(str(size) for size in args.schedule)
+    return load_recipe(None, [f"image_size={args.size}", f"stages.1.epochs={args.epochs}",
+                              f"stages.1.image_size=[{sizes}]"]).stages[1]
+
+
+def schedule_epochs(args: argparse.Namespace) -> dict[int, int]:
+    """How many epochs of the stage each scheduled size trains, by lesionlab's own rule."""
+    stage = schedule_stage(args)
+    sizes = [stage.epoch_image_size(epoch, args.size) for epoch in range(1, args.epochs + 1)]
+    return {size: sizes.count(size) for size in args.schedule}
+
+
+def ratio_rows(rows: list[tuple[str, float]]) -> tuple[tuple[str, ...], ...]:
+    """Name, images/s and the ratio to the first row."""
+    baseline = rows[0][1]
+    return tuple((name, f"{rate:,.1f}", f"{rate / baseline:.2f}x") for name, rate in rows)
+
+
+def prefix_label(plan: str) -> str:
+    """What a freeze plan leaves frozen, for the table."""
+    if plan == "all":
+        return "none"
+    first = int(plan.split(",")[0].split(".")[1].split("-")[0])
+    return f"features.0-{first - 1}" if first > 1 else "features.0"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
     samples = spread_sample(read_dataset(args.data).samples, args.n)
     torch.manual_seed(0)
-    rows: list[tuple[str, float]] = [("(a) plain torchvision loop, frozen backbone (baseline)",
-                                      plain_torchvision(samples, args))]
+    epochs_at = schedule_epochs(args)
+    bf16 = native_bf16(torch.device("cpu"))
+    rates: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="lesionlab-bench-") as cache_root:
         cache = DecodedImageCache(compute_fingerprint(samples), args.size, cache_root)
         cache.build(samples, workers=2, progress=False)
-        train_set = LesionDataset(samples, args.size, train_transform("reference", args.size, False,
-                                                                      IMAGENET_MEAN, IMAGENET_STD), cache)
+
+        def augment(size: int) -> ImageTransform:
+            return train_transform(args.augment, size, False, IMAGENET_MEAN, IMAGENET_STD)
+
+        train_set = LesionDataset(samples, args.size, augment(args.size), cache)
         val_set = LesionDataset(samples, args.size, eval_transform(args.size, False, IMAGENET_MEAN,
                                                                    IMAGENET_STD), cache)
-        fast = StageData(train_set, val_set, args.workers, torch.device("cpu"), channels_last=True)
-        plain_layout = StageData(train_set, val_set, args.workers, torch.device("cpu"), channels_last=False)
-        rows.append((f"(b) lesionlab head-only, feature cache K={args.views}, {args.head_epochs} epochs",
-                     lesionlab_head_cached(fast, args)))
-        rows.append(("(b') lesionlab head-only, no-grad backbone per batch",
-                     lesionlab_image_path(fast, args, "head", "frozen")))
-        rows.append(("(c) lesionlab full fine-tune, channels_last",
-                     lesionlab_image_path(fast, args, "all", "train")))
-        rows.append(("(c') lesionlab full fine-tune, contiguous",
-                     lesionlab_image_path(plain_layout, args, "all", "train")))
-    baseline = rows[0][1]
-    width = max(len(name) for name, _ in rows)
+        fast = StageData(train_set, val_set, args.workers, torch.device("cpu"), channels_last=True,
+                         augment=augment)
+        plain_layout = StageData(train_set, val_set, args.workers, torch.device("cpu"), channels_last=False,
+                                 augment=augment)
+        jobs: list[tuple[str, Callable[[], float]]] = [
+            ("a", lambda: plain_torchvision(samples, args)),
+            ("b", lambda: lesionlab_head_cached(fast, args)),
+            ("b'", lambda: lesionlab_image_path(fast, args, "head", "frozen")),
+            (f"all@{args.size}", lambda: lesionlab_image_path(fast, args, "all", "train")),
+            ("c'", lambda: lesionlab_image_path(plain_layout, args, "all", "train")),
+        ]
+        jobs += [(f"all@{size}", lambda size=size: lesionlab_image_path(fast, args, "all", "train", size))
+                 for size in args.schedule if size != args.size]
+        for plan in args.plans[1:]:
+            jobs.append((f"{plan}/fp32", lambda plan=plan: lesionlab_image_path(fast, args, plan, "frozen")))
+            if bf16:
+                jobs.append((f"{plan}/bf16", lambda plan=plan: lesionlab_image_path(
+                    fast, args, plan, "frozen", bf16_prefix=True)))
+        progress = tqdm(jobs, desc="bench_training", unit="row")
+        for key, measure in progress:
+            progress.set_postfix_str(key)
+            rates[key] = measure()
+        progress.close()
+
     load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
-    print(f"\nMobileNetV3-Small, {args.n} images at {args.size} px, batch {args.batch_size}, "
-          f"{args.workers} workers, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
-          f"load average {load} (other processes skew every row)")
-    print(f"{'path':<{width}}  {'images/s':>9}  {'vs (a)':>7}")
-    for name, rate in rows:
-        print(f"{name:<{width}}  {rate:>9,.0f}  {rate / baseline:>6.2f}x")
+    print(f"\nMobileNetV3-Small, {args.n} images at {args.size} px, {args.augment} augmentation, batch "
+          f"{args.batch_size}, {args.workers} workers, {torch.get_num_threads()} threads, {os.cpu_count()} "
+          f"CPUs, load average {load} (other processes skew every row)\n")
+    paths = [("(a) plain torchvision loop, frozen backbone (baseline)", rates["a"]),
+             (f"(b) lesionlab head-only, feature cache K={args.views}, {args.head_epochs} epochs",
+              rates["b"]),
+             ("(b') lesionlab head-only, no-grad backbone per batch", rates["b'"]),
+             ("(c) lesionlab full fine-tune, channels_last", rates[f"all@{args.size}"]),
+             ("(c') lesionlab full fine-tune, contiguous", rates["c'"])]
+    print(format_table(Table(("path", "images/s", "vs (a)"), ratio_rows(paths))))
+
+    total_epochs = sum(epochs_at.values())
+    average = total_epochs / sum(count / rates[f"all@{size}"] for size, count in epochs_at.items())
+    progressive = [(f"fixed {args.size} px (c, baseline)", rates[f"all@{args.size}"]),
+                   *((f"one epoch at {size} px ({count} of {total_epochs} epochs)", rates[f"all@{size}"])
+                     for size, count in epochs_at.items()),
+                   (f"schedule {'/'.join(map(str, args.schedule))}, average over {total_epochs} epochs",
+                    average)]
+    print(f"\nfull fine-tune, progressive resizing vs a fixed {args.size} px")
+    print(format_table(Table(("images at", "images/s", "vs fixed"), ratio_rows(progressive))))
+
+    baseline = rates[f"all@{args.size}"]
+    plan_rows = [("all (c, baseline)", "none", f"{baseline:,.1f}", "1.00x", "-", "-", "-")]
+    for plan in args.plans[1:]:
+        fp32_rate = rates[f"{plan}/fp32"]
+        bf16_rate = rates.get(f"{plan}/bf16")
+        plan_rows.append((plan, prefix_label(plan), f"{fp32_rate:,.1f}", f"{fp32_rate / baseline:.2f}x",
+                          "-" if bf16_rate is None else f"{bf16_rate:,.1f}",
+                          "-" if bf16_rate is None else f"{bf16_rate / baseline:.2f}x",
+                          "-" if bf16_rate is None else f"{bf16_rate / fp32_rate:.2f}x"))
+    note = "" if bf16 else " (this CPU has no native bf16: bf16 columns left out)"
+    print(f"\nfine-tune per freeze plan (BatchNorm `frozen`), frozen prefix in fp32 or bf16 autocast, "
+          f"at {args.size} px{note}")
+    print(format_table(Table(("trainable", "frozen prefix", "fp32 img/s", "vs all", "bf16 img/s", "vs all",
+                              "bf16/fp32"), tuple(plan_rows), numeric_from=2)))
 
 
 if __name__ == "__main__":

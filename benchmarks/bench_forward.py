@@ -1,0 +1,190 @@
+"""Forward-only passes in fp32 and under bf16 autocast: the stage-1 feature cache and TTA inference.
+
+These are the passes `precision: auto | bf16` moves to bf16 (see `lesionlab.precision`), timed through
+lesionlab's own functions on the same N real images, in one process run:
+- the stage-1 feature cache: `FeatureCache.build` (pooled backbone features of `--cache-views` augmented
+  views of every image, the backbone frozen as in a head-only stage) inside `forward_precision`, as
+  `train_stage` runs it;
+- `evaluate`-style inference with test-time augmentation: `infer_view_logits` over the 6 default views with
+  `InferenceSettings(precision=...)`.
+Precisions alternate and each row keeps its fastest of `--repeats` passes, so a burst of load from other
+processes hurts both alike and the first pass's kernel set-up does not count. images/s counts images (a TTA
+image is 6 forward passes). The fp32 pass is the baseline of its row.
+
+Parity on the same images: `lesionlab.precision.check_parity` on the plain (identity) view, the same judgement
+applied to the TTA-averaged probabilities, and how far the cached features move. Top-1 agreement is only
+meaningful for a trained head: pass `--run RUN` to load a run's chosen model (its input size then becomes the
+default `--size`); without it the ImageNet backbone has an untrained head, which decides no image.
+
+    nice -n 19 .venv/bin/python benchmarks/bench_forward.py --n 256 --run runs/default
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from lesionlab.data.cache import DecodedImageCache
+from lesionlab.data.dataset import LesionDataset
+from lesionlab.data.readers import Sample, compute_fingerprint, read_dataset
+from lesionlab.data.transforms import PRESETS, eval_transform, train_transform
+from lesionlab.evaluation.inference import InferenceSettings, infer_view_logits
+from lesionlab.evaluation.report import Table, format_table
+from lesionlab.evaluation.tta import DEFAULT_VIEWS, average_view_probabilities
+from lesionlab.models.checkpoint import load_run
+from lesionlab.models.freeze import resolve_plan, set_train_mode
+from lesionlab.models.registry import IMAGENET_MEAN, IMAGENET_STD, architecture, build_model
+from lesionlab.precision import ParityCheck, check_parity, forward_precision, native_bf16, parity_from_logits
+from lesionlab.training.features import FeatureCache
+
+ARCH = "mobilenet_v3_small"
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+DEFAULT_SIZE = 224
+CACHE_SEED = 0
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", help="dataset (default: $LESIONLAB_DATA, then ../shared/data/ham10000)")
+    parser.add_argument("--n", type=int, default=256, help="number of images (default 256)")
+    parser.add_argument("--size", type=int, help=f"input size (default: the run's, else {DEFAULT_SIZE})")
+    parser.add_argument("--run", help="run directory whose chosen model to time (default: ImageNet backbone "
+                                      "with an untrained head)")
+    parser.add_argument("--batch-size", type=int, default=128,
+                        help="batch size (default 128, the recipes' eval_batch_size)")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers (default 2)")
+    parser.add_argument("--cache-views", type=int, default=1, help="augmented views in the cache (default 1)")
+    parser.add_argument("--augment", default="reference", choices=sorted(PRESETS),
+                        help="augmentation of the cached views (default reference)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="passes per precision, the fastest kept (default 3)")
+    parser.add_argument("--pretrained", default="imagenet",
+                        help="backbone weights without --run: imagenet (default) or none (the smoke test)")
+    return parser.parse_args(argv)
+
+
+def spread_sample(samples: list[Sample], count: int) -> list[Sample]:
+    """`count` samples spread evenly over the table, so every class is represented."""
+    step = max(len(samples) // count, 1)
+    return samples[::step][:count]
+
+
+def fastest(measures: dict[str, Callable[[], object]], repeats: int, progress: tqdm) -> dict[str, float]:
+    """Seconds of the fastest of `repeats` passes of each measure, the measures alternating."""
+    best = dict.fromkeys(measures, float("inf"))
+    for _ in range(repeats):
+        for name, measure in measures.items():
+            progress.set_postfix_str(name)
+            start = time.perf_counter()
+            measure()
+            best[name] = min(best[name], time.perf_counter() - start)
+            progress.update()
+    return best
+
+
+def feature_parity(fp32: torch.Tensor, bf16: torch.Tensor) -> tuple[float, float]:
+    """Smallest cosine similarity of a bf16 feature vector to its fp32 one, and the largest difference
+    relative to the largest fp32 feature."""
+    cosine = nn.functional.cosine_similarity(fp32.flatten(0, 1), bf16.flatten(0, 1), dim=1)
+    return float(cosine.min()), float((fp32 - bf16).abs().max() / fp32.abs().max())
+
+
+def parity_row(name: str, check: ParityCheck) -> tuple[str, ...]:
+    """One line of the parity table."""
+    return (name, str(check.images), str(check.decided_images), f"{check.top1_agreement:.3f}",
+            f"{check.max_probability_difference:.4f}", f"{check.balanced_accuracy_fp32:.3f}",
+            f"{check.balanced_accuracy_bf16:.3f}", "yes" if check.passed else "no")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    device = torch.device("cpu")
+    if not native_bf16(device):
+        raise SystemExit("bench_forward: this CPU has no native bf16 (AVX512-BF16 or AMX): nothing to "
+                         "compare")
+    if args.run:
+        model, card = load_run(args.run)
+        size, mean, std, label = args.size or card.input_size, card.mean, card.std, f"run {args.run}"
+    else:
+        model = build_model(ARCH, pretrained=args.pretrained)
+        size, mean, std = args.size or DEFAULT_SIZE, IMAGENET_MEAN, IMAGENET_STD
+        label = f"{args.pretrained} backbone, untrained head"
+    model = model.to(memory_format=torch.channels_last)
+    samples = spread_sample(read_dataset(args.data).samples, args.n)
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory(prefix="lesionlab-bench-") as cache_root:
+        cache = DecodedImageCache(compute_fingerprint(samples), size, cache_root)
+        cache.build(samples, workers=2, progress=False)
+        train_set = LesionDataset(samples, size, train_transform(args.augment, size, False, mean, std), cache)
+        eval_set = LesionDataset(samples, size, eval_transform(size, False, mean, std), cache)
+        spec = architecture(ARCH)
+        head_plan = resolve_plan("head", spec, "frozen")
+        features: dict[str, torch.Tensor] = {}
+        logits: dict[str, np.ndarray] = {}
+
+        def build_cache(precision: str) -> None:
+            set_train_mode(model, spec, head_plan)
+            with forward_precision(precision, device):
+                features[precision] = FeatureCache.build(model, train_set, args.cache_views, args.batch_size,
+                                                         args.workers, CACHE_SEED, device, True).views
+
+        def tta(precision: str) -> None:
+            settings = InferenceSettings(device, args.batch_size, args.workers, True, precision)
+            logits[precision] = infer_view_logits(model, eval_set, settings, DEFAULT_VIEWS,
+                                                  f"TTA {precision}")
+
+        measures: dict[str, Callable[[], object]] = {}
+        for precision in PRECISIONS:
+            measures[f"cache/{precision}"] = lambda precision=precision: build_cache(precision)
+        for precision in PRECISIONS:
+            measures[f"tta/{precision}"] = lambda precision=precision: tta(precision)
+        progress = tqdm(total=len(measures) * args.repeats + 1, desc="bench_forward", unit="pass")
+        seconds = fastest(measures, args.repeats, progress)
+        progress.set_postfix_str("parity")
+        model.eval()
+        loader = DataLoader(eval_set, batch_size=args.batch_size, num_workers=args.workers)
+        plain = check_parity(model, ((images.contiguous(memory_format=torch.channels_last), labels)
+                                     for images, labels in loader), device)
+        progress.update()
+        progress.close()
+
+    count = len(samples)
+    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
+    print(f"\nMobileNetV3-Small ({label}), {count} images at {size} px, batch {args.batch_size}, "
+          f"{args.workers} workers, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, channels_last, "
+          f"fastest of {args.repeats} passes, load average {load} (other processes skew every row)\n")
+    passes = ((f"stage-1 feature cache, {args.cache_views} view(s) ({args.augment})", "cache",
+               count * args.cache_views),
+              (f"TTA inference, {len(DEFAULT_VIEWS)} views (infer_view_logits)", "tta", count))
+    speed_rows = tuple((name, f"{images / seconds[f'{key}/fp32']:,.1f}",
+                        f"{images / seconds[f'{key}/bf16']:,.1f}",
+                        f"{seconds[f'{key}/fp32'] / seconds[f'{key}/bf16']:.2f}x")
+                       for name, key, images in passes)
+    print(format_table(Table(("forward-only pass", "fp32 img/s", "bf16 img/s", "bf16 vs fp32"), speed_rows)))
+
+    labels = np.asarray([sample.label for sample in samples])
+    tta_log_probabilities = {precision: np.log(average_view_probabilities(logits[precision]))
+                             for precision in PRECISIONS}
+    tta_check = parity_from_logits(tta_log_probabilities["fp32"], tta_log_probabilities["bf16"], labels)
+    print(f"\nparity, bf16 against fp32 on the same {count} images (lesionlab.precision.check_parity)")
+    print(format_table(Table(("predictions", "images", "decided", "top-1 agreement", "max |p diff|",
+                              "bal acc fp32", "bal acc bf16", "passes"),
+                             (parity_row("plain (identity view)", plain),
+                              parity_row(f"TTA mean of {len(DEFAULT_VIEWS)} views", tta_check)))))
+    cosine, relative = feature_parity(features["fp32"], features["bf16"])
+    print(f"cached features: smallest cosine similarity {cosine:.5f}, largest difference {relative:.2e} "
+          f"of the largest fp32 feature")
+
+
+if __name__ == "__main__":
+    main()
