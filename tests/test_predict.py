@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lesionlab.classes import CLASS_CODES, MALIGNANT_CODES
+from lesionlab.classes import CLASS_CODES
 from lesionlab.cli import main
 from lesionlab.errors import CheckpointError, ImageDecodeError
 from lesionlab.explain import LEGEND_WIDTH, TITLE_HEIGHT
@@ -66,7 +66,7 @@ def test_pytorch_and_onnx_predictors_agree_on_real_images(tiny_run_dir: Path, ti
         difference = max(abs(expected.probabilities[c] - actual.probabilities[c]) for c in CLASS_CODES)
         assert difference < 1e-4
         assert actual.top_class == expected.top_class
-        assert actual.malignant == (actual.top_class in MALIGNANT_CODES)
+        assert actual.malignant == expected.malignant
 
 
 def test_unusable_inputs_are_named_errors(tmp_path: Path, tiny_run_dir: Path) -> None:
@@ -129,7 +129,7 @@ def test_predict_command_json_from_onnx(tiny_onnx_file: Path, image_folder: Path
         assert set(item["probabilities"]) == set(CLASS_CODES)
         assert len(item["classes"]) == 2
         assert item["top_class"] == item["classes"][0]["code"]
-        assert item["malignant"] == (item["top_class"] in MALIGNANT_CODES)
+        assert item["malignant"] == (item["malignant_probability"] >= item["malignant_threshold"])
 
 
 def test_predict_command_json_lists_failures(tiny_run_dir: Path, image_folder: Path,

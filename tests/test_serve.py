@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from lesionlab.classes import CLASS_CODES, MALIGNANT_CODES
+from lesionlab.classes import CLASS_CODES
 from lesionlab.explain import LEGEND_WIDTH, TITLE_HEIGHT
 from lesionlab.inference import load_predictor
 from lesionlab.serve.app import STATIC_DIR, create_app
@@ -79,7 +79,7 @@ def test_predict_real_image(client_name: str, request: pytest.FixtureRequest, re
     ranked = [entry["code"] for entry in body["classes"]]
     assert sorted(ranked) == sorted(CLASS_CODES) and ranked[0] == body["top_class"]
     assert body["top_probability"] == pytest.approx(max(body["probabilities"].values()))
-    assert body["malignant"] == (body["top_class"] in MALIGNANT_CODES)
+    assert body["malignant"] == (body["malignant_probability"] >= body["malignant_threshold"])
     assert body["model_id"] == client.get("/health").json()["model_id"]
     expected = load_predictor(tiny_run_dir).predict_file(real_image)
     assert body["top_class"] == expected.top_class

@@ -13,6 +13,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from lesionlab import __version__
 from lesionlab.errors import USER_ERROR, LesionlabError
 from lesionlab.training.interrupt import TrainingStopped, resume_command
 
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train, evaluate, explain and deploy dermoscopic skin-lesion classifiers "
         "(HAM10000, 7 classes).",
     )
+    parser.add_argument("--version", action="version", version=f"lesionlab {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(f"lesionlab.commands.{name}").register(subparsers)

@@ -138,6 +138,34 @@ def tta_views(args: argparse.Namespace) -> tuple[str, ...] | None:
     return parse_views(args.tta_views)
 
 
+RESUME_BY_NAME = ""
+
+
+def add_resume_argument(parser: argparse.ArgumentParser, then: str = "") -> None:
+    """`--resume [RUN_DIR]`, the same on `train` and `run`: a run directory, or nothing to resume the run
+    that `--name` (and `--runs-dir`) name. Both spellings older releases took keep working."""
+    parser.add_argument(
+        "--resume", nargs="?", const=RESUME_BY_NAME, metavar="RUN_DIR",
+        help=f"continue a stopped run from its last completed epoch{then}: give its folder, or give "
+        "--name (and --runs-dir) instead",
+    )
+
+
+def resumed_run_dir(args: argparse.Namespace) -> Path | None:
+    """The run folder `--resume` asks for: RUN_DIR, else `--runs-dir/--name`; None without `--resume`."""
+    from lesionlab.errors import ConfigError
+
+    if args.resume is None:
+        return None
+    if args.resume != RESUME_BY_NAME:
+        if args.name and Path(args.resume).name != args.name:
+            raise ConfigError(f"--resume {args.resume} and --name {args.name} name different runs; give one")
+        return Path(args.resume)
+    if not args.name:
+        raise ConfigError("--resume needs the run: give its folder (--resume runs/NAME) or --name NAME")
+    return Path(args.runs_dir) / args.name
+
+
 def reject_options_with_resume(args: argparse.Namespace, names: tuple[str, ...], keeps: str,
                                flag: str = "--resume") -> None:
     """Refuse flags that would change a run being resumed (or refitted by `--release`): it keeps its own

@@ -25,10 +25,8 @@ from lesionlab.data.split import (
 from lesionlab.errors import USER_ERROR
 from lesionlab.evaluation.report import Table, format_table
 
-PATH_HELP = (
-    "dataset folder, or its CSV (HAM10000 metadata / ISIC ground truth) or MedMNIST .npz; default: "
-    "$LESIONLAB_DATA, then ../shared/data/ham10000"
-)
+DATASET_HELP = "dataset folder, or its CSV (HAM10000 metadata / ISIC ground truth) or MedMNIST .npz"
+PATH_HELP = f"{DATASET_HELP}; default: $LESIONLAB_DATA, then ../shared/data/ham10000"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -69,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     split.set_defaults(handler=run_split)
 
     convert = actions.add_parser("convert", help="write the reference's layout (grayscale <digit>_<id>.png)")
-    convert.add_argument("path", help=PATH_HELP)
+    convert.add_argument("path", help=f"{DATASET_HELP} (required: convert has no default dataset)")
     convert.add_argument("out", help="output folder")
     _add_format_option(convert)
     convert.add_argument("--to", choices=TARGETS, required=True, help="target layout")

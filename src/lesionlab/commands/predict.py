@@ -21,8 +21,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `predict` verb."""
     parser = subparsers.add_parser(
         "predict", help="classify images (files, folders or globs) with a run or an .onnx file",
-        description="Rank the 7 classes for each image, with the top class and whether it is malignant "
-                    "(akiec, bcc, mel). A research tool, not a diagnosis.",
+        description="Rank the 7 classes for each image, with the top class, the summed probability of the "
+                    "malignant classes (akiec, bcc, mel) and the malignant flag: that probability against "
+                    "the threshold `lesionlab evaluate` chose on validation data (or a stated fallback). "
+                    "A research tool, not a diagnosis.",
     )
     parser.add_argument("run", metavar="RUN", help="run directory (PyTorch) or exported .onnx file")
     parser.add_argument("images", metavar="IMAGE", nargs="+", help="image files, folders of images, or globs")
@@ -56,8 +58,8 @@ def run_predict(args: argparse.Namespace) -> int:
     else:
         print(_text_table(outcome.predictions, top))
         print(f"\n{len(outcome.predictions)} image(s) predicted, {len(failures)} failed; model "
-              f"{predictor.model_id}; probabilities: {predictor.calibration}. A research tool, not a "
-              f"diagnosis.")
+              f"{predictor.model_id}; probabilities: {predictor.calibration}; malignant flag: "
+              f"{predictor.malignancy.description}. A research tool, not a diagnosis.")
     for path, reason in failures:
         print(f"{path}: {reason}", file=sys.stderr)
     return USER_ERROR if failures else 0
@@ -71,6 +73,7 @@ def _json_document(predictor: Predictor, predictions: list[FilePrediction], fail
         "backend": predictor.backend,
         "temperature": predictor.temperature,
         "calibration": predictor.calibration,
+        "malignant_rule": predictor.malignancy.description,
         "predictions": [
             {"image": str(item.path), **item.prediction.to_dict(top_k=top),
              **({"overlay": str(item.overlay)} if item.overlay else {})}
@@ -90,8 +93,9 @@ def _text_table(predictions: list[FilePrediction], top: int) -> str:
         prediction = item.prediction
         ranked = ", ".join(f"{entry.code} {entry.probability:.3f}" for entry in prediction.ranked[:top])
         row = (item.path.name, prediction.top_class, f"{prediction.top_probability:.3f}",
-               "malignant" if prediction.malignant else "benign", ranked)
+               f"{prediction.malignant_probability:.3f}", "malignant" if prediction.malignant else "benign",
+               ranked)
         rows.append((*row, str(item.overlay)) if with_overlay else row)
-    headers = ("image", "top class", "probability", "malignant/benign", f"top {top}")
+    headers = ("image", "top class", "probability", "malignant p", "flag", f"top {top}")
     headers = (*headers, "overlay") if with_overlay else headers
     return format_table(Table(headers=headers, rows=tuple(rows), numeric_from=len(headers)))

@@ -8,10 +8,12 @@ from pathlib import Path
 from lesionlab.commands._common import (
     add_data_arguments,
     add_recipe_arguments,
+    add_resume_argument,
     add_run_location_arguments,
     add_tta_arguments,
     recipe_overrides,
     reject_options_with_resume,
+    resumed_run_dir,
     tta_views,
 )
 
@@ -34,11 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_recipe_arguments(parser)
     add_run_location_arguments(parser)
     add_tta_arguments(parser)
-    parser.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the run --name from its last completed epoch, then evaluate it",
-    )
+    add_resume_argument(parser, then=", then evaluate it")
     parser.add_argument(
         "--release",
         metavar="VALIDATED_RUN",
@@ -56,7 +54,8 @@ def run_run(args: argparse.Namespace) -> int:
     from lesionlab.pipeline import PipelineOptions, run_pipeline
     from lesionlab.training.runner import summary_table
 
-    if args.resume:
+    resumed = resumed_run_dir(args)
+    if resumed is not None:
         reject_options_with_resume(args, (*RESUME_CONFLICTS, "release"), "data, recipe and split")
     if args.release:
         reject_options_with_resume(args, RESUME_CONFLICTS, "recipe and split", flag="--release")
@@ -68,10 +67,10 @@ def run_run(args: argparse.Namespace) -> int:
             overrides=tuple(recipe_overrides(args)),
             epochs_scale=args.epochs_scale,
             subset=args.subset,
-            name=args.name,
-            runs_dir=args.runs_dir,
+            name=resumed.name if resumed else args.name,
+            runs_dir=resumed.parent if resumed else args.runs_dir,
             tta_views=tta_views(args),
-            resume=args.resume,
+            resume=resumed is not None,
             release=args.release,
         )
     )

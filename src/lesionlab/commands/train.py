@@ -9,13 +9,14 @@ from pathlib import Path
 from lesionlab.commands._common import (
     add_data_arguments,
     add_recipe_arguments,
+    add_resume_argument,
     add_run_location_arguments,
     recipe_overrides,
     reject_options_with_resume,
+    resumed_run_dir,
 )
 
-RESUME_CONFLICTS = ("config", "split", "set", "image_size", "epochs_scale", "subset", "name", "workers",
-                    "precision")
+RESUME_CONFLICTS = ("config", "split", "set", "image_size", "epochs_scale", "subset", "workers", "precision")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,9 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_recipe_arguments(parser)
     add_run_location_arguments(parser)
     parser.add_argument("--split", help="an existing split.csv (from `lesionlab data split`)")
-    parser.add_argument(
-        "--resume", metavar="RUN_DIR", help="continue a stopped run from its last completed epoch"
-    )
+    add_resume_argument(parser)
     parser.set_defaults(handler=run_train)
 
 
@@ -46,9 +45,10 @@ def run_train(args: argparse.Namespace) -> int:
     from lesionlab.training.recipe import load_recipe, scale_epochs
     from lesionlab.training.runner import summary_table, train_run
 
-    if args.resume:
+    resumed = resumed_run_dir(args)
+    if resumed is not None:
         reject_options_with_resume(args, RESUME_CONFLICTS, "recipe and split")
-        run_dir = Path(args.resume)
+        run_dir = resumed
         recipe = load_recipe(run_dir / "config.yaml")
         table = read_dataset(args.data or _recorded_data_root(run_dir), args.format)
         split = read_split(run_dir / "split.csv", table)
