@@ -11,6 +11,7 @@ from lesionlab.commands._common import (
     add_tta_arguments,
     tta_views,
 )
+from lesionlab.malignancy import DEFAULT_TARGET_SENSITIVITY
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -44,15 +45,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", type=Path, help="output folder (default: RUN/eval/<data>-<split>)")
     parser.add_argument("--device", help="auto, cpu or cuda (default: the run's recipe)")
+    parser.add_argument(
+        "--malignant-sensitivity", type=float, default=DEFAULT_TARGET_SENSITIVITY, metavar="S",
+        help="sensitivity the malignant/benign threshold is chosen for on the validation part "
+        f"(default {DEFAULT_TARGET_SENSITIVITY})",
+    )
     add_precision_argument(parser)
     parser.set_defaults(handler=run_evaluate)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """Evaluate, then print the classification report, the headline table and where the report is."""
+    from lesionlab.errors import ConfigError
     from lesionlab.evaluation.evaluate import EvaluationOptions, evaluate_run
     from lesionlab.evaluation.report import console_summary
 
+    if not 0.0 < args.malignant_sensitivity <= 1.0:
+        raise ConfigError(f"--malignant-sensitivity {args.malignant_sensitivity}: give a value in (0, 1]")
     result = evaluate_run(
         args.run,
         EvaluationOptions(
@@ -64,6 +73,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             out_dir=args.out,
             device=args.device,
             precision=args.precision,
+            malignant_sensitivity=args.malignant_sensitivity,
         ),
     )
     evaluation = result.metrics["evaluation"]
