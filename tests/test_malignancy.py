@@ -109,8 +109,9 @@ def test_malignancy_metrics_have_intervals_around_the_estimates() -> None:
     metrics = malignancy_metrics(predictions, clusters, rule, resamples=200)
     assert metrics["threshold"] == 0.3 and metrics["threshold_fitted"] is True
     assert "chosen on the val part" in metrics["rule"]
-    for record in (metrics["sensitivity"], metrics["specificity"], metrics["roc_auc"],
-                   metrics["melanoma"]["roc_auc"], *metrics["melanoma"]["sensitivity_at_specificity"].values()):
+    melanoma = metrics["melanoma"]
+    for record in (metrics["sensitivity"], metrics["specificity"], metrics["roc_auc"], melanoma["roc_auc"],
+                   *melanoma["sensitivity_at_specificity"].values()):
         assert record["low"] <= record["estimate"] <= record["high"]
         assert record["high"] - record["low"] > 0
     assert set(metrics["melanoma"]["sensitivity_at_specificity"]) == {"0.80", "0.90"}
@@ -167,3 +168,25 @@ def test_prediction_flags_the_summed_probability_not_the_top_class() -> None:
     assert document["malignant_threshold"] == 0.6 and document["malignant_threshold_fitted"] is True
     assert "chosen on the val part" in document["malignant_rule"]
     assert "fallback" in fallback.to_dict()["malignant_rule"]
+
+
+@pytest.mark.integration
+def test_predictors_apply_a_matching_threshold_and_say_why_others_fall_back(
+        calibrated_run_dir: Path, tiny_run_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from lesionlab.evaluation.calibration import file_sha256
+    from lesionlab.inference import load_predictor
+    from lesionlab.inference.torch_backend import TorchPredictor
+
+    run = tmp_path / "run"
+    shutil.copytree(calibrated_run_dir, run)
+    digest = file_sha256(run / "best.safetensors")
+    fit = ThresholdFit(0.2, 0.9, "val", 100, 30, 0.9, 0.6, 2.0, digest)
+    save_threshold(run / "best.malignancy.json", fit)
+    predictor = load_predictor(run)
+    assert predictor.malignancy.fitted and predictor.malignancy.threshold == 0.2
+    uncalibrated = TorchPredictor.from_path(run, calibrated=False)
+    assert not uncalibrated.malignancy.fitted and "temperature" in uncalibrated.malignancy.reason
+    ensemble = load_predictor(run, ensemble=[tiny_run_dir])
+    assert not ensemble.malignancy.fitted and "ensemble" in ensemble.malignancy.reason

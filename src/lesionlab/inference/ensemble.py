@@ -15,6 +15,7 @@ from PIL import Image
 
 from lesionlab.errors import ConfigError
 from lesionlab.inference.base import ExplainUnavailableError, Predictor
+from lesionlab.malignancy import FALLBACK_THRESHOLD, MalignancyRule
 
 
 class EnsemblePredictor(Predictor):
@@ -34,6 +35,7 @@ class EnsemblePredictor(Predictor):
         self.members = tuple(members)
         super().__init__(first.card, first.source, "")
         self.views = first.views
+        self.malignancy = MalignancyRule(FALLBACK_THRESHOLD, reason="no threshold is fitted for an ensemble")
         self.model_id = " + ".join(member.model_id for member in self.members)
 
     @property

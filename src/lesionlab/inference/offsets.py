@@ -16,6 +16,7 @@ from lesionlab.class_offsets import apply_class_offsets, class_offsets_file, loa
 from lesionlab.inference.base import ExplainUnavailableError, Explanation, Predictor, file_digest
 from lesionlab.inference.ensemble import EnsemblePredictor
 from lesionlab.inference.prediction import Prediction
+from lesionlab.malignancy import FALLBACK_THRESHOLD, MalignancyRule
 
 
 class OffsetPredictor(Predictor):
@@ -32,6 +33,8 @@ class OffsetPredictor(Predictor):
         super().__init__(inner.card, inner.source, "")
         self.views = inner.views
         self.temperature = inner.temperature
+        self.malignancy = MalignancyRule(FALLBACK_THRESHOLD, reason="class offsets shift the probabilities "
+                                                                   "any threshold was fitted on")
         self.model_id = f"{inner.model_id} + class offsets {file_digest(self.offsets_file)[:12]}"
 
     @property
