@@ -106,11 +106,12 @@ def report_path(int8_path: Path) -> Path:
 
 
 def output_layer_scope(model: ov.Model) -> nncf.IgnoredScope:
-    """The softmax and the matrix multiply feeding it (through its bias add), kept float by name."""
+    """The softmax and the matrix multiply feeding it (through the bias add and scaling OpenVINO makes of an
+    ONNX Gemm), kept float by name."""
     softmax = next(op for op in model.get_ordered_ops() if op.get_type_name().startswith("Softmax"))
     names = [softmax.get_friendly_name()]
     node = softmax.input_value(0).get_node()
-    while node.get_type_name() in ("Add", "Convert"):
+    while node.get_type_name() in ("Add", "Multiply", "Convert"):
         node = node.input_value(0).get_node()
     if node.get_type_name() == "MatMul":
         names.append(node.get_friendly_name())
