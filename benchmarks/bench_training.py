@@ -80,13 +80,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="augmentation of the lesionlab rows (default reference, as the baseline's)")
     parser.add_argument("--schedule", default="160,192,224",
                         help="progressive image sizes, none above --size (default 160,192,224)")
-    parser.add_argument("--epochs", type=int, default=8,
-                        help="epochs of the stage the schedule spreads over (default 8, the default stage 2)")
+    parser.add_argument("--epochs", type=int,
+                        help="epochs of the stage the schedule spreads over (default: the default recipe's "
+                             "fine-tuning stage)")
     parser.add_argument("--plans", nargs="+", default=list(FREEZE_PLANS),
                         help=f"freeze plans to time, `all` first (default: {' '.join(FREEZE_PLANS)})")
+    parser.add_argument("--threads", type=int,
+                        help="torch threads (default: PyTorch's, one per core); 1 keeps a busy machine's "
+                             "lowest-priority run from two threads waiting on each other")
     parser.add_argument("--pretrained", default="imagenet",
                         help="initial weights: imagenet (default) or none (the smoke test)")
     args = parser.parse_args(argv)
+    args.epochs = args.epochs or load_recipe(None).stages[-1].epochs
     args.schedule = [int(size) for size in args.schedule.split(",")]
     if max(args.schedule) > args.size:
         parser.error(f"--schedule {args.schedule} goes above --size {args.size}, the size images are "
@@ -256,6 +261,8 @@ def prefix_label(plan: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     samples = spread_sample(read_dataset(args.data).samples, args.n)
     torch.manual_seed(0)
     epochs_at = schedule_epochs(args)
