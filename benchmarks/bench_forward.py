@@ -68,6 +68,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="augmentation of the cached views (default reference)")
     parser.add_argument("--repeats", type=int, default=3,
                         help="passes per precision, the fastest kept (default 3)")
+    parser.add_argument("--threads", type=int,
+                        help="torch threads (default: PyTorch's, one per core); 1 keeps a busy machine's "
+                             "lowest-priority run from two threads waiting on each other")
     parser.add_argument("--pretrained", default="imagenet",
                         help="backbone weights without --run: imagenet (default) or none (the smoke test)")
     return parser.parse_args(argv)
@@ -108,6 +111,8 @@ def parity_row(name: str, check: ParityCheck) -> tuple[str, ...]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device("cpu")
     if not native_bf16(device):
         raise SystemExit("bench_forward: this CPU has no native bf16 (AVX512-BF16 or AMX): nothing to "
