@@ -31,9 +31,10 @@ def test_size_schedule_shares_the_epochs_in_equal_runs() -> None:
     assert [recipe.stages[1].epoch_image_size(epoch, 192) for epoch in range(1, 9)] == [
         128, 128, 128, 160, 160, 160, 192, 192]
     assert load_recipe(None, ["stages.1.image_size=null"]).stages[1].epoch_image_size(3, 192) == 192
+    assert recipe.stages[1].epoch_image_size(8, 160) == 160, "no epoch trains above the evaluated size"
 
 
-@pytest.mark.parametrize("override", ["stages.1.image_size=[128,256]", "stages.1.ema_decay=1.5",
+@pytest.mark.parametrize("override", ["stages.1.image_size=[8,256]", "stages.1.ema_decay=1.5",
                                       "stages.1.loss=focal", "precision=half"])
 def test_recipe_rejects_bad_lever_values(override: str) -> None:
     with pytest.raises(ConfigError):

@@ -74,14 +74,15 @@ class StageConfig:
 
         `image_size: [128, 160, 192]` over 9 epochs trains epochs 1-3 at 128, 4-6 at 160 and 7-9 at 192
         (progressive resizing: cheap small images first, the full size last so the model ends where it is
-        evaluated); `null` is the recipe's `image_size` throughout.
+        evaluated); `null` is the recipe's `image_size` throughout. No epoch trains above `final_size` (the
+        size cached and evaluated): `--image-size 128` on the default trains every epoch at 128.
         """
         if self.image_size is None:
             return final_size
         if isinstance(self.image_size, int):
-            return self.image_size
+            return min(self.image_size, final_size)
         runs = len(self.image_size)
-        return self.image_size[min(runs - 1, (epoch - 1) * runs // self.epochs)]
+        return min(self.image_size[min(runs - 1, (epoch - 1) * runs // self.epochs)], final_size)
 
 
 @dataclass
@@ -211,10 +212,9 @@ def _validate(recipe: Recipe) -> None:
             raise ConfigError(f"recipe key '{key}.ema_decay': {stage.ema_decay} must be in (0, 1), e.g. "
                               f"0.998, or null for no weight averaging")
         sizes = [stage.image_size] if isinstance(stage.image_size, int) else stage.image_size or []
-        if any(not 16 <= size <= recipe.image_size for size in sizes):
-            raise ConfigError(f"recipe key '{key}.image_size': {stage.image_size} must lie between 16 and "
-                              f"the recipe's image_size ({recipe.image_size}), which the image cache and "
-                              f"evaluation use")
+        if not all(size >= 16 for size in sizes):
+            raise ConfigError(f"recipe key '{key}.image_size': {stage.image_size}: every size must be 16 or "
+                              f"more")
         for name in ("epochs", "batch_size", "eval_batch_size", "step_size"):
             if getattr(stage, name) < 1:
                 raise ConfigError(f"recipe key '{key}.{name}' must be at least 1")
