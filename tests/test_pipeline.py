@@ -70,5 +70,5 @@ def test_run_trains_and_evaluates_a_tiny_dataset(
     assert threshold["fitted_on"] == "val" and threshold["temperature"] == temperature["temperature"]
     assert metrics["malignancy"]["threshold"] == threshold["threshold"]
     assert metrics["malignancy"]["threshold_fitted"] is True
-    assert "malignant vs benign" in printed and "run_dir" not in metrics["evaluation"]
+    assert "malignant (akiec, bcc, mel) vs benign" in printed and "run_dir" not in metrics["evaluation"]
     assert metrics["model"]["arch"] == "small_cnn"
