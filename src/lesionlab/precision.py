@@ -1,9 +1,10 @@
 """Precision of forward-only passes: bf16 autocast where the processor computes bf16 natively, else fp32.
 
 Forward-only work (the stage-1 feature cache, per-epoch validation, evaluation with test-time augmentation)
-is most of what a CPU does outside the training step, and bf16 roughly halves its cost on processors with
-native bf16 (AVX512-BF16, AMX) while changing a MobileNetV3's probabilities by well under a percent. Training
-steps stay in fp32: on these CPUs bf16 autocast made them slower, and fp32 keeps optimisation exact.
+is most of what a CPU does outside the training step. bf16 autocast made MobileNetV3 forward passes 1.6-2x
+faster on Intel CPUs with AMX, but only 1.1x on an AVX512-BF16 CPU without AMX (benchmarks/bench_forward.py),
+and it can move a trained MobileNetV3's decisions by more than a point, which is why `auto` checks first.
+Training steps stay in fp32: bf16 autocast made them slower, and fp32 keeps optimisation exact.
 
 `precision: auto` decides per model by a parity check on validation images: bf16 is used only when its top-1
 predictions agree with fp32's on at least `MIN_TOP1_AGREEMENT` of the images fp32 decides (top class ahead

@@ -106,7 +106,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("fp32", "bf16"),
         default="fp32",
         help="bf16 runs pytorch under bf16 autocast and openvino with INFERENCE_PRECISION_HINT bf16 "
-        "(faster on CPUs with AMX or AVX-512 bf16; probabilities move by about 0.01); default fp32",
+        "(faster on CPUs with AMX or AVX-512 bf16; probabilities move, see docs/results.md); default fp32",
     )
 
 
