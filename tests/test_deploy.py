@@ -165,18 +165,8 @@ def test_openvino_path_works_without_torch(tiny_onnx_file: Path, openvino_ir: Pa
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["torch"] == [] and summary["backend"] == "openvino"
-    assert summary["top_class"] == summary["served"] == onnxruntime_top_class(tiny_onnx_file, image)
-
-
-def onnxruntime_top_class(onnx_file: Path, image: Path) -> str:
-    """The ONNX Runtime predictor's answer, from a fresh Python: in a process where the whole suite has loaded
-    OpenVINO, PyTorch and ONNX Runtime side by side, ONNX Runtime's session crashed with SIGSEGV."""
-    script = ("import sys; from lesionlab.inference import load_predictor; "
-              "predictor = load_predictor(sys.argv[1], views=('identity', 'hflip')); "
-              "print(predictor.predict_file(sys.argv[2]).top_class)")
-    result = subprocess.run([sys.executable, "-c", script, str(onnx_file), str(image)], capture_output=True,
-                            text=True, timeout=120, check=True)
-    return result.stdout.strip().splitlines()[-1]
+    expected = load_predictor(tiny_onnx_file, views=("identity", "hflip")).predict_file(image).top_class
+    assert summary["top_class"] == summary["served"] == expected
 
 
 @pytest.fixture(scope="module")
