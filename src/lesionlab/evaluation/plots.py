@@ -82,10 +82,15 @@ def plot_roc_curves(
         positives = labels == index
         if positives.any() and not positives.all():
             RocCurveDisplay.from_predictions(positives, probabilities[:, index], name=code, ax=axes)
+    return finish_roc_figure(figure, axes, f"ROC curves, one class vs rest — {title}", path)
+
+
+def finish_roc_figure(figure: Figure, axes: Any, title: str, path: Path) -> Path:
+    """The chance diagonal, axis labels, title and legend every ROC figure shares; then save it."""
     axes.plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance (AUC = 0.5)")
     axes.set_xlabel("false positive rate (1 - specificity)")
     axes.set_ylabel("true positive rate (sensitivity)")
-    axes.set_title(f"ROC curves, one class vs rest — {title}")
+    axes.set_title(title)
     axes.legend(loc="lower right", fontsize="small")
     return save_figure(figure, path)
 
@@ -118,12 +123,7 @@ def plot_malignancy_roc(
         for specificity in MELANOMA_SPECIFICITIES:
             axes.axvline(1.0 - specificity, color="grey", linestyle=":", linewidth=1)
             axes.text(1.0 - specificity, 0.02, f" spec {specificity:.2f}", fontsize="x-small", color="grey")
-    axes.plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance (AUC = 0.5)")
-    axes.set_xlabel("false positive rate (1 - specificity)")
-    axes.set_ylabel("true positive rate (sensitivity)")
-    axes.set_title(f"Malignant vs benign — {title}")
-    axes.legend(loc="lower right", fontsize="small")
-    return save_figure(figure, path)
+    return finish_roc_figure(figure, axes, f"Malignant vs benign — {title}", path)
 
 
 def plot_reliability_diagram(bins: ReliabilityBins, title: str, path: Path) -> Path:
