@@ -28,9 +28,23 @@ def test_default_recipe_is_default_yaml() -> None:
     assert recipe.arch == raw["arch"] == "mobilenet_v3_small"
     assert recipe.pretrained == "imagenet"
     assert len(recipe.stages) == len(raw["stages"])
-    assert recipe.stages[0].trainable == "head" and recipe.stages[0].feature_cache == FeatureCacheConfig(4)
+    assert recipe.stages[0].trainable == "head" and recipe.stages[0].feature_cache == FeatureCacheConfig(2)
     assert recipe.stages[1].trainable == "all"
     assert recipe.stages[1].batch_size == raw["stage_defaults"]["batch_size"]
+    assert (recipe.pretrained_head, recipe.image_size) == (True, 224)
+    assert recipe.stages[1].image_size == [160, 192, 224]
+    assert (recipe.stages[1].loss, recipe.stages[1].ema_decay) == ("logit-adjusted", 0.998)
+
+
+def test_baseline_is_the_first_default() -> None:
+    """configs/baseline.yaml keeps the recipe the published study was trained with."""
+    recipe = load_recipe("baseline")
+    assert (recipe.pretrained_head, recipe.image_size, recipe.augment) == (False, 192, "reference")
+    head, fine_tune = recipe.stages
+    assert head.feature_cache == FeatureCacheConfig(4) and (head.epochs, fine_tune.epochs) == (12, 8)
+    assert (fine_tune.lr, fine_tune.loss) == (2e-4, "cross-entropy")
+    assert fine_tune.ema_decay is None and fine_tune.image_size is None
+    assert fine_tune.loss_weights == "sqrt-inverse" and fine_tune.label_smoothing == 0.1
 
 
 def test_resolved_recipe_round_trips() -> None:
