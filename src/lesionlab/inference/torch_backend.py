@@ -19,12 +19,13 @@ from torch import nn
 
 from lesionlab.errors import CheckpointError
 from lesionlab.evaluation.calibration import load_temperature, temperature_path
-from lesionlab.inference.backends import BF16, FP32
+from lesionlab.inference.backends import FP32
 from lesionlab.inference.base import Explanation, Predictor, file_digest
 from lesionlab.inference.prediction import Prediction
 from lesionlab.malignancy import rule_for, threshold_path
 from lesionlab.models.checkpoint import BEST_STEM, WEIGHTS_SUFFIX, ModelCard, checkpoint_stem, load_checkpoint
 from lesionlab.models.registry import output_layer
+from lesionlab.precision import forward_precision
 
 
 def checkpoint_weights_path(path: str | os.PathLike[str]) -> Path:
@@ -95,8 +96,7 @@ class TorchPredictor(Predictor):
     def predict_batch(self, batch: np.ndarray) -> np.ndarray:
         """Softmax probabilities from the eager model; under bf16 autocast the softmax still runs in fp32."""
         inputs = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
-        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == BF16)
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), forward_precision(self.precision, torch.device("cpu")):
             logits = self.model(inputs)
         return torch.softmax(logits.float(), dim=1).numpy()
 
