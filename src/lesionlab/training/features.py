@@ -50,29 +50,37 @@ def extract_features(model: nn.Module, loader: DataLoader, device: torch.device,
     """Pooled backbone features and labels of every item a loader yields, in order."""
     features: list[torch.Tensor] = []
     labels: list[torch.Tensor] = []
-    for images, batch_labels in tqdm(loader, desc=description, unit="batch", leave=False):
+    for images, batch_targets in tqdm(loader, desc=description, unit="batch", leave=False):
         features.append(pooled_features(model, to_device(images, device, channels_last)).float().cpu())
-        labels.append(batch_labels)
+        labels.append(batch_targets[0] if isinstance(batch_targets, (tuple, list)) else batch_targets)
     return torch.cat(features), torch.cat(labels)
 
 
 @dataclass
 class FeatureCache:
-    """K augmented views of every training image as pooled features: `views` (K, N, D), `labels` (N,)."""
+    """K augmented views of every training image as pooled features: `views` (K, N, D), `labels` (N,).
+
+    With `teacher_logits` (teachers, K, N, classes), a distilled stage's batches carry each draw's teacher
+    logits of the same view.
+    """
 
     views: torch.Tensor
     labels: torch.Tensor
+    teacher_logits: torch.Tensor | None = None
 
     @classmethod
     def build(cls, model: nn.Module, dataset: Dataset, view_count: int, batch_size: int, workers: int,
-              seed: int, device: torch.device, channels_last: bool) -> FeatureCache:
+              seed: int, device: torch.device, channels_last: bool,
+              passes: Dataset | None = None) -> FeatureCache:
         """Run the frozen backbone over `view_count` passes of the (augmenting) training set.
 
         One sequential loader over the passes back to back (so workers start once), seeded, so the cache is
         reproducible; `torch.manual_seed(seed)` also covers augmentation drawn in the main process.
+        `passes` replaces the repeated dataset with fixed views (view-major, `distill.ViewPasses`).
         """
         torch.manual_seed(seed)
-        loader = DataLoader(ConcatDataset([dataset] * view_count), batch_size=batch_size, shuffle=False,
+        passes = passes if passes is not None else ConcatDataset([dataset] * view_count)
+        loader = DataLoader(passes, batch_size=batch_size, shuffle=False,
                             num_workers=workers, generator=torch.Generator().manual_seed(seed),
                             pin_memory=device.type == "cuda")
         features, labels = extract_features(model, loader, device, channels_last,
@@ -85,5 +93,9 @@ class FeatureCache:
         view_of_draw = torch.randint(self.views.shape[0], (len(order),), generator=generator)
         stop = len(order) - (len(order) % batch_size if drop_last else 0)
         for start in range(0, stop, batch_size):
-            items = order[start:start + batch_size]
-            yield self.views[view_of_draw[start:start + batch_size], items], self.labels[items]
+            items, views = order[start:start + batch_size], view_of_draw[start:start + batch_size]
+            if self.teacher_logits is None:
+                yield self.views[views, items], self.labels[items]
+            else:
+                yield self.views[views, items], (self.labels[items],
+                                                 self.teacher_logits[:, views, items].transpose(0, 1))

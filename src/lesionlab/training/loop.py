@@ -32,6 +32,7 @@ from lesionlab.models.checkpoint import ModelCard, load_state, save_checkpoint
 from lesionlab.models.freeze import FreezePlan, apply_plan, plan_table, resolve_plan, set_train_mode
 from lesionlab.models.registry import Architecture, architecture, head_config
 from lesionlab.precision import PARITY_IMAGES, ParityCheck, check_parity, forward_precision, resolve_precision
+from lesionlab.training.distill import AugmentedViews, DistillationLoss, ViewPasses, ViewSampler
 from lesionlab.training.features import FeatureCache, extract_features, frozen_backbone_forward, to_device
 from lesionlab.training.imbalance import (
     class_counts,
@@ -47,7 +48,9 @@ from lesionlab.training.rundir import RunDirectory
 
 log = logging.getLogger(__name__)
 
-Batch = tuple[torch.Tensor, torch.Tensor]
+Targets = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+"""Labels, or (labels, teacher logits) when distilling."""
+Batch = tuple[torch.Tensor, Targets]
 Forward = Callable[[torch.Tensor], torch.Tensor]
 FEATURE_CACHE_EPOCH = 0
 
@@ -91,6 +94,9 @@ class StageData:
     channels_last: bool
     augment: Callable[[int], ImageTransform]
     """The training transform at a given output size (progressive resizing swaps it per epoch)."""
+    views: AugmentedViews | None = None
+    """When distilling: the fixed augmented views of `train_set`, with their teachers' logits."""
+    view_count: int = 0
 
 
 def derive_seed(seed: int, stage: int, epoch: int) -> int:
@@ -167,8 +173,15 @@ def image_batches(data: StageData, stage: StageConfig, epoch_seed: int) -> DataL
     generator = torch.Generator().manual_seed(epoch_seed)
     sampler = make_sampler(data.train_set.labels, stage.sampler_weights, generator)
     draws = len(data.train_set) if sampler is None else sampler.num_samples
+    loader_seed = torch.Generator().manual_seed(epoch_seed + 1)
+    if data.views is not None:
+        items = sampler if sampler is not None else torch.randperm(len(data.train_set), generator=generator)
+        return DataLoader(data.views, batch_size=stage.batch_size,
+                          sampler=ViewSampler(items, data.view_count, generator), generator=loader_seed,
+                          num_workers=data.workers, drop_last=draws > stage.batch_size,
+                          pin_memory=data.device.type == "cuda")
     return DataLoader(data.train_set, batch_size=stage.batch_size, sampler=sampler, shuffle=sampler is None,
-                      generator=torch.Generator().manual_seed(epoch_seed + 1), num_workers=data.workers,
+                      generator=loader_seed, num_workers=data.workers,
                       drop_last=draws > stage.batch_size, pin_memory=data.device.type == "cuda")
 
 
@@ -210,11 +223,12 @@ def train_epoch(forward: Forward, batches: Iterable[Batch], total: int, criterio
     loss_sum, seen = 0.0, 0
     start = time.perf_counter()
     bar = tqdm(batches, total=total, desc=description, unit="batch", leave=False)
-    for batch_index, (inputs, labels) in enumerate(bar, start=1):
+    for batch_index, (inputs, targets) in enumerate(bar, start=1):
         check_stop_request()
         inputs = to_device(inputs, data.device, data.channels_last)
-        labels = labels.to(data.device, non_blocking=True)
-        loss = criterion(forward(inputs), labels)
+        targets = targets_to_device(targets, data.device)
+        labels = targets[0] if isinstance(targets, tuple) else targets
+        loss = criterion(forward(inputs), targets)
         if not torch.isfinite(loss):
             raise DivergedError(f"batch {batch_index}: training loss is {loss.item()}")
         optimizer.zero_grad(set_to_none=True)
@@ -229,6 +243,14 @@ def train_epoch(forward: Forward, batches: Iterable[Batch], total: int, criterio
         bar.set_postfix(loss=f"{loss_sum / seen:.4f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
     bar.close()
     return loss_sum / max(seen, 1), seen, time.perf_counter() - start
+
+
+def targets_to_device(targets: Targets | list[torch.Tensor], device: torch.device) -> Targets:
+    """Labels, or (labels, teacher logits), on the training device (a DataLoader collates pairs as lists)."""
+    if isinstance(targets, (tuple, list)):
+        labels, teacher_logits = targets
+        return labels.to(device, non_blocking=True), teacher_logits.to(device, non_blocking=True)
+    return targets.to(device, non_blocking=True)
 
 
 @torch.inference_mode()
@@ -311,8 +333,10 @@ def train_stage(model: nn.Module, recipe: Recipe, stage_index: int, data: StageD
     counts = class_counts(data.train_set.labels)
     weights = loss_class_weights(stage.loss_weights, counts, stage.loss_beta)
     prior = sampled_prior(counts, stage.sampler_weights) if stage.loss == "logit-adjusted" else None
-    criterion = make_criterion(None if weights is None else weights.to(data.device), stage.label_smoothing,
-                               prior, stage.logit_adjust_tau)
+    criterion: nn.Module = make_criterion(None if weights is None else weights.to(data.device),
+                                          stage.label_smoothing, prior, stage.logit_adjust_tau)
+    if data.views is not None:
+        criterion = DistillationLoss(criterion, recipe.distill.alpha, recipe.distill.temperature)
     optimizer = make_optimizer(stage, [p for p in model.parameters() if p.requires_grad])
     steps = batch_count(epoch_draws(data, stage), stage.batch_size)
     scheduler, per_batch = make_scheduler(stage, optimizer, steps)
@@ -460,9 +484,14 @@ def build_stage_feature_cache(model: nn.Module, recipe: Recipe, stage_index: int
                               data: StageData) -> FeatureCache:
     """K augmented views of the training set through the frozen backbone, seeded by (seed, stage)."""
     assert stage.feature_cache is not None
-    return FeatureCache.build(model, data.train_set, stage.feature_cache.views, stage.eval_batch_size,
-                              data.workers, derive_seed(recipe.seed, stage_index, FEATURE_CACHE_EPOCH),
-                              data.device, data.channels_last)
+    views = stage.feature_cache.views
+    passes = ViewPasses(data.views, views) if data.views is not None else None
+    cache = FeatureCache.build(model, data.train_set, views, stage.eval_batch_size, data.workers,
+                               derive_seed(recipe.seed, stage_index, FEATURE_CACHE_EPOCH), data.device,
+                               data.channels_last, passes)
+    if data.views is not None and data.views.teacher_logits is not None:
+        cache.teacher_logits = data.views.teacher_logits[:, :views]
+    return cache
 
 
 def load_stage_start(model: nn.Module, run: RunDirectory, previous_stage: int) -> None:

@@ -44,6 +44,17 @@ class FeatureCacheConfig:
 
 
 @dataclass
+class DistillConfig:
+    """How a student learns from its `teacher` runs (`lesionlab.training.distill`)."""
+
+    alpha: float
+    """Weight of the soft (teacher) term; the hard-label loss gets 1 - alpha."""
+    temperature: float
+    views: int
+    """Fixed augmented views per training image, each with its cached teacher logits."""
+
+
+@dataclass
 class StageConfig:
     """One training stage: what trains, how it is optimised, and how classes are balanced."""
 
@@ -108,7 +119,15 @@ class Recipe:
     deterministic: bool
     device: str
     precision: str
+    teacher: list[str] | str | None
+    distill: DistillConfig
     stages: list[StageConfig]
+
+    def teacher_runs(self) -> list[str]:
+        """The teacher run directories (`teacher:` may name one or a list); empty without distillation."""
+        if self.teacher is None:
+            return []
+        return [self.teacher] if isinstance(self.teacher, str) else list(self.teacher)
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict (stages fully expanded) that `recipe_from_dict` reads back to an equal recipe."""
@@ -201,6 +220,14 @@ def _validate(recipe: Recipe) -> None:
         raise ConfigError(f"recipe key 'image_size': {recipe.image_size} is too small (use 16 or more)")
     if not recipe.stages:
         raise ConfigError("recipe key 'stages': at least one stage is needed")
+    if not 0.0 <= recipe.distill.alpha <= 1.0:
+        raise ConfigError(f"recipe key 'distill.alpha': {recipe.distill.alpha} must be in [0, 1]")
+    if recipe.distill.temperature <= 0:
+        raise ConfigError(f"recipe key 'distill.temperature': {recipe.distill.temperature} must be positive")
+    if recipe.distill.views < 1:
+        raise ConfigError("recipe key 'distill.views' must be at least 1")
+    if isinstance(recipe.teacher, list) and not recipe.teacher:
+        raise ConfigError("recipe key 'teacher': an empty list; name at least one run directory, or null")
     for index, stage in enumerate(recipe.stages):
         key = f"stages.{index}"
         _check_choice(stage.optimizer, OPTIMIZERS, f"{key}.optimizer")
@@ -222,6 +249,11 @@ def _validate(recipe: Recipe) -> None:
             raise ConfigError(f"recipe key '{key}.lr' must be positive")
         if stage.feature_cache is not None and stage.feature_cache.views < 1:
             raise ConfigError(f"recipe key '{key}.feature_cache.views' must be at least 1")
+        if (recipe.teacher_runs() and stage.feature_cache is not None
+                and stage.feature_cache.views > recipe.distill.views):
+            raise ConfigError(f"recipe key '{key}.feature_cache.views': {stage.feature_cache.views} cached "
+                              f"views, but a distilled run has only distill.views = {recipe.distill.views} "
+                              f"views with teacher logits; use at most that many.")
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -277,6 +309,8 @@ def _known_keys_at(path: list[str]) -> set[str] | None:
             return set(_field_types(StageConfig))
         if rest == ["feature_cache"]:
             return set(_field_types(FeatureCacheConfig))
+    if path == ["distill"]:
+        return set(_field_types(DistillConfig))
     return None
 
 

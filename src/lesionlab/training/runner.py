@@ -9,6 +9,7 @@ epoch removes what it created, as it holds nothing to resume.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -32,8 +33,24 @@ from lesionlab.data.transforms import eval_transform, train_transform
 from lesionlab.errors import CheckpointError, ConfigError, DataError
 from lesionlab.io_utils import atomic_write_json, atomic_write_text
 from lesionlab.models.registry import architecture, build_model
+from lesionlab.precision import forward_precision
+from lesionlab.training.distill import (
+    AugmentedViews,
+    TeacherCache,
+    check_teacher,
+    compute_teacher_logits,
+    load_teachers,
+    teacher_key,
+)
 from lesionlab.training.interrupt import stop_on_signals
-from lesionlab.training.loop import RunProgress, StageData, load_stage_start, stage_is_complete, train_stage
+from lesionlab.training.loop import (
+    RunProgress,
+    StageData,
+    load_stage_start,
+    stage_is_complete,
+    stage_precision,
+    train_stage,
+)
 from lesionlab.training.recipe import Recipe
 from lesionlab.training.release import ReleasePlan
 from lesionlab.training.rundir import RunDirectory, decode_optimizer
@@ -233,6 +250,8 @@ def _run_stages(recipe: Recipe, table: SampleTable, split: Split, run: RunDirect
                 resume: bool, release: ReleasePlan | None) -> RunProgress:
     device = pick_device(recipe.device)
     data = _stage_data(recipe, table, split, device, needs_validation=release is None)
+    if recipe.teacher_runs():
+        data = _with_teachers(recipe, data, split, run)
     torch.manual_seed(recipe.seed)
     if resume and not run.state_tensors.exists():
         log.info("%s never completed an epoch; starting it from its first epoch", run.path)
@@ -264,6 +283,46 @@ def _run_stages(recipe: Recipe, table: SampleTable, split: Split, run: RunDirect
         progress = train_stage(model, recipe, stage_index, data, run, progress,
                                optimizer_state if inside else None, average_state if inside else {}, choice)
     return progress
+
+
+def _with_teachers(recipe: Recipe, data: StageData, split: Split, run: RunDirectory) -> StageData:
+    """The stage data of a distilled run: fixed views of the training set and their teachers' logits.
+
+    The logits come from the teacher cache when it holds this exact key, else are computed (forward only,
+    in the precision the first teacher's parity check allows) and cached. run.json records the teachers.
+    """
+    run_dirs = [Path(path) for path in recipe.teacher_runs()]
+    for run_dir in run_dirs:
+        check_teacher(run_dir, split)
+    teachers = load_teachers(run_dirs)
+    precision = stage_precision(teachers[0].model, recipe, data)
+    views_count = recipe.distill.views
+    cache = TeacherCache(teacher_key(teachers, data.train_set, views_count, recipe.seed, recipe.augment,
+                                     precision["precision"]))
+    logits = cache.load()
+    computed = logits is None
+    start = time.perf_counter()
+    if logits is None:
+        spec_views = [AugmentedViews(data.train_set, recipe.seed, train_transform(
+            recipe.augment, teacher.card.input_size, teacher.card.grayscale, teacher.card.mean,
+            teacher.card.std)) for teacher in teachers]
+        with forward_precision(precision["precision"], data.device):
+            logits = compute_teacher_logits(teachers, spec_views, views_count,
+                                            recipe.stages[0].eval_batch_size, data.workers, data.device,
+                                            data.channels_last)
+        cache.save(logits)
+    seconds = time.perf_counter() - start
+    log.info("teacher logits %s: %s (%.1f s)", tuple(logits.shape), cache.path, seconds)
+    source = "computed into" if computed else "read from"
+    print(f"distilling from {len(teachers)} teacher(s): logits of {views_count} views x "
+          f"{len(data.train_set)} images {source} {cache.path} ({seconds:.0f} s)")
+    _update_run_json(run, distill={
+        "teachers": [{"run": str(teacher.run_dir), "weights_sha256": teacher.weights_sha256}
+                     for teacher in teachers],
+        "views": views_count, "alpha": recipe.distill.alpha, "temperature": recipe.distill.temperature,
+        "precision": precision, "cache": str(cache.path), "seconds": round(seconds, 1)})
+    return dataclasses.replace(data, views=AugmentedViews(data.train_set, recipe.seed, teacher_logits=logits),
+                               view_count=views_count)
 
 
 def summary_rows(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
