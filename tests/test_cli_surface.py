@@ -47,3 +47,13 @@ def test_convert_help_shows_no_unused_default() -> None:
     data_actions = next(a for a in actions._actions if isinstance(a, argparse._SubParsersAction))
     help_text = data_actions.choices["convert"].format_help()
     assert "../shared" not in help_text and "required" in help_text
+
+
+def test_run_scores_the_test_part_with_tta_unless_told_not_to() -> None:
+    from lesionlab.commands.run import test_views
+    from lesionlab.views import parse_views
+
+    parser = build_parser()
+    assert test_views(parser.parse_args(["run"])) == parse_views(None)
+    assert test_views(parser.parse_args(["run", "--tta-views", "hflip"])) == ("identity", "hflip")
+    assert test_views(parser.parse_args(["run", "--no-tta"])) is None
