@@ -1,15 +1,22 @@
-"""Forward-only passes in fp32 and under bf16 autocast: the stage-1 feature cache and TTA inference.
+"""Forward-only passes in fp32 and under bf16 autocast, with and without BatchNorm folding: the stage-1
+feature cache, TTA inference, and optionally `lesionlab evaluate --tta` end to end.
 
-These are the passes `precision: auto | bf16` moves to bf16 (see `lesionlab.precision`), timed through
-lesionlab's own functions on the same N real images, in one process run:
+These are the passes `precision: auto | bf16` moves to bf16 (see `lesionlab.precision`) and that run a
+BatchNorm-folded copy of the model (`lesionlab.models.fold`), timed through lesionlab's own functions on the
+same N real images, in one process run. The baseline of every row is fp32 without folding, the way these
+passes ran before folding existed: the same code with `fold_batchnorm` replaced by the identity.
 - the stage-1 feature cache: `FeatureCache.build` (pooled backbone features of `--cache-views` augmented
   views of every image, the backbone frozen as in a head-only stage) inside `forward_precision`, as
   `train_stage` runs it;
 - `evaluate`-style inference with test-time augmentation: `infer_view_logits` over the 6 default views with
   `InferenceSettings(precision=...)`.
-Precisions alternate and each row keeps its fastest of `--repeats` passes, so a burst of load from other
-processes hurts both alike and the first pass's kernel set-up does not count. images/s counts images (a TTA
-image is 6 forward passes). The fp32 pass is the baseline of its row.
+Variants alternate and each keeps its fastest of `--repeats` passes, so a burst of load from other
+processes hurts all alike and the first pass's kernel set-up does not count. images/s counts images (a TTA
+image is 6 forward passes).
+
+With `--evaluate`, `lesionlab evaluate RUN --tta` on the run's test part (needs `--run`) is timed whole,
+fp32 unfolded (the baseline) against the run's recipe precision (`auto`: a parity check, then bf16 where it
+passes) with folding, alternating, its output written to a temporary folder.
 
 Parity on the same images: `lesionlab.precision.check_parity` on the plain (identity) view, the same judgement
 applied to the TTA-averaged probabilities, and how far the cached features move. Top-1 agreement is only
@@ -17,15 +24,22 @@ meaningful for a trained head: pass `--run RUN` to load a run's chosen model (it
 default `--size`); without it the ImageNet backbone has an untrained head, which decides no image.
 
     nice -n 19 .venv/bin/python benchmarks/bench_forward.py --n 256 --run runs/default
+    nice -n 19 .venv/bin/python benchmarks/bench_forward.py --n 512 --augment dermoscopy --cache-views 2 \
+        --run runs/default --evaluate
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import json
 import os
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
@@ -37,10 +51,12 @@ from lesionlab.data.cache import DecodedImageCache
 from lesionlab.data.dataset import LesionDataset
 from lesionlab.data.readers import Sample, compute_fingerprint, read_dataset
 from lesionlab.data.transforms import PRESETS, eval_transform, train_transform
+from lesionlab.evaluation.evaluate import EvaluationOptions, evaluate_run
 from lesionlab.evaluation.inference import InferenceSettings, infer_view_logits
 from lesionlab.evaluation.report import Table, format_table
 from lesionlab.evaluation.tta import DEFAULT_VIEWS, average_view_probabilities
 from lesionlab.models.checkpoint import load_run
+from lesionlab.models.fold import fold_batchnorm
 from lesionlab.models.freeze import resolve_plan, set_train_mode
 from lesionlab.models.registry import IMAGENET_MEAN, IMAGENET_STD, architecture, build_model
 from lesionlab.precision import ParityCheck, check_parity, forward_precision, native_bf16, parity_from_logits
@@ -48,6 +64,8 @@ from lesionlab.training.features import FeatureCache
 
 ARCH = "mobilenet_v3_small"
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+VARIANTS: tuple[tuple[str, bool], ...] = (("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True))
+FOLDING_USERS = ("lesionlab.evaluation.inference", "lesionlab.training.features")
 DEFAULT_SIZE = 224
 CACHE_SEED = 0
 
@@ -73,7 +91,29 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              "lowest-priority run from two threads waiting on each other")
     parser.add_argument("--pretrained", default="imagenet",
                         help="backbone weights without --run: imagenet (default) or none (the smoke test)")
-    return parser.parse_args(argv)
+    parser.add_argument("--evaluate", action="store_true",
+                        help="also time `lesionlab evaluate RUN --tta` on the test part (needs --run)")
+    args = parser.parse_args(argv)
+    if args.evaluate and not args.run:
+        parser.error("--evaluate needs --run")
+    return args
+
+
+def variant_name(precision: str, fold: bool) -> str:
+    """A variant's key and label, e.g. `bf16 folded`."""
+    return f"{precision} {'folded' if fold else 'unfolded'}"
+
+
+@contextlib.contextmanager
+def folding(fold: bool) -> Iterator[None]:
+    """lesionlab as it is (`fold`), or with BatchNorm folding switched off in every forward-only pass."""
+    if fold:
+        yield
+        return
+    with contextlib.ExitStack() as stack:
+        for module in FOLDING_USERS:
+            stack.enter_context(mock.patch(f"{module}.fold_batchnorm", lambda model: model))
+        yield
 
 
 def spread_sample(samples: list[Sample], count: int) -> list[Sample]:
@@ -137,31 +177,42 @@ def main(argv: Sequence[str] | None = None) -> None:
         features: dict[str, torch.Tensor] = {}
         logits: dict[str, np.ndarray] = {}
 
-        def build_cache(precision: str) -> None:
+        def build_cache(precision: str, fold: bool) -> None:
             set_train_mode(model, spec, head_plan)
-            with forward_precision(precision, device):
-                features[precision] = FeatureCache.build(model, train_set, args.cache_views, args.batch_size,
-                                                         args.workers, CACHE_SEED, device, True).views
+            with folding(fold), forward_precision(precision, device):
+                features[variant_name(precision, fold)] = FeatureCache.build(
+                    model, train_set, args.cache_views, args.batch_size, args.workers, CACHE_SEED, device,
+                    True).views
 
-        def tta(precision: str) -> None:
+        def tta(precision: str, fold: bool) -> None:
             settings = InferenceSettings(device, args.batch_size, args.workers, True, precision)
-            logits[precision] = infer_view_logits(model, eval_set, settings, DEFAULT_VIEWS,
-                                                  f"TTA {precision}")
+            with folding(fold):
+                logits[variant_name(precision, fold)] = infer_view_logits(
+                    model, eval_set, settings, DEFAULT_VIEWS, f"TTA {variant_name(precision, fold)}")
 
         measures: dict[str, Callable[[], object]] = {}
-        for precision in PRECISIONS:
-            measures[f"cache/{precision}"] = lambda precision=precision: build_cache(precision)
-        for precision in PRECISIONS:
-            measures[f"tta/{precision}"] = lambda precision=precision: tta(precision)
+        for precision, fold in VARIANTS:
+            measures[f"cache/{variant_name(precision, fold)}"] = (
+                lambda precision=precision, fold=fold: build_cache(precision, fold))
+        for precision, fold in VARIANTS:
+            measures[f"tta/{variant_name(precision, fold)}"] = (
+                lambda precision=precision, fold=fold: tta(precision, fold))
+        evaluation_root = Path(cache_root) / "evaluate"
+        if args.evaluate:
+            measures["evaluate/fp32 unfolded"] = lambda: evaluate_tta(args.run, evaluation_root, "fp32",
+                                                                      False)
+            measures["evaluate/recipe folded"] = lambda: evaluate_tta(args.run, evaluation_root, None,
+                                                                      True)
         progress = tqdm(total=len(measures) * args.repeats + 1, desc="bench_forward", unit="pass")
         seconds = fastest(measures, args.repeats, progress)
         progress.set_postfix_str("parity")
         model.eval()
         loader = DataLoader(eval_set, batch_size=args.batch_size, num_workers=args.workers)
-        plain = check_parity(model, ((images.contiguous(memory_format=torch.channels_last), labels)
-                                     for images, labels in loader), device)
+        plain = check_parity(fold_batchnorm(model), ((images.contiguous(memory_format=torch.channels_last),
+                                                      labels) for images, labels in loader), device)
         progress.update()
         progress.close()
+        evaluated = evaluation_precision(evaluation_root) if args.evaluate else ""
 
     count = len(samples)
     load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
@@ -171,25 +222,54 @@ def main(argv: Sequence[str] | None = None) -> None:
     passes = ((f"stage-1 feature cache, {args.cache_views} view(s) ({args.augment})", "cache",
                count * args.cache_views),
               (f"TTA inference, {len(DEFAULT_VIEWS)} views (infer_view_logits)", "tta", count))
-    speed_rows = tuple((name, f"{images / seconds[f'{key}/fp32']:,.1f}",
-                        f"{images / seconds[f'{key}/bf16']:,.1f}",
-                        f"{seconds[f'{key}/fp32'] / seconds[f'{key}/bf16']:.2f}x")
-                       for name, key, images in passes)
-    print(format_table(Table(("forward-only pass", "fp32 img/s", "bf16 img/s", "bf16 vs fp32"), speed_rows)))
+    speed_rows = []
+    for name, key, images in passes:
+        baseline = seconds[f"{key}/fp32 unfolded"]
+        for precision, fold in VARIANTS:
+            taken = seconds[f"{key}/{variant_name(precision, fold)}"]
+            speed_rows.append((name, variant_name(precision, fold), f"{images / taken:,.1f}",
+                               f"{baseline / taken:.2f}x"))
+            name = ""
+    if args.evaluate:
+        baseline, now = seconds["evaluate/fp32 unfolded"], seconds["evaluate/recipe folded"]
+        speed_rows += [("evaluate --tta, test part (s)", "fp32 unfolded", f"{baseline:.1f} s", "1.00x"),
+                       ("", f"{evaluated} folded (recipe's auto)", f"{now:.1f} s", f"{baseline / now:.2f}x")]
+    print(format_table(Table(("forward-only pass", "variant", "img/s", "vs fp32 unfolded"), tuple(speed_rows),
+                             numeric_from=2)))
 
     labels = np.asarray([sample.label for sample in samples])
-    tta_log_probabilities = {precision: np.log(average_view_probabilities(logits[precision]))
+    tta_log_probabilities = {precision: np.log(average_view_probabilities(logits[f"{precision} folded"]))
                              for precision in PRECISIONS}
     tta_check = parity_from_logits(tta_log_probabilities["fp32"], tta_log_probabilities["bf16"], labels)
-    print(f"\nparity, bf16 against fp32 on the same {count} images (lesionlab.precision.check_parity)")
+    print(f"\nparity, bf16 against fp32 (both folded) on the same {count} images "
+          f"(lesionlab.precision.check_parity)")
     print(format_table(Table(("predictions", "images", "decided", "top-1 agreement", "max |p diff|",
                               "bal acc fp32", "bal acc bf16", "passes"),
                              (parity_row("plain (identity view)", plain),
                               parity_row(f"TTA mean of {len(DEFAULT_VIEWS)} views", tta_check)))))
-    cosine, relative = feature_parity(features["fp32"], features["bf16"])
-    print(f"cached features: smallest cosine similarity {cosine:.5f}, largest difference {relative:.2e} "
-          f"of the largest fp32 feature")
+    for name, (first, second) in (("folded fp32 against unfolded fp32", ("fp32 unfolded", "fp32 folded")),
+                                  ("bf16 against fp32, both folded", ("fp32 folded", "bf16 folded"))):
+        cosine, relative = feature_parity(features[first], features[second])
+        print(f"cached features, {name}: smallest cosine similarity {cosine:.5f}, largest difference "
+              f"{relative:.2e} of the largest feature")
+    folded_tta = np.abs(average_view_probabilities(logits["fp32 folded"])
+                        - average_view_probabilities(logits["fp32 unfolded"])).max()
+    print(f"TTA probabilities, folded fp32 against unfolded fp32: largest difference {folded_tta:.1e}")
 
+
+def evaluate_tta(run: str, root: Path, precision: str | None, fold: bool) -> None:
+    """`lesionlab evaluate RUN --tta` on the run's test part, written under `root`; `precision=None` is the
+    recipe's own."""
+    options = EvaluationOptions(tta_views=tuple(DEFAULT_VIEWS), out_dir=root / f"{precision}-{fold}",
+                                precision=precision)
+    with folding(fold), contextlib.redirect_stdout(io.StringIO()):
+        evaluate_run(run, options)
+
+
+def evaluation_precision(root: Path) -> str:
+    """The precision the recipe's evaluation chose (its metrics.json), for the table."""
+    metrics = json.loads((root / "None-True" / "metrics.json").read_text())
+    return str(metrics["evaluation"]["precision"]["precision"])
 
 if __name__ == "__main__":
     main()
