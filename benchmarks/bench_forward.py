@@ -65,7 +65,7 @@ from lesionlab.training.features import FeatureCache
 ARCH = "mobilenet_v3_small"
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 VARIANTS: tuple[tuple[str, bool], ...] = (("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True))
-FOLDING_USERS = ("lesionlab.evaluation.inference", "lesionlab.training.features")
+FOLDING_USERS = ("lesionlab.evaluation.inference", "lesionlab.training.features", "lesionlab.precision")
 DEFAULT_SIZE = 224
 CACHE_SEED = 0
 
@@ -100,19 +100,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def variant_name(precision: str, fold: bool) -> str:
-    """A variant's key and label, e.g. `bf16 folded`."""
-    return f"{precision} {'folded' if fold else 'unfolded'}"
+    """A variant's key and label, e.g. `bf16 folded`; lesionlab's own choice for the precision is marked."""
+    ours = " (lesionlab)" if fold == (precision == "fp32") else ""
+    return f"{precision} {'folded' if fold else 'unfolded'}{ours}"
 
 
 @contextlib.contextmanager
-def folding(fold: bool) -> Iterator[None]:
-    """lesionlab as it is (`fold`), or with BatchNorm folding switched off in every forward-only pass."""
-    if fold:
+def folding(fold: bool | None) -> Iterator[None]:
+    """BatchNorm folding in every forward-only pass always (True), never (False), or as lesionlab chooses
+    (None: in fp32 only, `lesionlab.models.fold.fold_for`)."""
+    if fold is None:
         yield
         return
+    def choice(model: nn.Module, precision: str) -> nn.Module:
+        return fold_batchnorm(model) if fold else model
+
     with contextlib.ExitStack() as stack:
         for module in FOLDING_USERS:
-            stack.enter_context(mock.patch(f"{module}.fold_batchnorm", lambda model: model))
+            stack.enter_context(mock.patch(f"{module}.fold_for", choice))
         yield
 
 
@@ -202,14 +207,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             measures["evaluate/fp32 unfolded"] = lambda: evaluate_tta(args.run, evaluation_root, "fp32",
                                                                       False)
             measures["evaluate/recipe folded"] = lambda: evaluate_tta(args.run, evaluation_root, None,
-                                                                      True)
+                                                                      None)
         progress = tqdm(total=len(measures) * args.repeats + 1, desc="bench_forward", unit="pass")
         seconds = fastest(measures, args.repeats, progress)
         progress.set_postfix_str("parity")
         model.eval()
         loader = DataLoader(eval_set, batch_size=args.batch_size, num_workers=args.workers)
-        plain = check_parity(fold_batchnorm(model), ((images.contiguous(memory_format=torch.channels_last),
-                                                      labels) for images, labels in loader), device)
+        plain = check_parity(model, ((images.contiguous(memory_format=torch.channels_last), labels)
+                                     for images, labels in loader), device)
         progress.update()
         progress.close()
         evaluated = evaluation_precision(evaluation_root) if args.evaluate else ""
@@ -224,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> None:
               (f"TTA inference, {len(DEFAULT_VIEWS)} views (infer_view_logits)", "tta", count))
     speed_rows = []
     for name, key, images in passes:
-        baseline = seconds[f"{key}/fp32 unfolded"]
+        baseline = seconds[f"{key}/{variant_name('fp32', False)}"]
         for precision, fold in VARIANTS:
             taken = seconds[f"{key}/{variant_name(precision, fold)}"]
             speed_rows.append((name, variant_name(precision, fold), f"{images / taken:,.1f}",
@@ -233,31 +238,41 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.evaluate:
         baseline, now = seconds["evaluate/fp32 unfolded"], seconds["evaluate/recipe folded"]
         speed_rows += [("evaluate --tta, test part (s)", "fp32 unfolded", f"{baseline:.1f} s", "1.00x"),
-                       ("", f"{evaluated} folded (recipe's auto)", f"{now:.1f} s", f"{baseline / now:.2f}x")]
+                       ("", f"recipe's auto: {evaluated} (lesionlab)", f"{now:.1f} s",
+                        f"{baseline / now:.2f}x")]
     print(format_table(Table(("forward-only pass", "variant", "img/s", "vs fp32 unfolded"), tuple(speed_rows),
                              numeric_from=2)))
 
     labels = np.asarray([sample.label for sample in samples])
-    tta_log_probabilities = {precision: np.log(average_view_probabilities(logits[f"{precision} folded"]))
-                             for precision in PRECISIONS}
-    tta_check = parity_from_logits(tta_log_probabilities["fp32"], tta_log_probabilities["bf16"], labels)
-    print(f"\nparity, bf16 against fp32 (both folded) on the same {count} images "
+    fp32_key, bf16_key, bf16_folded_key = (variant_name("fp32", True), variant_name("bf16", False),
+                                           variant_name("bf16", True))
+
+    def tta_log(key: str) -> np.ndarray:
+        return np.log(average_view_probabilities(logits[key]))
+
+    print(f"\nparity, bf16 against fp32 (folded) on the same {count} images "
           f"(lesionlab.precision.check_parity)")
     print(format_table(Table(("predictions", "images", "decided", "top-1 agreement", "max |p diff|",
                               "bal acc fp32", "bal acc bf16", "passes"),
-                             (parity_row("plain (identity view)", plain),
-                              parity_row(f"TTA mean of {len(DEFAULT_VIEWS)} views", tta_check)))))
-    for name, (first, second) in (("folded fp32 against unfolded fp32", ("fp32 unfolded", "fp32 folded")),
-                                  ("bf16 against fp32, both folded", ("fp32 folded", "bf16 folded"))):
+                             (parity_row("plain (identity view), bf16 unfolded", plain),
+                              parity_row(f"TTA mean of {len(DEFAULT_VIEWS)} views, bf16 unfolded",
+                                         parity_from_logits(tta_log(fp32_key), tta_log(bf16_key), labels)),
+                              parity_row(f"TTA mean of {len(DEFAULT_VIEWS)} views, bf16 folded",
+                                         parity_from_logits(tta_log(fp32_key),
+                                                            tta_log(bf16_folded_key), labels))))))
+    unfolded_fp32 = variant_name("fp32", False)
+    for name, (first, second) in (("folded fp32 against unfolded fp32", (unfolded_fp32, fp32_key)),
+                                  ("bf16 unfolded against folded fp32", (fp32_key, bf16_key)),
+                                  ("bf16 folded against folded fp32", (fp32_key, bf16_folded_key))):
         cosine, relative = feature_parity(features[first], features[second])
         print(f"cached features, {name}: smallest cosine similarity {cosine:.5f}, largest difference "
               f"{relative:.2e} of the largest feature")
-    folded_tta = np.abs(average_view_probabilities(logits["fp32 folded"])
-                        - average_view_probabilities(logits["fp32 unfolded"])).max()
+    folded_tta = np.abs(average_view_probabilities(logits[fp32_key])
+                        - average_view_probabilities(logits[variant_name("fp32", False)])).max()
     print(f"TTA probabilities, folded fp32 against unfolded fp32: largest difference {folded_tta:.1e}")
 
 
-def evaluate_tta(run: str, root: Path, precision: str | None, fold: bool) -> None:
+def evaluate_tta(run: str, root: Path, precision: str | None, fold: bool | None) -> None:
     """`lesionlab evaluate RUN --tta` on the run's test part, written under `root`; `precision=None` is the
     recipe's own."""
     options = EvaluationOptions(tta_views=tuple(DEFAULT_VIEWS), out_dir=root / f"{precision}-{fold}",
@@ -268,7 +283,7 @@ def evaluate_tta(run: str, root: Path, precision: str | None, fold: bool) -> Non
 
 def evaluation_precision(root: Path) -> str:
     """The precision the recipe's evaluation chose (its metrics.json), for the table."""
-    metrics = json.loads((root / "None-True" / "metrics.json").read_text())
+    metrics = json.loads((root / "None-None" / "metrics.json").read_text())
     return str(metrics["evaluation"]["precision"]["precision"])
 
 if __name__ == "__main__":

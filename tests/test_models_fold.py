@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lesionlab.models.fold import fold_batchnorm
+from lesionlab.models.fold import fold_batchnorm, fold_for
 from lesionlab.models.registry import build_model
 
 
@@ -52,3 +52,9 @@ def test_train_mode_batchnorm_is_not_folded() -> None:
     folded = fold_batchnorm(model)
     assert batchnorms(folded) == batchnorms(model.features[5:])
     assert batchnorms(folded.features[:5]) == 0
+
+
+def test_fold_for_folds_fp32_passes_only() -> None:
+    model = model_with_statistics()
+    assert batchnorms(fold_for(model, "fp32")) == 0
+    assert fold_for(model, "bf16") is model

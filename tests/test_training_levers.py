@@ -91,6 +91,17 @@ def test_dermoscopy_preset_crops_from_the_full_input_and_turns_exactly() -> None
     assert turned == corners
 
 
+def test_a_check_on_a_model_that_decides_too_few_images_does_not_pass() -> None:
+    """An untrained head (every image a near-tie) gives no evidence that bf16 keeps decisions."""
+    labels = np.arange(7).repeat(4)
+    undecided = np.random.default_rng(0).normal(0.0, 0.01, (len(labels), 7))
+    check = parity_from_logits(undecided, undecided, labels)
+    assert check.decided_images == 0 and check.top1_agreement == 1.0
+    assert not check.passed
+    half = np.where(np.arange(len(labels))[:, None] % 2 == 0, np.eye(7)[labels] * 8.0, undecided)
+    assert parity_from_logits(half, half, labels).passed
+
+
 def test_forced_disagreement_falls_back_to_fp32() -> None:
     labels = np.arange(7).repeat(4)
     confident = np.eye(7)[labels] * 8.0

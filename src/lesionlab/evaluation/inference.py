@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from lesionlab.data.dataset import LesionDataset
 from lesionlab.evaluation.tta import IDENTITY, apply_view
-from lesionlab.models.fold import fold_batchnorm
+from lesionlab.models.fold import fold_for
 from lesionlab.precision import forward_precision
 from lesionlab.training.features import to_device
 
@@ -43,13 +43,13 @@ def infer_view_logits(
 ) -> np.ndarray:
     """Logits of every item under every view, shape (items, views, classes), in dataset order.
 
-    The batches run through a copy of the model with its BatchNorms folded into their convolutions
+    In fp32 the batches run through a copy of the model with its BatchNorms folded into their convolutions
     (`lesionlab.models.fold`): the same function, much faster on a CPU.
     """
     model.eval().to(settings.device)
     if settings.channels_last:
         model.to(memory_format=torch.channels_last)
-    model = fold_batchnorm(model)
+    model = fold_for(model, settings.precision)
     loader = DataLoader(
         dataset,
         batch_size=settings.batch_size,
