@@ -21,10 +21,11 @@ then the schedule's average over a stage of `--epochs` epochs, each size weighte
 `StageConfig.epoch_image_size` gives it (total images / total time, so slow sizes count for their time).
 
 Freeze plans, against `all`: `trainable: <plan>` with BatchNorm `frozen` (train mode in the trainable blocks,
-eval mode in the frozen ones). lesionlab's own path runs the whole model in fp32; the frozen prefix then
-records no autograd graph, because neither its weights nor its input require gradients. The bf16 column runs
-that prefix under no_grad and bf16 autocast and the trainable rest in fp32, to see whether bf16 would pay on
-this CPU (lesionlab's training steps stay fp32; see `lesionlab.precision`).
+eval mode in the frozen ones). Three ways to run the frozen prefix: the whole model as it is (the prefix then
+records no autograd graph, because neither its weights nor its input require gradients; lesionlab's path
+before `frozen_prefix_forward`), and `lesionlab.training.features.frozen_prefix_forward` in fp32 (no_grad,
+BatchNorm folded) and in bf16 (no_grad, bf16 autocast, where a stage's parity check chose bf16); the
+trainable rest runs in fp32 in every column.
 
 Image-path rows time one epoch after a two-batch warm-up. Run from the repository root:
 
@@ -54,8 +55,8 @@ from lesionlab.data.transforms import PRESETS, eval_transform, train_transform
 from lesionlab.evaluation.report import Table, format_table
 from lesionlab.models.freeze import FreezePlan, apply_plan, resolve_plan, set_train_mode
 from lesionlab.models.registry import IMAGENET_MEAN, IMAGENET_STD, architecture, build_model
-from lesionlab.precision import forward_precision, native_bf16
-from lesionlab.training.features import FeatureCache, frozen_backbone_forward
+from lesionlab.precision import native_bf16
+from lesionlab.training.features import FeatureCache, frozen_prefix_forward
 from lesionlab.training.imbalance import make_criterion
 from lesionlab.training.loop import StageData, image_batches, train_epoch
 from lesionlab.training.recipe import StageConfig, load_recipe
@@ -192,34 +193,14 @@ def lesionlab_head_cached(data: StageData, args: argparse.Namespace) -> float:
     return args.head_epochs * len(data.train_set) / (time.perf_counter() - start)
 
 
-def bf16_prefix_forward(model: nn.Module, plan: FreezePlan, device: torch.device) -> Forward:
-    """The frozen blocks before the first trainable one under no_grad and bf16 autocast, the rest in fp32.
-
-    lesionlab has no such path (its training steps are fp32 throughout); this measures what one would gain.
-    """
-    first = min(int(block.split(".")[1]) for block in plan.trainable if block.startswith("features."))
-    prefix, rest = model.features[:first], model.features[first:]
-
-    def forward(images: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad(), forward_precision("bf16", device):
-            frozen = prefix(images)
-        return model.classifier(torch.flatten(model.avgpool(rest(frozen.float())), 1))
-
-    return forward
-
-
 def lesionlab_image_path(data: StageData, args: argparse.Namespace, trainable: str, bn: str,
-                         image_size: int | None = None, bf16_prefix: bool = False) -> float:
+                         image_size: int | None = None, prefix: str | None = "fp32") -> float:
     """(b'), (c) and the other image-path rows: lesionlab's image loader and `train_epoch`, as `train_stage`
     runs them (the training transform at the epoch's size, the plan's forward)."""
     model, plan, optimizer, criterion = stage_setup(trainable, bn, data, args.pretrained)
     stage = load_recipe(None, [f"stages.1.batch_size={args.batch_size}"]).stages[1]
     data.train_set.transform = data.augment(image_size or args.size)
-    forward: Forward = model
-    if plan.backbone_frozen():
-        forward = frozen_backbone_forward(model)
-    elif bf16_prefix:
-        forward = bf16_prefix_forward(model, plan, data.device)
+    forward: Forward = model if prefix is None else frozen_prefix_forward(model, plan, prefix)
 
     def epoch(limit: int | None) -> int:
         loader = image_batches(data, stage, epoch_seed=0)
@@ -292,10 +273,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         jobs += [(f"all@{size}", lambda size=size: lesionlab_image_path(fast, args, "all", "train", size))
                  for size in args.schedule if size != args.size]
         for plan in args.plans[1:]:
+            jobs.append((f"{plan}/model", lambda plan=plan: lesionlab_image_path(fast, args, plan, "frozen",
+                                                                                 prefix=None)))
             jobs.append((f"{plan}/fp32", lambda plan=plan: lesionlab_image_path(fast, args, plan, "frozen")))
             if bf16:
                 jobs.append((f"{plan}/bf16", lambda plan=plan: lesionlab_image_path(
-                    fast, args, plan, "frozen", bf16_prefix=True)))
+                    fast, args, plan, "frozen", prefix="bf16")))
         progress = tqdm(jobs, desc="bench_training", unit="row")
         for key, measure in progress:
             progress.set_postfix_str(key)
@@ -325,19 +308,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(format_table(Table(("images at", "images/s", "vs fixed"), ratio_rows(progressive))))
 
     baseline = rates[f"all@{args.size}"]
-    plan_rows = [("all (c, baseline)", "none", f"{baseline:,.1f}", "1.00x", "-", "-", "-")]
+    plan_rows = [("all (c, baseline)", "none", f"{baseline:,.1f}", "1.00x", "-", "-", "-", "-")]
     for plan in args.plans[1:]:
-        fp32_rate = rates[f"{plan}/fp32"]
+        model_rate, fp32_rate = rates[f"{plan}/model"], rates[f"{plan}/fp32"]
         bf16_rate = rates.get(f"{plan}/bf16")
-        plan_rows.append((plan, prefix_label(plan), f"{fp32_rate:,.1f}", f"{fp32_rate / baseline:.2f}x",
+        plan_rows.append((plan, prefix_label(plan), f"{model_rate:,.1f}", f"{model_rate / baseline:.2f}x",
+                          f"{fp32_rate:,.1f}", f"{fp32_rate / model_rate:.2f}x",
                           "-" if bf16_rate is None else f"{bf16_rate:,.1f}",
-                          "-" if bf16_rate is None else f"{bf16_rate / baseline:.2f}x",
-                          "-" if bf16_rate is None else f"{bf16_rate / fp32_rate:.2f}x"))
+                          "-" if bf16_rate is None else f"{bf16_rate / model_rate:.2f}x"))
     note = "" if bf16 else " (this CPU has no native bf16: bf16 columns left out)"
-    print(f"\nfine-tune per freeze plan (BatchNorm `frozen`), frozen prefix in fp32 or bf16 autocast, "
-          f"at {args.size} px{note}")
-    print(format_table(Table(("trainable", "frozen prefix", "fp32 img/s", "vs all", "bf16 img/s", "vs all",
-                              "bf16/fp32"), tuple(plan_rows), numeric_from=2)))
+    print(f"\nfine-tune per freeze plan (BatchNorm `frozen`) at {args.size} px: the whole model, then the "
+          f"frozen prefix forward-only in fp32 (folded) or bf16 autocast (frozen_prefix_forward){note}")
+    print(format_table(Table(("trainable", "frozen prefix", "model img/s", "vs all", "fp32 prefix img/s",
+                              "vs model", "bf16 prefix img/s", "vs model"), tuple(plan_rows),
+                             numeric_from=2)))
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ def test_bench_training_prints_every_table(tiny_ham_dataset: Callable[..., Path]
     output = capsys.readouterr().out
     assert "(a) plain torchvision loop" in output
     assert "schedule 48/64, average over 2 epochs" in output
-    assert "features.7-12,head" in output and "features.0-6" in output
+    assert "features.7-12,head" in output and "features.0-6" in output and "fp32 prefix img/s" in output
     assert "load average" in output
 
 
@@ -51,4 +51,5 @@ def test_bench_forward_prints_speed_and_parity(tiny_ham_dataset: Callable[..., P
     output = capsys.readouterr().out
     assert "stage-1 feature cache" in output and "TTA inference, 6 views" in output
     assert "plain (identity view)" in output and "TTA mean of 6 views" in output
-    assert "cached features: smallest cosine similarity" in output
+    assert "fp32 folded (lesionlab)" in output and "bf16 unfolded (lesionlab)" in output
+    assert "cached features, folded fp32 against unfolded fp32: smallest cosine similarity" in output
