@@ -38,6 +38,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_tta_arguments(parser)
     parser.add_argument(
+        "--ensemble", action="append", default=[], type=Path, metavar="RUN2",
+        help="another run (repeatable): evaluate each member, then score the mean of their probabilities "
+        "(written to RUN/eval/ensemble-<members>-<split>/ unless --out)",
+    )
+    parser.add_argument(
         "--no-calibration",
         action="store_true",
         help="skip temperature scaling (by default a temperature fitted on the run's validation "
@@ -57,25 +62,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_evaluate(args: argparse.Namespace) -> int:
     """Evaluate, then print the classification report, the headline table and where the report is."""
     from lesionlab.errors import ConfigError
+    from lesionlab.evaluation.ensemble import evaluate_ensemble
     from lesionlab.evaluation.evaluate import EvaluationOptions, evaluate_run
     from lesionlab.evaluation.report import console_summary
 
     if not 0.0 < args.malignant_sensitivity <= 1.0:
         raise ConfigError(f"--malignant-sensitivity {args.malignant_sensitivity}: give a value in (0, 1]")
-    result = evaluate_run(
-        args.run,
-        EvaluationOptions(
-            data=args.data,
-            fmt=args.format,
-            split=args.split,
-            tta_views=tta_views(args),
-            calibrate=not args.no_calibration,
-            out_dir=args.out,
-            device=args.device,
-            precision=args.precision,
-            malignant_sensitivity=args.malignant_sensitivity,
-        ),
+    options = EvaluationOptions(
+        data=args.data,
+        fmt=args.format,
+        split=args.split,
+        tta_views=tta_views(args),
+        calibrate=not args.no_calibration,
+        out_dir=args.out,
+        device=args.device,
+        precision=args.precision,
+        malignant_sensitivity=args.malignant_sensitivity,
     )
+    if args.ensemble:
+        result = evaluate_ensemble([args.run, *args.ensemble], options)
+        validation = result.metrics["validation"]
+        print(f"\nensemble of {len(args.ensemble) + 1} runs ({result.metrics['samples']} images, mean of "
+              f"the members' probabilities):\n")
+        print(console_summary(result.metrics))
+        if validation is not None:
+            print(f"\nvalidation part: balanced accuracy {validation['balanced_accuracy']:.3f}, macro F1 "
+                  f"{validation['macro_f1']:.3f}")
+        print(f"\nmetrics: {result.out_dir / 'metrics.json'}")
+        return 0
+    result = evaluate_run(args.run, options)
     evaluation = result.metrics["evaluation"]
     print(
         f"{evaluation['run']} on {evaluation['dataset']}-{evaluation['split']} ({result.metrics['samples']} "
