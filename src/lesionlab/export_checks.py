@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import recall_score
 
 from lesionlab.classes import CLASS_CODES
+from lesionlab.evaluation import metrics
 from lesionlab.inference.base import Predictor
 from lesionlab.inference.run_samples import ImageBatch
 
@@ -49,14 +49,13 @@ def agreement(reference: np.ndarray, candidate: np.ndarray) -> Agreement:
 
 
 def balanced_accuracy(classes: Sequence[str], probabilities: np.ndarray, labels: np.ndarray) -> float:
-    """Balanced accuracy: mean recall over the classes present in `labels`, compared by class code.
+    """Balanced accuracy of a file's top classes, compared by class code (`classes` is the file's own order).
 
-    That is scikit-learn's `balanced_accuracy_score`; written as macro recall over the true classes so a small
-    check sample that lacks a rare class (while the model predicts it) gives no warning.
+    A class the file names but lesionlab does not know counts as a wrong answer.
     """
-    truth = [CLASS_CODES[label] for label in labels]
-    predicted = [classes[index] for index in probabilities.argmax(axis=1)]
-    return float(recall_score(truth, predicted, labels=sorted(set(truth)), average="macro", zero_division=0))
+    index = {code: position for position, code in enumerate(CLASS_CODES)}
+    predicted = np.array([index.get(classes[top], -1) for top in probabilities.argmax(axis=1)])
+    return metrics.balanced_accuracy(np.asarray(labels), predicted)
 
 
 def model_size(path: Path) -> int:

@@ -23,17 +23,16 @@ so a run says why it used what it used. `fp32` and `bf16` force a choice.
 from __future__ import annotations
 
 import contextlib
-import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import balanced_accuracy_score
 
 from lesionlab.errors import ConfigError
 from lesionlab.evaluation.calibration import softmax_probabilities
+from lesionlab.evaluation.metrics import balanced_accuracy
 from lesionlab.models.fold import fold_for
 
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
@@ -85,10 +84,7 @@ def parity_from_logits(fp32_logits: np.ndarray, bf16_logits: np.ndarray, labels:
     fp32_probabilities = softmax_probabilities(fp32_logits)
     bf16_probabilities = softmax_probabilities(bf16_logits)
     fp32_top1, bf16_top1 = fp32_logits.argmax(axis=1), bf16_logits.argmax(axis=1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        accuracy_fp32 = float(balanced_accuracy_score(labels, fp32_top1))
-        accuracy_bf16 = float(balanced_accuracy_score(labels, bf16_top1))
+    accuracy_fp32, accuracy_bf16 = balanced_accuracy(labels, fp32_top1), balanced_accuracy(labels, bf16_top1)
     top2 = np.sort(fp32_probabilities, axis=1)[:, -2:]
     decided = top2[:, 1] - top2[:, 0] >= DECIDED_MARGIN
     agreement = float((fp32_top1 == bf16_top1)[decided].mean()) if decided.any() else 1.0
