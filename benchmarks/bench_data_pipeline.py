@@ -20,8 +20,8 @@ from lesionlab.data.cache import DecodedImageCache
 from lesionlab.data.dataset import LesionDataset
 from lesionlab.data.readers import Sample, compute_fingerprint, read_dataset
 from lesionlab.data.transforms import train_transform
-from lesionlab.evaluation.report import Table, format_table
 from lesionlab.models.registry import IMAGENET_MEAN, IMAGENET_STD
+from lesionlab.tables import Table, format_table
 
 BATCH_SIZE = 50
 

@@ -53,13 +53,13 @@ from lesionlab.data.readers import Sample, compute_fingerprint, read_dataset
 from lesionlab.data.transforms import PRESETS, eval_transform, train_transform
 from lesionlab.evaluation.evaluate import EvaluationOptions, evaluate_run
 from lesionlab.evaluation.inference import InferenceSettings, infer_view_logits
-from lesionlab.evaluation.report import Table, format_table
 from lesionlab.evaluation.tta import DEFAULT_VIEWS, average_view_probabilities
 from lesionlab.models.checkpoint import load_run
 from lesionlab.models.fold import fold_batchnorm
 from lesionlab.models.freeze import resolve_plan, set_train_mode
 from lesionlab.models.registry import IMAGENET_MEAN, IMAGENET_STD, architecture, build_model
 from lesionlab.precision import ParityCheck, check_parity, forward_precision, native_bf16, parity_from_logits
+from lesionlab.tables import Table, format_table
 from lesionlab.training.features import FeatureCache
 
 ARCH = "mobilenet_v3_small"

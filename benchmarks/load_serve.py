@@ -39,7 +39,7 @@ import psutil
 from PIL import Image
 
 from lesionlab.data.readers import resolve_data_path
-from lesionlab.evaluation.report import Table, format_table
+from lesionlab.tables import Table, format_table
 
 STARTUP_SECONDS = 600.0
 IMAGE_COUNT = 16

@@ -132,7 +132,8 @@ def calibrated_run_dir(tmp_path_factory: pytest.TempPathFactory, tiny_run_dir: P
     Session-scoped: copy it before writing into it."""
     import shutil
 
-    from lesionlab.evaluation.calibration import TemperatureFit, file_sha256, save_temperature
+    from lesionlab.evaluation.calibration import TemperatureFit, save_temperature
+    from lesionlab.io_utils import file_sha256
 
     run_dir = tmp_path_factory.mktemp("calibrated") / "run"
     shutil.copytree(tiny_run_dir, run_dir)

@@ -175,9 +175,9 @@ def test_predictors_apply_a_matching_threshold_and_say_why_others_fall_back(
         calibrated_run_dir: Path, tiny_run_dir: Path, tmp_path: Path) -> None:
     import shutil
 
-    from lesionlab.evaluation.calibration import file_sha256
     from lesionlab.inference import load_predictor
     from lesionlab.inference.torch_backend import TorchPredictor
+    from lesionlab.io_utils import file_sha256
 
     run = tmp_path / "run"
     shutil.copytree(calibrated_run_dir, run)

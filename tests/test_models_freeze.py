@@ -136,7 +136,7 @@ def test_plan_table_lists_every_block_with_counts(backbones: dict[str, nn.Module
     plan = resolve_plan("last-block", spec, "frozen")
     table = plan_table(model, spec, plan)
     lines = table.splitlines()
-    rows = {line.split()[0]: line.split() for line in lines[2:]}
+    rows = {line.split()[0]: line.split() for line in lines[3:]}
     assert set(spec.blocks) <= rows.keys()
     assert rows["features.11"][1:3] == ["train", "train"]
     assert rows["features.3"][1:3] == ["frozen", "eval"]

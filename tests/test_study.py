@@ -16,8 +16,8 @@ from lesionlab.classes import CLASS_CODES
 from lesionlab.data.readers import read_dataset
 from lesionlab.data.split import read_split, shared_lesions
 from lesionlab.errors import ConfigError
-from lesionlab.evaluation.calibration import file_sha256
 from lesionlab.evaluation.predictions import read_predictions
+from lesionlab.io_utils import file_sha256
 from lesionlab.study import Budget, current_evaluation, load_study, run_recipe, run_study, study_table
 
 REPO = Path(__file__).resolve().parents[1]

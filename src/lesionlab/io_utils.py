@@ -1,7 +1,9 @@
-"""Atomic file writes: a reader never sees a half-written file; an interrupted run loses nothing saved."""
+"""Atomic file writes (a reader never sees a half-written file; an interrupted run loses nothing saved) and
+the one file hash that checkpoints, temperatures, weights and model ids are checked by."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -42,3 +44,14 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
 def atomic_write_json(path: str | os.PathLike[str], payload: Any) -> Path:
     """Write indented JSON atomically."""
     return atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
+
+
+def file_sha256(*paths: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file's bytes, read in chunks (of several files' bytes in order, for a model stored as
+    graph plus weights), so any change to the weights changes the digest."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda handle=handle: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()

@@ -47,7 +47,7 @@ def run_bench(args: argparse.Namespace) -> int:
 def bench_table(report: BenchReport) -> str:
     """Each engine's timings, its ratios against ONNX Runtime fp32 from the same run, and its largest
     probability difference from PyTorch fp32."""
-    from lesionlab.evaluation.report import Table, format_table
+    from lesionlab.tables import Table, format_table
 
     base = report.baseline.timing
     rows = tuple(

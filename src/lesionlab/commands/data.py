@@ -23,7 +23,7 @@ from lesionlab.data.split import (
     write_split,
 )
 from lesionlab.errors import USER_ERROR
-from lesionlab.evaluation.report import Table, format_table
+from lesionlab.tables import Table, format_table
 
 DATASET_HELP = "dataset folder, or its CSV (HAM10000 metadata / ISIC ground truth) or MedMNIST .npz"
 PATH_HELP = f"{DATASET_HELP}; default: $LESIONLAB_DATA, then ../shared/data/ham10000"

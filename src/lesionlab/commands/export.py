@@ -71,7 +71,7 @@ def run_export(args: argparse.Namespace) -> int:
 def summary_table(report: ExportReport) -> str:
     """PyTorch first, then each file on each engine: size, agreement with PyTorch, balanced accuracy on the
     same images."""
-    from lesionlab.evaluation.report import Table, format_table
+    from lesionlab.tables import Table, format_table
 
     images = report.files[0].agreement.images
     files = [*report.files, *([report.int8.model] if report.int8 else [])]
@@ -90,7 +90,7 @@ def summary_table(report: ExportReport) -> str:
 
 def int8_summary(report: Int8Report) -> str:
     """The int8 verdict: accuracy against fp32, speed against each fp32 engine, and what failed, if any."""
-    from lesionlab.evaluation.report import Table, format_table
+    from lesionlab.tables import Table, format_table
 
     fp32_rows = report.speed[:-1]
     int8_row = report.speed[-1]

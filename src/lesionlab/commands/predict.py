@@ -85,7 +85,7 @@ def _json_document(predictor: Predictor, predictions: list[FilePrediction], fail
 
 def _text_table(predictions: list[FilePrediction], top: int) -> str:
     """One row per image: top class, its probability, malignant or benign, the runners-up (and overlay)."""
-    from lesionlab.evaluation.report import Table, format_table
+    from lesionlab.tables import Table, format_table
 
     with_overlay = any(item.overlay for item in predictions)
     rows = []

@@ -38,7 +38,7 @@ import numpy as np
 
 from lesionlab.classes import CLASS_CODES, NUM_CLASSES
 from lesionlab.data.imageio import parse_npz_member
-from lesionlab.data.readers import Sample, SampleTable
+from lesionlab.data.readers import Sample, SampleTable, compute_fingerprint
 from lesionlab.errors import ConfigError, DataError
 from lesionlab.io_utils import atomic_write_text
 
@@ -252,3 +252,9 @@ def _check_files_exist(source: Path, parts: dict[str, list[Sample]]) -> None:
 def _file_of(sample: Sample) -> str:
     member = parse_npz_member(sample.path)
     return sample.path if member is None else member[0]
+
+
+def split_samples_table(table: SampleTable, split: Split) -> SampleTable:
+    """The samples a split covers, as a table (the whole dataset unless the split was made on a subset)."""
+    samples = [sample for part in split.parts.values() for sample in part]
+    return SampleTable(samples, table.root, table.format, compute_fingerprint(samples))

@@ -10,7 +10,6 @@ fitted for.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 from torch.nn import functional
 
 from lesionlab.errors import CheckpointError
-from lesionlab.io_utils import atomic_write_json
+from lesionlab.io_utils import atomic_write_json, file_sha256
 
 TEMPERATURE_SUFFIX = ".temperature.json"
 TEMPERATURE_RANGE: tuple[float, float] = (0.05, 20.0)
@@ -83,15 +82,6 @@ def fit_temperature_record(
         nll_after=float(functional.cross_entropy(logit_tensor / temperature, label_tensor)),
         checkpoint_sha256=file_sha256(checkpoint),
     )
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def save_temperature(path: Path, fit: TemperatureFit) -> Path:

@@ -23,11 +23,11 @@ from lesionlab.data.dataset import LesionDataset
 from lesionlab.data.readers import Sample, SampleTable
 from lesionlab.data.split import Split
 from lesionlab.data.transforms import eval_transform
+from lesionlab.device import pick_device
 from lesionlab.errors import DataError
 from lesionlab.evaluation import plots
 from lesionlab.evaluation.calibration import (
     TemperatureFit,
-    file_sha256,
     fit_temperature_record,
     load_temperature,
     save_temperature,
@@ -46,13 +46,12 @@ from lesionlab.evaluation.report import MALIGNANCY_ROC_CAPTION, build_report, re
 from lesionlab.evaluation.sources import (
     EvaluationData,
     model_labels,
-    read_run_json,
     read_run_recipe,
     select_evaluation_data,
 )
 from lesionlab.evaluation.summary import data_summary, model_summary
 from lesionlab.evaluation.tta import IDENTITY, average_view_probabilities
-from lesionlab.io_utils import atomic_write_json, atomic_write_text
+from lesionlab.io_utils import atomic_write_json, atomic_write_text, file_sha256
 from lesionlab.malignancy import (
     DEFAULT_TARGET_SENSITIVITY,
     FALLBACK_RULE,
@@ -73,8 +72,8 @@ from lesionlab.models.checkpoint import (
 from lesionlab.models.freeze import block_modules, resolve_plan
 from lesionlab.models.registry import architecture
 from lesionlab.precision import PARITY_IMAGES, ParityCheck, parity_from_logits, resolve_precision
+from lesionlab.run_json import read_run_json
 from lesionlab.training.recipe import Recipe
-from lesionlab.training.runner import pick_device
 
 FIGURES_DIR = "figures"
 

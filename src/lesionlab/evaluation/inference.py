@@ -16,10 +16,10 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from lesionlab.data.dataset import LesionDataset
+from lesionlab.device import to_device
 from lesionlab.evaluation.tta import IDENTITY, apply_view
 from lesionlab.models.fold import fold_for
 from lesionlab.precision import forward_precision
-from lesionlab.training.features import to_device
 
 
 @dataclass(frozen=True)

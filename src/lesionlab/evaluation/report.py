@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lesionlab.classes import CLASSES
+from lesionlab.tables import Table, format_table
 
 VARIANT_TITLES: dict[str, str] = {
     "plain": "plain",
@@ -46,22 +47,6 @@ class Paragraph:
     """Plain prose (no markup, escaped in HTML)."""
 
     text: str
-
-
-@dataclass(frozen=True)
-class Table:
-    """A table of preformatted cells; columns `numeric_from` up to (not including) `numeric_to` hold numbers
-    and are right-aligned."""
-
-    headers: tuple[str, ...]
-    rows: tuple[tuple[str, ...], ...]
-    numeric_from: int = 1
-    numeric_to: int | None = None
-
-    def is_numeric(self, column: int) -> bool:
-        """Whether a column holds numbers (right-aligned)."""
-        end = len(self.headers) if self.numeric_to is None else self.numeric_to
-        return self.numeric_from <= column < end
 
 
 @dataclass(frozen=True)
@@ -342,19 +327,6 @@ def render_html(report: Report, base_dir: Path) -> str:
         f"<title>{html.escape(report.title)}</title><style>{_CSS}</style></head>"
         f"<body>{''.join(parts)}</body></html>\n"
     )
-
-
-def format_table(table: Table) -> str:
-    """A table as aligned plain text for the terminal."""
-    widths = [max(len(cell) for cell in column) for column in zip(table.headers, *table.rows, strict=True)]
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(
-            cell.rjust(width) if table.is_numeric(index) else cell.ljust(width)
-            for index, (cell, width) in enumerate(zip(cells, widths, strict=True))
-        ).rstrip()
-
-    return "\n".join([line(table.headers), line(["-" * width for width in widths]), *map(line, table.rows)])
 
 
 def console_summary(metrics: dict[str, Any], with_classification_report: bool = True) -> str:

@@ -11,21 +11,19 @@ Another dataset is evaluated whole, unless it carries its own split (MedMNIST): 
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from lesionlab.classes import CLASS_CODES
 from lesionlab.data.readers import Sample, SampleTable, read_dataset
-from lesionlab.data.split import PARTS, Split, read_split
+from lesionlab.data.split import PARTS, Split, read_split, split_samples_table
 from lesionlab.errors import CheckpointError, DataError
+from lesionlab.run_json import read_run_json
 from lesionlab.training.recipe import Recipe, load_recipe
-from lesionlab.training.runner import split_samples_table
 
 ALL_PARTS = "all"
 SPLIT_CHOICES: tuple[str, ...] = (*PARTS, ALL_PARTS)
@@ -42,17 +40,6 @@ class EvaluationData:
     table: SampleTable
     run_table: SampleTable
     run_split: Split
-
-
-def read_run_json(run_dir: Path) -> dict[str, Any]:
-    """The run's `run.json` (dataset location, split facts, training time)."""
-    path = Path(run_dir) / "run.json"
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as error:
-        raise CheckpointError(f"{path}: missing; pass a run directory made by `lesionlab train`.") from error
-    except json.JSONDecodeError as error:
-        raise CheckpointError(f"{path}: not valid JSON ({error}); the run directory is damaged.") from error
 
 
 def read_run_recipe(run_dir: Path) -> Recipe:

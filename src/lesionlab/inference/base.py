@@ -7,7 +7,6 @@ exported-model paths must work on a machine without PyTorch.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 from abc import ABC, abstractmethod
@@ -67,17 +66,6 @@ class Explanation:
         buffer = io.BytesIO()
         Image.fromarray(self.overlay).save(buffer, format="PNG")
         return buffer.getvalue()
-
-
-def file_digest(*paths: str | os.PathLike[str]) -> str:
-    """The sha256 of a file's bytes (of several files' bytes in order, for a model stored as graph plus
-    weights): a model id that changes whenever the weights do."""
-    digest = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as handle:
-            for chunk in iter(lambda handle=handle: handle.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
 
 
 class Predictor(ABC):

@@ -13,9 +13,10 @@ import numpy as np
 from PIL import Image
 
 from lesionlab.class_offsets import apply_class_offsets, class_offsets_file, load_class_offsets
-from lesionlab.inference.base import ExplainUnavailableError, Explanation, Predictor, file_digest
+from lesionlab.inference.base import ExplainUnavailableError, Explanation, Predictor
 from lesionlab.inference.ensemble import EnsemblePredictor
 from lesionlab.inference.prediction import Prediction
+from lesionlab.io_utils import file_sha256
 from lesionlab.malignancy import FALLBACK_THRESHOLD, MalignancyRule
 
 
@@ -35,7 +36,7 @@ class OffsetPredictor(Predictor):
         self.temperature = inner.temperature
         self.malignancy = MalignancyRule(FALLBACK_THRESHOLD, reason="class offsets shift the probabilities "
                                                                    "any threshold was fitted on")
-        self.model_id = f"{inner.model_id} + class offsets {file_digest(self.offsets_file)[:12]}"
+        self.model_id = f"{inner.model_id} + class offsets {file_sha256(self.offsets_file)[:12]}"
 
     @property
     def calibrated(self) -> bool:

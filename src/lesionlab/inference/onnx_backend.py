@@ -9,8 +9,9 @@ import numpy as np
 import onnxruntime as ort
 
 from lesionlab.errors import CheckpointError
-from lesionlab.inference.base import Predictor, file_digest
+from lesionlab.inference.base import Predictor
 from lesionlab.inference.onnx_metadata import QUANTIZATION_KEY, card_from_metadata, temperature_from_metadata
+from lesionlab.io_utils import file_sha256
 
 
 def session_options(threads: int | None) -> ort.SessionOptions:
@@ -45,7 +46,7 @@ class OnnxPredictor(Predictor):
         self.quantization = metadata.get(QUANTIZATION_KEY, "unknown")
         self.temperature = temperature_from_metadata(metadata, model_path)
         self.input_name = self.session.get_inputs()[0].name
-        super().__init__(card_from_metadata(metadata, model_path), model_path, file_digest(model_path))
+        super().__init__(card_from_metadata(metadata, model_path), model_path, file_sha256(model_path))
 
     def predict_batch(self, batch: np.ndarray) -> np.ndarray:
         """Softmax probabilities from the exported graph (its output is already softmax, calibrated where the

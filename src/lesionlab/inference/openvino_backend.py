@@ -20,8 +20,9 @@ import openvino.properties.hint as hints
 
 from lesionlab.errors import CheckpointError
 from lesionlab.inference.backends import BF16, FP32, OPENVINO_SUFFIX
-from lesionlab.inference.base import Predictor, file_digest
+from lesionlab.inference.base import Predictor
 from lesionlab.inference.onnx_metadata import QUANTIZATION_KEY, card_from_metadata, temperature_from_metadata
+from lesionlab.io_utils import file_sha256
 
 METADATA_SECTION = "framework"
 ELEMENT_TYPES = {FP32: ov.Type.f32, BF16: ov.Type.bf16}
@@ -89,7 +90,7 @@ class OpenVinoPredictor(Predictor):
         self.compiled = ov.Core().compile_model(model, DEVICE, compile_config(threads, precision))
         self._local = threading.local()
         weights = [model_path.with_suffix(".bin")] if model_path.suffix.lower() == OPENVINO_SUFFIX else []
-        super().__init__(card, model_path, file_digest(model_path, *weights))
+        super().__init__(card, model_path, file_sha256(model_path, *weights))
 
     def _request(self) -> ov.InferRequest:
         """This thread's infer request, created on first use."""

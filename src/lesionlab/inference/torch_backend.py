@@ -20,8 +20,9 @@ from torch import nn
 from lesionlab.errors import CheckpointError
 from lesionlab.evaluation.calibration import load_temperature, temperature_path
 from lesionlab.inference.backends import FP32
-from lesionlab.inference.base import Explanation, Predictor, file_digest
+from lesionlab.inference.base import Explanation, Predictor
 from lesionlab.inference.prediction import Prediction
+from lesionlab.io_utils import file_sha256
 from lesionlab.malignancy import rule_for, threshold_path
 from lesionlab.models.checkpoint import BEST_STEM, WEIGHTS_SUFFIX, ModelCard, checkpoint_stem, load_checkpoint
 from lesionlab.models.registry import output_layer
@@ -82,7 +83,7 @@ class TorchPredictor(Predictor):
         weights = checkpoint_weights_path(path)
         model, card = load_checkpoint(weights)
         fit = load_temperature(temperature_path(checkpoint_stem(weights)), weights) if calibrated else None
-        digest = file_digest(weights)
+        digest = file_sha256(weights)
         predictor = cls(model, card, Path(path), digest, threads, fit.temperature if fit else None, precision)
         stem = checkpoint_stem(weights)
         predictor.malignancy = rule_for(threshold_path(stem), digest, predictor.temperature)

@@ -22,6 +22,7 @@ from torch import nn
 
 from lesionlab.errors import ConfigError
 from lesionlab.models.registry import HEAD_BLOCK, Architecture
+from lesionlab.tables import Table, format_table
 
 BN_POLICIES: tuple[str, ...] = ("train", "frozen")
 HEAD_ALIASES = frozenset({"head", HEAD_BLOCK})
@@ -147,7 +148,7 @@ def _batchnorm_mode(block: nn.Module, trains: bool, bn: str) -> str:
 
 def plan_table(model: nn.Module, arch: Architecture, plan: FreezePlan) -> str:
     """A text table of every block: trainable or frozen, BatchNorm mode, parameter counts."""
-    rows = [("block", "state", "BN", "params", "trainable")]
+    rows = []
     total = trained = 0
     for name, block in block_modules(model, arch):
         count = sum(parameter.numel() for parameter in block.parameters())
@@ -157,9 +158,5 @@ def plan_table(model: nn.Module, arch: Architecture, plan: FreezePlan) -> str:
         rows.append((name, "train" if trains else "frozen", _batchnorm_mode(block, trains, plan.bn),
                      f"{count:,}", f"{count if trains else 0:,}"))
     rows.append(("total", "", "", f"{total:,}", f"{trained:,}"))
-    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(width) if column < 3 else cell.rjust(width)
-                       for column, (cell, width) in enumerate(zip(row, widths, strict=True)))
-             for row in rows]
-    header = f"freeze plan `{plan.spec}`, BatchNorm policy `{plan.bn}`"
-    return "\n".join([header, *lines])
+    table = Table(("block", "state", "BN", "params", "trainable"), tuple(rows), numeric_from=3)
+    return f"freeze plan `{plan.spec}`, BatchNorm policy `{plan.bn}`\n{format_table(table)}"

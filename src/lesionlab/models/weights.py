@@ -9,7 +9,6 @@ wrong start.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -20,6 +19,7 @@ from pathlib import Path
 import torch
 
 from lesionlab.errors import WeightsError
+from lesionlab.io_utils import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -88,15 +88,6 @@ def sha256_prefix_in_name(path: Path) -> str | None:
     """The hex digest prefix torch.hub puts at the end of a file stem (`name-<hex>.pth`), if any."""
     match = _HEX_SUFFIX.search(path.stem)
     return match.group(1) if match else None
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def verify_checksum(path: Path, expected_sha256: str | None = None) -> None:

@@ -39,8 +39,7 @@ from lesionlab.data.cache import default_cache_root
 from lesionlab.data.dataset import ImageTransform, LesionDataset
 from lesionlab.data.split import Split
 from lesionlab.errors import ConfigError
-from lesionlab.evaluation.calibration import file_sha256
-from lesionlab.io_utils import atomic_write_bytes
+from lesionlab.io_utils import atomic_write_bytes, file_sha256
 from lesionlab.models.checkpoint import BEST_STEM, WEIGHTS_SUFFIX, ModelCard, load_run
 
 log = logging.getLogger(__name__)
@@ -260,7 +259,7 @@ def compute_teacher_logits(teachers: Sequence[Teacher], views: Sequence[Augmente
 
     `views[t]` renders teacher `t`'s input (its size and normalisation) of each (item, view).
     """
-    from lesionlab.training.features import to_device
+    from lesionlab.device import to_device
 
     items = len(views[0])
     out = torch.empty(len(teachers), view_count, items, teachers[0].card.num_classes)

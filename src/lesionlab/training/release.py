@@ -18,6 +18,7 @@ from typing import Any
 
 from lesionlab.data.split import Split
 from lesionlab.errors import CheckpointError, ConfigError
+from lesionlab.run_json import read_run_json
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ def plan_from_validated_run(run_dir: Path) -> ReleasePlan:
     except FileNotFoundError as error:
         raise CheckpointError(f"{state_path}: missing; --release needs a run that finished training "
                               f"(lesionlab run or train).") from error
-    if json.loads((Path(run_dir) / "run.json").read_text(encoding="utf-8")).get("release"):
+    if read_run_json(run_dir).get("release"):
         raise ConfigError(f"{run_dir} is itself a release fit; pass the validated run it was refitted from.")
     stages = {stage: StageChoice(int(best["epoch"]), best.get("weights") or "raw")
               for stage, best in state["stage_bests"].items()}
