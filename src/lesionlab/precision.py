@@ -92,8 +92,8 @@ def parity_from_logits(fp32_logits: np.ndarray, bf16_logits: np.ndarray, labels:
         images=len(labels), decided_images=int(decided.sum()), top1_agreement=agreement,
         max_probability_difference=float(np.abs(fp32_probabilities - bf16_probabilities).max()),
         balanced_accuracy_fp32=accuracy_fp32, balanced_accuracy_bf16=accuracy_bf16,
-        passed=(decided.sum() >= MIN_DECIDED_SHARE * len(labels) and agreement >= MIN_TOP1_AGREEMENT
-                and accuracy_fp32 - accuracy_bf16 <= MAX_BALANCED_ACCURACY_DROP),
+        passed=bool(decided.sum() >= MIN_DECIDED_SHARE * len(labels) and agreement >= MIN_TOP1_AGREEMENT
+                    and accuracy_fp32 - accuracy_bf16 <= MAX_BALANCED_ACCURACY_DROP),
     )
 
 
