@@ -21,6 +21,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from lesionlab.training.rundir import TIMING_COLUMNS
+
 pytestmark = pytest.mark.integration
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +39,6 @@ RECIPE = (
     " optimizer: adamw}]",
 )
 WEIGHT_FILES = ("state.safetensors", "best.safetensors", "stage1-best.safetensors", "stage2-best.safetensors")
-TIMING_COLUMNS = ("seconds", "images_per_s")
 RUN_SECONDS = 900
 
 

@@ -18,7 +18,8 @@ from lesionlab.models.checkpoint import load_run
 from lesionlab.training import loop
 from lesionlab.training.loop import derive_seed, is_better
 from lesionlab.training.recipe import Recipe, load_recipe
-from lesionlab.training.runner import train_run
+from lesionlab.training.rundir import TIMING_COLUMNS
+from lesionlab.training.runner import summary_rows, train_run
 
 TINY_STAGES = (
     "stages=["
@@ -27,7 +28,6 @@ TINY_STAGES = (
     "{trainable: all, bn: train, epochs: 2, batch_size: 8, eval_batch_size: 16, lr: 0.001, optimizer: adamw,"
     " scheduler: step, step_size: 1}]"
 )
-TIMING_COLUMNS = ("seconds", "images_per_s")
 REAL_MAKE_CRITERION = loop.make_criterion
 
 
@@ -110,8 +110,14 @@ def test_run_directory_is_complete(tiny_split: tuple[Any, Split], tmp_path: Path
     history = (run_dir / "history.csv").read_text().splitlines()
     assert history[0] == ("stage,epoch,lr,image_size,train_loss,val_loss,val_accuracy,val_balanced_accuracy,"
                           "val_macro_f1,ema_val_loss,ema_val_accuracy,ema_val_balanced_accuracy,"
-                          "ema_val_macro_f1,weights,seconds,images_per_s")
+                          "ema_val_macro_f1,weights,seconds,cache_seconds,images_per_s")
     assert [line.split(",")[:2] for line in history[1:]] == [["1", "1"], ["1", "2"], ["2", "1"], ["2", "2"]]
+    rows = json.loads((run_dir / "state.json").read_text())["history"]
+    # Only stage 1 builds a feature cache, and only before its first epoch; its time is not the epoch's.
+    assert rows[0]["cache_seconds"] > 0
+    assert [row["cache_seconds"] for row in rows[1:]] == [0.0, 0.0, 0.0]
+    assert summary_rows(run_dir)[0]["seconds"] == pytest.approx(rows[0]["seconds"] + rows[0]["cache_seconds"]
+                                                                + rows[1]["seconds"])
     run_info = json.loads((run_dir / "run.json").read_text())
     assert run_info["status"] == "finished" and run_info["train_seconds"] > 0
     assert run_info["started"] <= run_info["ended"]

@@ -36,8 +36,10 @@ from lesionlab.models.checkpoint import BEST_STEM, stage_best_stem
 HISTORY_COLUMNS: tuple[str, ...] = (
     "stage", "epoch", "lr", "image_size", "train_loss", "val_loss", "val_accuracy", "val_balanced_accuracy",
     "val_macro_f1", "ema_val_loss", "ema_val_accuracy", "ema_val_balanced_accuracy", "ema_val_macro_f1",
-    "weights", "seconds", "images_per_s",
+    "weights", "seconds", "cache_seconds", "images_per_s",
 )
+TIMING_COLUMNS: tuple[str, ...] = ("seconds", "cache_seconds", "images_per_s")
+"""The history columns that measure time, not training: they differ between two runs of the same recipe."""
 STATE_KEY = "lesionlab_state"
 MODEL_PREFIX = "model/"
 OPTIMIZER_PREFIX = "optimizer/"
@@ -167,6 +169,14 @@ class RunDirectory:
         average_state = {name[len(AVERAGE_PREFIX):]: tensor for name, tensor in tensors.items()
                          if name.startswith(AVERAGE_PREFIX)}
         return payload, model_state, optimizer_tensors, average_state
+
+
+def epoch_seconds(row: dict[str, Any]) -> float:
+    """Wall time an epoch row accounts for: the epoch itself plus any feature cache built before it.
+
+    History from before `cache_seconds` existed counted the cache in `seconds`, so the sum stays true.
+    """
+    return float(row["seconds"]) + float(row.get("cache_seconds") or 0.0)
 
 
 def encode_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
