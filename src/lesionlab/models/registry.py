@@ -35,7 +35,6 @@ class Architecture:
     """Facts about one architecture: what it expects as input and how its blocks are named."""
 
     name: str
-    input_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     feature_width: int
@@ -68,19 +67,19 @@ LARGE_WEIGHTS_NOTE = (
 
 ARCHITECTURES: dict[str, Architecture] = {
     "mobilenet_v3_large": Architecture(
-        name="mobilenet_v3_large", input_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD, feature_width=960,
+        name="mobilenet_v3_large", mean=IMAGENET_MEAN, std=IMAGENET_STD, feature_width=960,
         head_hidden=1280, dropout=0.3, feature_blocks=17,
         imagenet=_torchvision_weights("mobilenet_v3_large", tv_models.MobileNet_V3_Large_Weights.DEFAULT,
                                       LARGE_WEIGHTS_NOTE),
     ),
     "mobilenet_v3_small": Architecture(
-        name="mobilenet_v3_small", input_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD, feature_width=576,
+        name="mobilenet_v3_small", mean=IMAGENET_MEAN, std=IMAGENET_STD, feature_width=576,
         head_hidden=1024, dropout=0.2, feature_blocks=13,
         imagenet=_torchvision_weights("mobilenet_v3_small",
                                       tv_models.MobileNet_V3_Small_Weights.IMAGENET1K_V1),
     ),
     "efficientnet_lite0": Architecture(
-        name="efficientnet_lite0", input_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD, feature_width=1280,
+        name="efficientnet_lite0", mean=IMAGENET_MEAN, std=IMAGENET_STD, feature_width=1280,
         head_hidden=0, dropout=0.2, feature_blocks=18,
         imagenet=PretrainedWeights(
             arch="efficientnet_lite0", file_name="efficientnet-lite0-57934424.pth",
@@ -89,7 +88,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         ),
     ),
     "small_cnn": Architecture(
-        name="small_cnn", input_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+        name="small_cnn", mean=IMAGENET_MEAN, std=IMAGENET_STD,
         feature_width=SMALL_CNN_WIDTHS[-1], head_hidden=0, dropout=0.2, feature_blocks=len(SMALL_CNN_WIDTHS),
         imagenet=None,
     ),
@@ -197,11 +196,6 @@ def _keep_imagenet_hidden_layer(head: nn.Sequential, imagenet_head: nn.Module, a
                           f"head's shape to keep; set `pretrained_head: false` or `head_hidden` to its "
                           f"width.")
     head[0].load_state_dict(imagenet_hidden.state_dict())
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Total number of parameters, for summaries."""
-    return sum(parameter.numel() for parameter in model.parameters())
 
 
 def pooled_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
