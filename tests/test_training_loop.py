@@ -101,7 +101,7 @@ def test_run_directory_is_complete(tiny_split: tuple[Any, Split], tmp_path: Path
     names = {path.relative_to(run_dir).as_posix() for path in run_dir.rglob("*") if path.is_file()}
     assert {"config.yaml", "split.csv", "history.csv", "run.json", "train.log", "state.json",
             "state.safetensors", "best.safetensors", "best.json", "stage1-best.safetensors",
-            "stage1-best.json", "stage2-best.safetensors", "stage2-best.json"} <= names
+            "stage1-best.json", "stage2-best.safetensors", "stage2-best.json", "MODEL_CARD.md"} <= names
     checkpoints = {name for name in names if name.startswith("checkpoints/")}
     stage2_best = json.loads((run_dir / "stage2-best.json").read_text())["epoch"]
     kept = {"checkpoints/stage1-e002", "checkpoints/stage2-e002", f"checkpoints/stage2-e{stage2_best:03d}",

@@ -61,6 +61,7 @@ from lesionlab.malignancy import (
     save_threshold,
     threshold_path,
 )
+from lesionlab.model_card import write_model_card
 from lesionlab.models.checkpoint import (
     BEST_STEM,
     WEIGHTS_SUFFIX,
@@ -435,4 +436,5 @@ def evaluate_run(run_dir: str | Path, options: EvaluationOptions | None = None) 
     out_dir = options.out_dir or run_dir / "eval" / f"{selection.name}-{selection.split}"
     metrics = write_evaluation(out_dir, variants, evaluation, data, model_facts, run_dir / "history.csv",
                                malignancy)
+    write_model_card(run_dir)
     return EvaluationResult(out_dir, metrics)
