@@ -31,6 +31,7 @@ from lesionlab.inference.openvino_backend import OpenVinoPredictor
 from lesionlab.inference.run_samples import load_batch, split_samples
 from lesionlab.inference.torch_backend import TorchPredictor
 from lesionlab.io_utils import atomic_write_bytes
+from lesionlab.malignancy import FALLBACK_RULE, MalignancyRule
 from lesionlab.models.checkpoint import ModelCard
 
 if TYPE_CHECKING:
@@ -82,11 +83,11 @@ def set_metadata(model: onnx.ModelProto, metadata: dict[str, str]) -> None:
 
 
 def export_onnx(model: nn.Module, card: ModelCard, path: str | os.PathLike[str],
-                temperature: float | None = None) -> Path:
+                temperature: float | None = None, malignancy: MalignancyRule = FALLBACK_RULE) -> Path:
     """Write the fp32 ONNX file (single file, weights inside) with its metadata, atomically; `temperature`
-    records the one already folded into `model`."""
+    records the one already folded into `model`, `malignancy` the run's malignant-flag rule."""
     proto = onnx_model(model, card)
-    set_metadata(proto, metadata_for(card, FP32_QUANTIZATION, temperature))
+    set_metadata(proto, metadata_for(card, FP32_QUANTIZATION, temperature, malignancy))
     run = card.run_name or "unnamed"
     proto.doc_string = f"lesionlab {card.arch} for {len(card.classes)} classes (run {run})"
     onnx.checker.check_model(proto)
@@ -105,7 +106,7 @@ def export_run(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | No
     validation = load_batch(split_samples(run_dir, "val", data, max_images, seed), reference.preprocessing,
                             "validation images")
     reference_probabilities = reference.predict_many(validation.images)
-    export_onnx(reference.model, reference.card, fp32_path, reference.temperature)
+    export_onnx(reference.model, reference.card, fp32_path, reference.temperature, reference.malignancy)
     files = tuple(check_file(label, predictor, reference_probabilities, validation) for label, predictor in (
         ("onnxruntime fp32", OnnxPredictor(fp32_path, threads=threads)),
         ("openvino fp32", OpenVinoPredictor(fp32_path, threads=threads)),

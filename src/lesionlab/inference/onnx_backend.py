@@ -10,7 +10,12 @@ import onnxruntime as ort
 
 from lesionlab.errors import CheckpointError
 from lesionlab.inference.base import Predictor
-from lesionlab.inference.onnx_metadata import QUANTIZATION_KEY, card_from_metadata, temperature_from_metadata
+from lesionlab.inference.onnx_metadata import (
+    QUANTIZATION_KEY,
+    card_from_metadata,
+    malignancy_from_metadata,
+    temperature_from_metadata,
+)
 from lesionlab.io_utils import file_sha256
 
 
@@ -45,6 +50,7 @@ class OnnxPredictor(Predictor):
         metadata = self.session.get_modelmeta().custom_metadata_map
         self.quantization = metadata.get(QUANTIZATION_KEY, "unknown")
         self.temperature = temperature_from_metadata(metadata, model_path)
+        self.malignancy = malignancy_from_metadata(metadata, model_path, self.temperature)
         self.input_name = self.session.get_inputs()[0].name
         super().__init__(card_from_metadata(metadata, model_path), model_path, file_sha256(model_path))
 

@@ -1,7 +1,8 @@
 """What an exported `.onnx` file says about itself, in its `metadata_props`.
 
 An ONNX file travels alone, so it carries everything needed to use it correctly: the class order, the input
-size, the normalisation, the colour mode and the resize rule, plus the full model card. `lesionlab.export`
+size, the normalisation, the colour mode and the resize rule, the malignancy threshold fitted on the run's
+validation part, plus the full model card. `lesionlab.export`
 writes these keys and `OnnxPredictor` reads them back; both sides use this module, so the names cannot drift
 apart.
 """
@@ -11,14 +12,23 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
+from dataclasses import asdict
 
 from lesionlab.errors import CheckpointError
+from lesionlab.malignancy import (
+    FALLBACK_RULE,
+    FALLBACK_THRESHOLD,
+    MalignancyRule,
+    ThresholdFit,
+    same_temperature,
+)
 from lesionlab.models.checkpoint import ModelCard
 
 PREFIX = "lesionlab."
 CARD_KEY = f"{PREFIX}model_card"
 QUANTIZATION_KEY = f"{PREFIX}quantization"
 TEMPERATURE_KEY = f"{PREFIX}temperature"
+MALIGNANCY_KEY = f"{PREFIX}malignancy_threshold"
 UNCALIBRATED = "none"
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
@@ -29,11 +39,13 @@ RESIZE_RULE = (
 )
 
 
-def metadata_for(card: ModelCard, quantization: str, temperature: float | None) -> dict[str, str]:
+def metadata_for(card: ModelCard, quantization: str, temperature: float | None,
+                 malignancy: MalignancyRule = FALLBACK_RULE) -> dict[str, str]:
     """The metadata_props of an exported model: readable keys for people and other programs, and the card.
 
     `temperature` is already folded into the graph's last layer; the key only says so, so nobody applies it
-    twice.
+    twice. `malignancy` is the run's rule; only a threshold fitted on validation is written, so a file
+    without one falls back exactly as its run would.
     """
     calibrated = temperature is not None
     calibration = f", calibrated by temperature {temperature!r} (already applied)" if calibrated else ""
@@ -49,6 +61,7 @@ def metadata_for(card: ModelCard, quantization: str, temperature: float | None) 
         f"{PREFIX}output": f"{OUTPUT_NAME}: float32 [batch, {card.num_classes}], softmax probabilities in "
                            f"{PREFIX}classes order{calibration}",
         TEMPERATURE_KEY: repr(temperature) if calibrated else UNCALIBRATED,
+        MALIGNANCY_KEY: json.dumps(asdict(malignancy.fit)) if malignancy.fit is not None else UNCALIBRATED,
         f"{PREFIX}run_name": card.run_name,
         QUANTIZATION_KEY: quantization,
         CARD_KEY: json.dumps(card.to_dict()),
@@ -65,6 +78,25 @@ def temperature_from_metadata(metadata: Mapping[str, str], path: str | os.PathLi
     except ValueError as error:
         raise CheckpointError(f"{path}: {TEMPERATURE_KEY} metadata {value!r} is not a number; re-export the "
                               f"model with `lesionlab export`.") from error
+
+
+def malignancy_from_metadata(metadata: Mapping[str, str], path: str | os.PathLike[str],
+                             temperature: float | None) -> MalignancyRule:
+    """The malignant flag's rule carried by an exported file: its fitted threshold where the file has one
+    fitted under the temperature folded into it, else the fallback with the reason (older exports too)."""
+    value = metadata.get(MALIGNANCY_KEY, UNCALIBRATED)
+    if value == UNCALIBRATED:
+        return MalignancyRule(FALLBACK_THRESHOLD, reason="the exported file carries no threshold fitted on "
+                                                         "validation")
+    try:
+        fit = ThresholdFit(**json.loads(value))
+    except (ValueError, TypeError) as error:
+        raise CheckpointError(f"{path}: {MALIGNANCY_KEY} metadata is unreadable ({error}); re-export the "
+                              f"model with `lesionlab export`.") from error
+    if not same_temperature(fit.temperature, temperature):
+        return MalignancyRule(FALLBACK_THRESHOLD, reason=f"its threshold was fitted under temperature "
+                                                         f"{fit.temperature}, the file applies {temperature}")
+    return MalignancyRule(fit.threshold, fit)
 
 
 def card_from_metadata(metadata: Mapping[str, str], path: str | os.PathLike[str]) -> ModelCard:

@@ -21,7 +21,12 @@ import openvino.properties.hint as hints
 from lesionlab.errors import CheckpointError
 from lesionlab.inference.backends import BF16, FP32, OPENVINO_SUFFIX
 from lesionlab.inference.base import Predictor
-from lesionlab.inference.onnx_metadata import QUANTIZATION_KEY, card_from_metadata, temperature_from_metadata
+from lesionlab.inference.onnx_metadata import (
+    QUANTIZATION_KEY,
+    card_from_metadata,
+    malignancy_from_metadata,
+    temperature_from_metadata,
+)
 from lesionlab.io_utils import file_sha256
 
 METADATA_SECTION = "framework"
@@ -87,6 +92,7 @@ class OpenVinoPredictor(Predictor):
         self.precision = precision
         self.quantization = metadata.get(QUANTIZATION_KEY, "unknown")
         self.temperature = temperature_from_metadata(metadata, model_path)
+        self.malignancy = malignancy_from_metadata(metadata, model_path, self.temperature)
         self.compiled = ov.Core().compile_model(model, DEVICE, compile_config(threads, precision))
         self._local = threading.local()
         weights = [model_path.with_suffix(".bin")] if model_path.suffix.lower() == OPENVINO_SUFFIX else []
