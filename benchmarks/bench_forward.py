@@ -15,8 +15,9 @@ processes hurts all alike and the first pass's kernel set-up does not count. ima
 image is 6 forward passes).
 
 With `--evaluate`, `lesionlab evaluate RUN --tta` on the run's test part (needs `--run`) is timed whole,
-fp32 unfolded (the baseline) against the run's recipe precision (`auto`: a parity check, then bf16 where it
-passes) with folding, alternating, its output written to a temporary folder.
+fp32 unfolded (the baseline) against lesionlab as it is with the run's recipe precision (`auto`: a parity
+check, then bf16 where it passes) and with `--precision fp32`, alternating, its output written to a
+temporary folder.
 
 Parity on the same images: `lesionlab.precision.check_parity` on the plain (identity) view, the same judgement
 applied to the TTA-averaged probabilities, and how far the cached features move. Top-1 agreement is only
@@ -208,6 +209,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                                                                       False)
             measures["evaluate/recipe folded"] = lambda: evaluate_tta(args.run, evaluation_root, None,
                                                                       None)
+            measures["evaluate/fp32 folded"] = lambda: evaluate_tta(args.run, evaluation_root, "fp32",
+                                                                    None)
         progress = tqdm(total=len(measures) * args.repeats + 1, desc="bench_forward", unit="pass")
         seconds = fastest(measures, args.repeats, progress)
         progress.set_postfix_str("parity")
@@ -237,9 +240,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             name = ""
     if args.evaluate:
         baseline, now = seconds["evaluate/fp32 unfolded"], seconds["evaluate/recipe folded"]
+        fp32_now = seconds["evaluate/fp32 folded"]
         speed_rows += [("evaluate --tta, test part (s)", "fp32 unfolded", f"{baseline:.1f} s", "1.00x"),
                        ("", f"recipe's auto: {evaluated} (lesionlab)", f"{now:.1f} s",
-                        f"{baseline / now:.2f}x")]
+                        f"{baseline / now:.2f}x"),
+                       ("", "--precision fp32: folded (lesionlab)", f"{fp32_now:.1f} s",
+                        f"{baseline / fp32_now:.2f}x")]
     print(format_table(Table(("forward-only pass", "variant", "img/s", "vs fp32 unfolded"), tuple(speed_rows),
                              numeric_from=2)))
 
