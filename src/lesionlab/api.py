@@ -108,6 +108,17 @@ class Model:
         explanation = self.predictor.explain(decoded)
         return Result(explanation.prediction, explanation.heatmap, explanation.overlay)
 
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write this model as a `model.json` (members by path and sha256, their temperatures, the TTA views
+        and class offsets) that `load`, `lesionlab predict` and `lesionlab serve` accept in place of the
+        flags it was built with."""
+        from lesionlab.inference import member_predictors
+        from lesionlab.inference.model_file import write_model_file
+
+        temperatures = [member.temperature for member in member_predictors(self.predictor)]
+        members = list(zip(self.members, temperatures, strict=True))
+        return write_model_file(path, members, self.predictor.views, self.class_offsets)
+
     def __repr__(self) -> str:
         return f"lesionlab.Model({self.model_id!r}; probabilities: {self.predictor.calibration})"
 
@@ -133,11 +144,18 @@ def as_image(image: ImageInput) -> Image.Image:
 def load(path: str | os.PathLike[str], *, tta: bool | Sequence[str] = False,
          ensemble: Sequence[str | os.PathLike[str]] = (), class_offsets: str | os.PathLike[str] | None = None,
          backend: str | None = None, precision: str = "fp32", threads: int | None = None) -> Model:
-    """The model at `path` (a run directory or an exported .onnx file), built as `lesionlab predict PATH`
-    builds it from the same options: `tta=True` (the default views) or a list of view names, other
-    `ensemble` members, a study's `class_offsets` file, `backend`, `precision` and CPU `threads`."""
-    from lesionlab.inference import load_predictor
+    """The model at `path` (a run directory, an exported .onnx file or a `model.json`), built as `lesionlab
+    predict PATH` builds it from the same options: `tta=True` (the default views) or a list of view names,
+    other `ensemble` members, a study's `class_offsets` file, `backend`, `precision` and CPU `threads`. A
+    `model.json` names its members, views and offsets itself and is checked against their digests."""
+    from lesionlab.inference import load_model_file, load_predictor
+    from lesionlab.inference.model_file import is_model_file, resolve_model_file
     from lesionlab.views import parse_views
+
+    if is_model_file(path) and not tta and not ensemble and class_offsets is None:
+        resolved = resolve_model_file(path)
+        return Model(Path(path), load_model_file(resolved, threads, backend, precision), resolved.members,
+                     resolved.class_offsets)
 
     views = None
     if tta:
@@ -153,9 +171,9 @@ def train(recipe: str | os.PathLike[str] | None = None, *, data: str | os.PathLi
           subset: int | None = None, split: str | os.PathLike[str] | None = None,
           data_format: str | None = None) -> Model:
     """Train `recipe` (a file or a name in configs/; None: the default) on `data` (None: where `lesionlab
-    train` looks) into `out` (default `runs/<arch>-<time>`) as `lesionlab train` does, and load the result. `overrides` are `--set KEY=VALUE`
-    assignments, `subset` trains on about that many images (a lesion-grouped part), `split` reuses a
-    split.csv."""
+    train` looks) into `out` (default `runs/<arch>-<time>`) as `lesionlab train` does, and load the result.
+    `overrides` are `--set KEY=VALUE` assignments, `subset` trains on about that many images (a
+    lesion-grouped part), `split` reuses a split.csv."""
     from lesionlab.data.readers import read_dataset
     from lesionlab.data.split import read_split
     from lesionlab.pipeline import new_run_split

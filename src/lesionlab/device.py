@@ -17,8 +17,14 @@ def pick_device(choice: str) -> torch.device:
     return torch.device(choice)
 
 
-def to_device(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
-    """Move an image batch to the device, in channels-last layout when asked (faster convolutions on CPU)."""
+def to_device(images: torch.Tensor | tuple[torch.Tensor, ...] | list[torch.Tensor], device: torch.device,
+              channels_last: bool) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """Move an image batch to the device, in channels-last layout when asked (faster convolutions on CPU).
+
+    A tuple (a metadata model's `(images, metadata)`) moves element by element.
+    """
+    if isinstance(images, (tuple, list)):
+        return tuple(to_device(part, device, channels_last) for part in images)
     images = images.to(device, non_blocking=True)
     if channels_last and images.dim() == 4:
         return images.contiguous(memory_format=torch.channels_last)

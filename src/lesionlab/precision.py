@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lesionlab.device import to_device
 from lesionlab.errors import ConfigError
 from lesionlab.evaluation.calibration import softmax_probabilities
 from lesionlab.evaluation.metrics import balanced_accuracy
@@ -105,7 +106,7 @@ def check_parity(forward: Forward, batches: Iterable[tuple[torch.Tensor, torch.T
     fp32_forward = fold_for(forward, "fp32") if isinstance(forward, torch.nn.Module) else forward
     fp32, bf16, labels = [], [], []
     for inputs, batch_labels in batches:
-        inputs = inputs.to(device)
+        inputs = to_device(inputs, device, channels_last=False)
         fp32.append(fp32_forward(inputs).float().cpu().numpy())
         with forward_precision("bf16", device):
             bf16.append(forward(inputs).float().cpu().numpy())

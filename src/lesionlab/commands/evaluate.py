@@ -55,6 +55,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="sensitivity the malignant/benign threshold is chosen for on the validation part "
         f"(default {DEFAULT_TARGET_SENSITIVITY})",
     )
+    parser.add_argument(
+        "--no-metadata", action="store_true",
+        help="score a metadata model with every patient field withheld (as at a prediction without age, "
+        "sex or site); written to RUN/eval/<data>-<split>-no-metadata/ unless --out",
+    )
     add_precision_argument(parser)
     parser.set_defaults(handler=run_evaluate)
 
@@ -78,6 +83,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         device=args.device,
         precision=args.precision,
         malignant_sensitivity=args.malignant_sensitivity,
+        metadata=not args.no_metadata,
     )
     if args.ensemble:
         result = evaluate_ensemble([args.run, *args.ensemble], options)

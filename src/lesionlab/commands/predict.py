@@ -26,7 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "the threshold `lesionlab evaluate` chose on validation data (or a stated fallback). "
                     "A research tool, not a diagnosis.",
     )
-    parser.add_argument("run", metavar="RUN", help="run directory (PyTorch) or exported .onnx file")
+    parser.add_argument("run", metavar="RUN",
+                        help="run directory (PyTorch), exported .onnx file or model.json")
     parser.add_argument("images", metavar="IMAGE", nargs="+", help="image files, folders of images, or globs")
     parser.add_argument("--json", action="store_true", help="print one JSON document for programs")
     parser.add_argument("--explain", action="store_true",

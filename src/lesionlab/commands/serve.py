@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "loads once at start-up. A research tool, not a diagnosis.",
     )
     parser.add_argument("run", metavar="RUN",
-                        help="run directory (PyTorch, can explain) or exported .onnx file")
+                        help="run directory (PyTorch, can explain), exported .onnx file or model.json")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     parser.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted upload in MB")

@@ -30,6 +30,7 @@ import numpy as np
 
 from lesionlab.classes import CLASS_CODES, NUM_CLASSES, class_index, is_known_code
 from lesionlab.data.imageio import npz_member_path, parse_npz_member
+from lesionlab.data.metadata import PatientMetadata, metadata_from_row
 from lesionlab.errors import DataError
 
 FORMATS: tuple[str, ...] = ("ham10000", "isic", "prefix", "folders", "medmnist")
@@ -55,7 +56,11 @@ HOW_TO_GET_DATA = (
 
 @dataclass(frozen=True)
 class Sample:
-    """One labelled image; `path` is a file, or `archive.npz#part/index` for MedMNIST."""
+    """One labelled image; `path` is a file, or `archive.npz#part/index` for MedMNIST.
+
+    `metadata` holds the patient fields (age, sex, site) where the layout carries them (HAM10000, ISIC with
+    its metadata CSV), else None.
+    """
 
     image_id: str
     path: str
@@ -63,6 +68,7 @@ class Sample:
     lesion_id: str | None
     source: str
     part: str | None = None
+    metadata: PatientMetadata | None = None
 
     @property
     def code(self) -> str:
@@ -358,7 +364,8 @@ def _read_ham10000(path: Path) -> ReaderResult:
         if image is None:
             missing.append(_missing_message(image_id, metadata, line, image_folders))
             continue
-        samples.append(Sample(image_id, str(image), label, row["lesion_id"] or None, "ham10000"))
+        samples.append(Sample(image_id, str(image), label, row["lesion_id"] or None, "ham10000",
+                              metadata=metadata_from_row(row, f"{where} (image {image_id})")))
     return samples, missing
 
 
@@ -380,8 +387,9 @@ def _isic_image_folders(ground_truth: Path) -> list[Path]:
     return [candidate for candidate in candidates if candidate.is_dir()]
 
 
-def _isic_lesion_ids(ground_truth: Path) -> dict[str, str]:
-    """Lesion ids from the metadata CSV named like the ground truth (`..._GroundTruth` -> `..._metadata`)."""
+def _isic_metadata(ground_truth: Path) -> dict[str, tuple[str | None, PatientMetadata | None]]:
+    """Lesion id and patient fields per image from the metadata CSV named like the ground truth
+    (`..._GroundTruth` -> `..._metadata`)."""
     stem = ground_truth.stem.lower()
     if "groundtruth" not in stem:
         return {}
@@ -398,7 +406,11 @@ def _isic_lesion_ids(ground_truth: Path) -> dict[str, str]:
     rows = _read_csv_rows(
         metadata, (image_column, "lesion_id"), "an ISIC metadata CSV (image_id,lesion_id,...)"
     )
-    return {row[image_column]: row["lesion_id"] for _, row in rows if row[image_column] and row["lesion_id"]}
+    return {
+        row[image_column]: (row["lesion_id"] or None, metadata_from_row(row, f"{metadata}: row {line}"))
+        for line, row in rows
+        if row[image_column]
+    }
 
 
 def _one_hot_label(row: dict[str, str], where: str) -> int:
@@ -423,7 +435,7 @@ def _read_isic(path: Path) -> ReaderResult:
     rows = _read_csv_rows(ground_truth, _ISIC_COLUMNS, _ISIC_EXPECTED)
     image_folders = _isic_image_folders(ground_truth)
     images = _index_images(image_folders)
-    lesions = _isic_lesion_ids(ground_truth)
+    extras = _isic_metadata(ground_truth)
     samples: list[Sample] = []
     missing: list[str] = []
     seen: set[str] = set()
@@ -436,7 +448,8 @@ def _read_isic(path: Path) -> ReaderResult:
         if image is None:
             missing.append(_missing_message(image_id, ground_truth, line, image_folders))
             continue
-        samples.append(Sample(image_id, str(image), label, lesions.get(image_id), "isic"))
+        lesion_id, metadata = extras.get(image_id, (None, None))
+        samples.append(Sample(image_id, str(image), label, lesion_id, "isic", metadata=metadata))
     return samples, missing
 
 

@@ -24,7 +24,7 @@ from lesionlab.data.readers import Sample, SampleTable
 from lesionlab.data.split import Split
 from lesionlab.data.transforms import eval_transform
 from lesionlab.device import pick_device
-from lesionlab.errors import DataError
+from lesionlab.errors import ConfigError, DataError
 from lesionlab.evaluation import plots
 from lesionlab.evaluation.calibration import (
     TemperatureFit,
@@ -71,6 +71,7 @@ from lesionlab.models.checkpoint import (
     load_run,
 )
 from lesionlab.models.freeze import block_modules, resolve_plan
+from lesionlab.models.metadata_model import MetadataDataset
 from lesionlab.models.registry import architecture
 from lesionlab.precision import PARITY_IMAGES, ParityCheck, parity_from_logits, resolve_precision
 from lesionlab.run_json import read_run_json
@@ -182,6 +183,8 @@ class EvaluationOptions:
     checkpoint: Path | None = None
     precision: str | None = None
     malignant_sensitivity: float = DEFAULT_TARGET_SENSITIVITY
+    metadata: bool = True
+    """False scores a metadata model with every patient field withheld (encoded as missing)."""
 
 
 @dataclass(frozen=True)
@@ -193,19 +196,23 @@ class EvaluationResult:
 
 
 def image_dataset(
-    samples: list[Sample], table: SampleTable, card: ModelCard, use_cache: bool
+    samples: list[Sample], table: SampleTable, card: ModelCard, use_cache: bool, withhold: bool = False
 ) -> LesionDataset:
     """The samples under the model's own preprocessing, pixels read from the decoded-image cache when enabled.
 
     The cache is keyed by `table` (all of whose images it holds), so evaluating the run's own data reuses the
-    cache its training built.
+    cache its training built. A metadata model's items carry each sample's encoded fields (all missing with
+    `withhold`).
     """
     cache = None
     if use_cache:
         cache = DecodedImageCache(table.fingerprint, card.input_size)
         cache.ensure(table.samples)
     transform = eval_transform(card.input_size, card.grayscale, card.mean, card.std)
-    return LesionDataset(samples, card.input_size, transform, cache)
+    dataset = LesionDataset(samples, card.input_size, transform, cache)
+    if card.metadata is None:
+        return dataset
+    return MetadataDataset(dataset, card.metadata["fields"], withhold)
 
 
 ValidationLogits = Callable[[], tuple[np.ndarray, np.ndarray]]
@@ -370,6 +377,9 @@ def evaluate_run(run_dir: str | Path, options: EvaluationOptions | None = None) 
     run_dir = Path(run_dir)
     stem = checkpoint_stem(options.checkpoint or run_dir / BEST_STEM)
     model, card = load_checkpoint(stem) if options.checkpoint else load_run(run_dir)
+    if not options.metadata and card.metadata is None:
+        raise ConfigError(f"{stem}: --no-metadata: this model reads no patient metadata, so there is nothing "
+                          f"to withhold; leave the flag out")
     recipe = read_run_recipe(run_dir)
     selection = select_evaluation_data(run_dir, options.data, options.fmt, options.split)
     where = options.data or selection.table.root
@@ -387,7 +397,8 @@ def evaluate_run(run_dir: str | Path, options: EvaluationOptions | None = None) 
     )
     settings = replace(settings, precision=precision)
     views = options.tta_views or (IDENTITY,)
-    dataset = image_dataset(selection.samples, selection.table, card, recipe.cache)
+    dataset = image_dataset(selection.samples, selection.table, card, recipe.cache,
+                            withhold=not options.metadata)
     view_logits = infer_view_logits(
         model, dataset, settings, views, f"evaluate {selection.name}-{selection.split}"
     )
@@ -413,6 +424,8 @@ def evaluate_run(run_dir: str | Path, options: EvaluationOptions | None = None) 
         "split": selection.split,
         "own_split": own_data,
         "tta_views": list(views) if len(views) > 1 else None,
+        "metadata": (None if card.metadata is None
+                     else {"fields": card.metadata["fields"], "withheld": not options.metadata}),
         "temperature": asdict(fit) if fit else None,
         "precision": {"precision": precision, "parity": parity.to_dict() if parity else None},
         "training_overlap": training_overlap(selection.samples, selection.run_split),
@@ -433,7 +446,8 @@ def evaluate_run(run_dir: str | Path, options: EvaluationOptions | None = None) 
     model_facts = model_summary(
         model, card, trainable_parameters(model, card, recipe), run_facts.get("train_seconds")
     )
-    out_dir = options.out_dir or run_dir / "eval" / f"{selection.name}-{selection.split}"
+    withheld = "-no-metadata" if not options.metadata else ""
+    out_dir = options.out_dir or run_dir / "eval" / f"{selection.name}-{selection.split}{withheld}"
     metrics = write_evaluation(out_dir, variants, evaluation, data, model_facts, run_dir / "history.csv",
                                malignancy)
     write_model_card(run_dir)

@@ -59,8 +59,9 @@ def infer_view_logits(
     )
     batches = []
     for images, _ in tqdm(loader, desc=description, unit="batch", leave=False):
-        images = to_device(images, settings.device, settings.channels_last)
+        inputs = to_device(images, settings.device, settings.channels_last)
+        pixels, *metadata = inputs if isinstance(inputs, tuple) else (inputs,)
         with forward_precision(settings.precision, settings.device):
-            per_view = [model(apply_view(view, images)).float().cpu() for view in views]
+            per_view = [model(apply_view(view, pixels), *metadata).float().cpu() for view in views]
         batches.append(torch.stack(per_view, dim=1).numpy())
     return np.concatenate(batches).astype(np.float64)

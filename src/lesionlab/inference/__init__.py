@@ -11,8 +11,10 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+from lesionlab.errors import CheckpointError, ConfigError
 from lesionlab.inference.backends import FP32, ONNXRUNTIME, OPENVINO, resolve_model
 from lesionlab.inference.base import ExplainUnavailableError, Explanation, Predictor, Preprocessing
+from lesionlab.inference.model_file import ResolvedModel, is_model_file, resolve_model_file
 from lesionlab.inference.prediction import Prediction, RankedClass
 
 __all__ = [
@@ -23,6 +25,7 @@ __all__ = [
     "Preprocessing",
     "RankedClass",
     "load_model",
+    "load_model_file",
     "load_predictor",
 ]
 
@@ -35,7 +38,13 @@ def load_predictor(path: str | os.PathLike[str], threads: int | None = None,
     """The model at `path`, averaged with the models in `ensemble` when there are any; with `views` (from
     `lesionlab.views.parse_views`), each model averages those test-time augmentation views; with
     `class_offsets` (a `class-offsets.json` from a study), the final probabilities are shifted by them.
-    `backend` and `precision` apply to every member."""
+    `backend` and `precision` apply to every member. A `model.json` (`inference.model_file`) names its
+    members, views and offsets itself, checked against their recorded digests and temperatures."""
+    if is_model_file(path):
+        if views or ensemble or class_offsets is not None:
+            raise ConfigError(f"{path}: a model file names its members, TTA views and class offsets itself; "
+                              f"drop --ensemble, --tta and --class-offsets.")
+        return load_model_file(resolve_model_file(path), threads, backend, precision)
     members = [load_model(member, threads, backend, precision) for member in (path, *ensemble)]
     if views:
         for member in members:
@@ -50,6 +59,28 @@ def load_predictor(path: str | os.PathLike[str], threads: int | None = None,
     from lesionlab.inference.offsets import OffsetPredictor
 
     return OffsetPredictor(predictor, class_offsets)
+
+
+
+def load_model_file(model: ResolvedModel, threads: int | None = None, backend: str | None = None,
+                    precision: str = FP32) -> Predictor:
+    """The predictor a checked `model.json` describes; a member whose fitted temperature is not the one the
+    file recorded is refused, since its probabilities would differ from the ones the file stood for."""
+    views = model.views if len(model.views) > 1 else None
+    predictor = load_predictor(model.members[0], threads, views, model.members[1:], model.class_offsets,
+                               backend, precision)
+    for member, path, recorded in zip(member_predictors(predictor), model.members, model.temperatures,
+                                      strict=True):
+        if member.temperature != recorded:
+            raise CheckpointError(f"{model.source}: {path} now applies temperature {member.temperature}, not "
+                                  f"the {recorded} the model file recorded; write the model file again.")
+    return predictor
+
+
+def member_predictors(predictor: Predictor) -> tuple[Predictor, ...]:
+    """The single models behind a predictor: itself, or an ensemble's members (under any class offsets)."""
+    inner = getattr(predictor, "inner", predictor)
+    return tuple(getattr(inner, "members", (inner,)))
 
 
 def load_model(path: str | os.PathLike[str], threads: int | None = None, backend: str | None = None,

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lesionlab.errors import CheckpointError, ConfigError
+from lesionlab.models.checkpoint import BEST_STEM, WEIGHTS_SUFFIX, checkpoint_stem
 
 PYTORCH = "pytorch"
 ONNXRUNTIME = "onnxruntime"
@@ -74,3 +75,17 @@ def resolve_model(path: str | os.PathLike[str], backend: str | None = None,
             raise CheckpointError(f"{given}: --backend {chosen} runs a run's exported model and there is "
                                   f"none yet; create it with `lesionlab export {Path(path)}`.")
     return ModelSource(chosen, given, precision)
+
+
+def checkpoint_weights_path(path: str | os.PathLike[str]) -> Path:
+    """The `.safetensors` file behind a run directory (`best`) or a checkpoint given by stem or file name."""
+    given = Path(path)
+    if given.is_dir():
+        weights = given / f"{BEST_STEM}{WEIGHTS_SUFFIX}"
+    else:
+        weights = checkpoint_stem(given).with_suffix(WEIGHTS_SUFFIX)
+    if not weights.is_file():
+        raise CheckpointError(f"{given}: no {weights.name} found; pass a run directory from `lesionlab "
+                              f"train` (it holds best.safetensors), a checkpoint file, or an exported .onnx "
+                              f"file.")
+    return weights

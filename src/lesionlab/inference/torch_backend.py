@@ -17,30 +17,15 @@ import torch
 from PIL import Image
 from torch import nn
 
-from lesionlab.errors import CheckpointError
 from lesionlab.evaluation.calibration import load_temperature, temperature_path
-from lesionlab.inference.backends import FP32
+from lesionlab.inference.backends import FP32, checkpoint_weights_path
 from lesionlab.inference.base import Explanation, Predictor
 from lesionlab.inference.prediction import Prediction
 from lesionlab.io_utils import file_sha256
 from lesionlab.malignancy import rule_for, threshold_path
-from lesionlab.models.checkpoint import BEST_STEM, WEIGHTS_SUFFIX, ModelCard, checkpoint_stem, load_checkpoint
+from lesionlab.models.checkpoint import ModelCard, checkpoint_stem, load_checkpoint
 from lesionlab.models.registry import output_layer
 from lesionlab.precision import forward_precision
-
-
-def checkpoint_weights_path(path: str | os.PathLike[str]) -> Path:
-    """The `.safetensors` file behind a run directory (`best`) or a checkpoint given by stem or file name."""
-    given = Path(path)
-    if given.is_dir():
-        weights = given / f"{BEST_STEM}{WEIGHTS_SUFFIX}"
-    else:
-        weights = checkpoint_stem(given).with_suffix(WEIGHTS_SUFFIX)
-    if not weights.is_file():
-        raise CheckpointError(f"{given}: no {weights.name} found; pass a run directory from `lesionlab "
-                              f"train` (it holds best.safetensors), a checkpoint file, or an exported .onnx "
-                              f"file.")
-    return weights
 
 
 def fold_temperature(model: nn.Module, temperature: float) -> nn.Module:

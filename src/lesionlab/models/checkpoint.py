@@ -43,6 +43,8 @@ class ModelCard:
     epoch: int
     metrics: dict[str, float] = field(default_factory=dict)
     run_name: str = ""
+    metadata: dict[str, Any] | None = None
+    """The patient fields the model reads (`fields`, `dropout`, `hidden`); None for an image-only model."""
     created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
     def to_dict(self) -> dict[str, Any]:
@@ -120,12 +122,16 @@ def load_state(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def load_checkpoint(path: str | os.PathLike[str]) -> tuple[nn.Module, ModelCard]:
     """Rebuild the model from its card and load the weights strictly; return it in eval mode with its card."""
+    from lesionlab.models.metadata_model import MetadataSpec, with_metadata
     from lesionlab.models.registry import build_model
 
     card = read_card(path)
     state = load_state(path)
     model = build_model(card.arch, num_classes=card.num_classes, pretrained="none",
                         head_hidden=card.head_hidden, dropout=card.dropout)
+    spec = MetadataSpec.from_dict(card.metadata, str(checkpoint_stem(path).with_suffix(CARD_SUFFIX)))
+    if spec is not None:
+        model = with_metadata(model, spec)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:

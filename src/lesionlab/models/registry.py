@@ -198,6 +198,11 @@ def _keep_imagenet_hidden_layer(head: nn.Sequential, imagenet_head: nn.Module, a
     head[0].load_state_dict(imagenet_hidden.state_dict())
 
 
-def pooled_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """The backbone's globally pooled feature vector: what the head sees."""
+def pooled_features(model: nn.Module,
+                    images: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """What the head sees: the backbone's globally pooled feature vector, followed by the encoded metadata
+    when the inputs are a metadata model's `(images, metadata)`."""
+    if isinstance(images, (tuple, list)):
+        pixels, metadata = images
+        return torch.cat([pooled_features(model, pixels), metadata.to(pixels.dtype)], dim=1)
     return torch.flatten(model.avgpool(model.features(images)), 1)

@@ -22,7 +22,7 @@ import torch
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 from tqdm import tqdm
 
 from lesionlab.classes import CLASS_CODES, NUM_CLASSES
@@ -293,6 +293,7 @@ def model_card(recipe: Recipe, spec: Architecture, stage: int, epoch: int, metri
         mean=list(spec.mean), std=list(spec.std), grayscale=recipe.grayscale,
         head_hidden=head_hidden, dropout=dropout,
         stage=stage, epoch=epoch, metrics=metrics, run_name=run_name,
+        metadata=dataclasses.asdict(recipe.metadata) if recipe.metadata is not None else None,
     )
 
 
@@ -465,7 +466,7 @@ def stage_precision(model: nn.Module, recipe: Recipe, data: StageData) -> dict[s
     def parity() -> ParityCheck:
         model.eval()
         spread = np.linspace(0, len(images_of) - 1, min(PARITY_IMAGES, len(images_of))).astype(int)
-        images = torch.stack([images_of[int(index)][0] for index in spread])
+        images = default_collate([images_of[int(index)][0] for index in spread])
         labels = torch.as_tensor([images_of.labels[int(index)] for index in spread])
         inputs = to_device(images, data.device, data.channels_last)
         return check_parity(model, [(inputs, labels)], data.device)

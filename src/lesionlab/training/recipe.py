@@ -55,6 +55,18 @@ class DistillConfig:
 
 
 @dataclass
+class MetadataConfig:
+    """An optional patient-metadata branch fused with the image features (`models.metadata_model`)."""
+
+    fields: list[str]
+    """Which of age, sex, site the model reads."""
+    dropout: float
+    """Training probability that each field of an image is replaced by its missing encoding."""
+    hidden: int
+    """Width of the metadata MLP's output, concatenated with the pooled image features."""
+
+
+@dataclass
 class StageConfig:
     """One training stage: what trains, how it is optimised, and how classes are balanced."""
 
@@ -118,9 +130,11 @@ class Recipe:
     channels_last: bool
     deterministic: bool
     device: str
+    sync_bn: bool
     precision: str
     teacher: list[str] | str | None
     distill: DistillConfig
+    metadata: MetadataConfig | None
     stages: list[StageConfig]
 
     def teacher_runs(self) -> list[str]:
@@ -228,6 +242,11 @@ def _validate(recipe: Recipe) -> None:
         raise ConfigError("recipe key 'distill.views' must be at least 1")
     if isinstance(recipe.teacher, list) and not recipe.teacher:
         raise ConfigError("recipe key 'teacher': an empty list; name at least one run directory, or null")
+    if recipe.metadata is not None:
+        _validate_metadata(recipe.metadata)
+        if recipe.teacher_runs():
+            raise ConfigError("recipe keys 'metadata' and 'teacher': a metadata model cannot be distilled "
+                              "yet; set one of them to null")
     for index, stage in enumerate(recipe.stages):
         key = f"stages.{index}"
         _check_choice(stage.optimizer, OPTIMIZERS, f"{key}.optimizer")
@@ -254,6 +273,16 @@ def _validate(recipe: Recipe) -> None:
             raise ConfigError(f"recipe key '{key}.feature_cache.views': {stage.feature_cache.views} cached "
                               f"views, but a distilled run has only distill.views = {recipe.distill.views} "
                               f"views with teacher logits; use at most that many.")
+
+
+def _validate_metadata(metadata: MetadataConfig) -> None:
+    from lesionlab.data.metadata import check_fields
+
+    check_fields(metadata.fields, "recipe key 'metadata.fields'")
+    if not 0.0 <= metadata.dropout <= 1.0:
+        raise ConfigError(f"recipe key 'metadata.dropout': {metadata.dropout} must be in [0, 1]")
+    if metadata.hidden < 1:
+        raise ConfigError("recipe key 'metadata.hidden' must be at least 1")
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -311,6 +340,8 @@ def _known_keys_at(path: list[str]) -> set[str] | None:
             return set(_field_types(FeatureCacheConfig))
     if path == ["distill"]:
         return set(_field_types(DistillConfig))
+    if path == ["metadata"]:
+        return set(_field_types(MetadataConfig))
     return None
 
 

@@ -32,6 +32,7 @@ from lesionlab.data.split import Split, assign_groups, read_split, write_split
 from lesionlab.data.transforms import eval_transform, train_transform
 from lesionlab.errors import CheckpointError, ConfigError, DataError
 from lesionlab.io_utils import atomic_write_json, atomic_write_text
+from lesionlab.models.metadata_model import MetadataDataset, MetadataSpec, with_metadata
 from lesionlab.models.registry import architecture, build_model
 from lesionlab.precision import forward_precision
 from lesionlab.training.distill import (
@@ -197,6 +198,9 @@ def _stage_data(recipe: Recipe, table: SampleTable, split: Split, device: torch.
     train_set = LesionDataset(split.parts["train"], size, augment(size), cache)
     val_set = LesionDataset(split.parts.get("val", []), size, eval_transform(size, gray, spec.mean, spec.std),
                             cache)
+    if recipe.metadata is not None:
+        train_set = MetadataDataset(train_set, recipe.metadata.fields)
+        val_set = MetadataDataset(val_set, recipe.metadata.fields)
     return StageData(train_set=train_set, val_set=val_set, workers=recipe.workers, device=device,
                      channels_last=recipe.channels_last, augment=augment)
 
@@ -260,6 +264,8 @@ def _run_stages(recipe: Recipe, table: SampleTable, split: Split, run: RunDirect
                         head_hidden=recipe.head_hidden, dropout=recipe.dropout,
                         weights_dir=recipe.weights_dir, weights_sha256=recipe.weights_sha256,
                         pretrained_head=recipe.pretrained_head)
+    if recipe.metadata is not None:
+        model = with_metadata(model, MetadataSpec.from_dict(dataclasses.asdict(recipe.metadata), "recipe"))
     progress = RunProgress()
     optimizer_state = None
     average_state: dict[str, torch.Tensor] = {}

@@ -1,0 +1,182 @@
+"""Patient metadata (age, sex, anatomical site): one vocabulary over HAM10000 and ISIC, and its encoding.
+
+HAM10000 names sites `back`, `trunk`, `face`, ... while the ISIC archive names them `posterior torso`,
+`head/neck`, ...; both are mapped onto the shared `SITES` (the table in docs/metadata.md), so a model
+trained on one source reads the other. A missing or unknown value is a value of its own: the encoding has a
+slot for it, and metadata dropout in training (`MetadataDropout`) replaces fields with exactly that encoding,
+so a model stays sound when fields are absent at prediction time.
+
+Encoding of the chosen fields, in `FIELDS` order:
+- `age`: `(age / AGE_SCALE, missing flag)`; a missing age is `(0, 1)`.
+- `sex`: one-hot over `female, male, missing`.
+- `site`: one-hot over `SITES` then `missing`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lesionlab.errors import ConfigError, DataError
+
+FIELDS: tuple[str, ...] = ("age", "sex", "site")
+AGE_SCALE = 100.0
+SEXES: tuple[str, ...] = ("female", "male")
+SITES: tuple[str, ...] = (
+    "head/neck", "anterior torso", "posterior torso", "lateral torso", "torso (unspecified)",
+    "upper extremity", "lower extremity", "palms/soles", "oral/genital",
+)
+MISSING_WORDS = frozenset({"", "unknown", "nan", "na", "n/a", "none", "missing"})
+
+# Every site name either source uses (lower case), onto the shared vocabulary. HAM10000 `hand` and `foot` do
+# not say dorsal or palmar/plantar, so they go to their extremity; HAM10000 `acral` is palms/soles.
+SITE_MAP: dict[str, str] = {
+    **{site: site for site in SITES},
+    "torso": "torso (unspecified)",
+    "back": "posterior torso",
+    "trunk": "torso (unspecified)",
+    "abdomen": "anterior torso",
+    "chest": "anterior torso",
+    "face": "head/neck",
+    "scalp": "head/neck",
+    "ear": "head/neck",
+    "neck": "head/neck",
+    "hand": "upper extremity",
+    "foot": "lower extremity",
+    "acral": "palms/soles",
+    "genital": "oral/genital",
+}
+
+# Column names of each field, first match wins: HAM10000's, then the ISIC archive's.
+AGE_COLUMNS: tuple[str, ...] = ("age", "age_approx")
+SEX_COLUMNS: tuple[str, ...] = ("sex",)
+SITE_COLUMNS: tuple[str, ...] = ("localization", "anatom_site_general", "anatom_site_general_challenge")
+
+
+@dataclass(frozen=True)
+class PatientMetadata:
+    """One image's patient fields in the shared vocabulary; None is missing."""
+
+    age: float | None = None
+    sex: str | None = None
+    site: str | None = None
+
+
+def parse_age(value: str | float | None, where: str) -> float | None:
+    """An age in years, or None when missing; a non-number or an impossible age is a DataError."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in MISSING_WORDS):
+        return None
+    try:
+        age = float(value)
+    except ValueError:
+        raise DataError(f"{where}: age '{value}' is not a number of years (leave it empty when "
+                        "unknown)") from None
+    if math.isnan(age):
+        return None
+    if not 0 <= age <= 120:
+        raise DataError(f"{where}: age {age:g} is outside 0..120 years")
+    return age
+
+
+def parse_sex(value: str | None, where: str) -> str | None:
+    """`female`/`male`, or None when missing; anything else is a DataError."""
+    word = (value or "").strip().lower()
+    if word in MISSING_WORDS:
+        return None
+    if word not in SEXES:
+        raise DataError(f"{where}: sex '{value}' is not one of {', '.join(SEXES)} (leave it empty when "
+                        "unknown)")
+    return word
+
+
+def parse_site(value: str | None, where: str) -> str | None:
+    """The shared-vocabulary site of a HAM10000 or ISIC site name, or None when missing."""
+    word = " ".join((value or "").strip().lower().replace("_", " ").split())
+    if word in MISSING_WORDS:
+        return None
+    if word not in SITE_MAP:
+        raise DataError(f"{where}: anatomical site '{value}' is not known; use one of "
+                        f"{', '.join(sorted(SITE_MAP))} (leave it empty when unknown)")
+    return SITE_MAP[word]
+
+
+def metadata_from_row(row: Mapping[str, str], where: str) -> PatientMetadata | None:
+    """The patient fields of a CSV row (lower-case columns); None when the CSV has none of their columns."""
+    age_column = next((name for name in AGE_COLUMNS if name in row), None)
+    sex_column = next((name for name in SEX_COLUMNS if name in row), None)
+    site_column = next((name for name in SITE_COLUMNS if name in row), None)
+    if age_column is None and sex_column is None and site_column is None:
+        return None
+    return PatientMetadata(
+        age=parse_age(row[age_column], where) if age_column else None,
+        sex=parse_sex(row[sex_column], where) if sex_column else None,
+        site=parse_site(row[site_column], where) if site_column else None,
+    )
+
+
+def field_widths(fields: Sequence[str]) -> list[int]:
+    """How many numbers each field's encoding takes."""
+    widths = {"age": 2, "sex": len(SEXES) + 1, "site": len(SITES) + 1}
+    return [widths[name] for name in fields]
+
+
+def check_fields(fields: Sequence[str], where: str) -> tuple[str, ...]:
+    """The fields as a tuple, each known and listed once."""
+    unknown = [name for name in fields if name not in FIELDS]
+    if unknown or not fields or len(set(fields)) != len(fields):
+        raise ConfigError(f"{where}: metadata fields must be a non-empty list without repeats from "
+                          f"{', '.join(FIELDS)}; got {list(fields)}")
+    return tuple(fields)
+
+
+def _one_hot(value: str | None, choices: Sequence[str]) -> list[float]:
+    index = len(choices) if value is None else choices.index(value)
+    return [1.0 if slot == index else 0.0 for slot in range(len(choices) + 1)]
+
+
+def missing_encoding(fields: Sequence[str]) -> torch.Tensor:
+    """The encoding of a record with every field missing."""
+    return encode(PatientMetadata(), fields)
+
+
+def encode(metadata: PatientMetadata | None, fields: Sequence[str]) -> torch.Tensor:
+    """The float vector of the chosen fields (module docstring); None encodes every field as missing."""
+    record = metadata or PatientMetadata()
+    parts: list[float] = []
+    for name in fields:
+        if name == "age":
+            parts += [0.0, 1.0] if record.age is None else [record.age / AGE_SCALE, 0.0]
+        elif name == "sex":
+            parts += _one_hot(record.sex, SEXES)
+        else:
+            parts += _one_hot(record.site, SITES)
+    return torch.tensor(parts, dtype=torch.float32)
+
+
+class MetadataDropout(nn.Module):
+    """In training, replace each field of each row by its missing encoding with probability `p`.
+
+    It is part of the model's head, so every training path (images or cached features) draws it afresh per
+    batch, like `nn.Dropout`; in eval mode it is the identity.
+    """
+
+    def __init__(self, fields: Sequence[str], p: float) -> None:
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ConfigError(f"metadata dropout must be in [0, 1], got {p}")
+        self.p = float(p)
+        self.widths = field_widths(fields)
+        self.register_buffer("missing", missing_encoding(fields), persistent=False)
+        self.register_buffer("field_of_slot", torch.repeat_interleave(
+            torch.arange(len(self.widths)), torch.tensor(self.widths)), persistent=False)
+
+    def forward(self, encoded: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return encoded
+        dropped = torch.rand(encoded.shape[0], len(self.widths), device=encoded.device) < self.p
+        mask = dropped[:, self.field_of_slot]
+        return torch.where(mask, self.missing.to(encoded.dtype), encoded)
