@@ -61,6 +61,22 @@ def forward_precision(precision: str, device: torch.device) -> contextlib.Abstra
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
+def training_forward(forward: Forward, precision: str, device: torch.device) -> Forward:
+    """The training forward of a stage at its resolved precision: bf16 autocast (AMP) on CUDA, else fp32.
+
+    On a GPU a stage whose forward-only passes run in bf16 also trains in bf16 autocast: weights, gradients
+    and optimizer stay fp32, and bf16 needs no loss scaling. On a CPU training steps stay fp32 (see above).
+    """
+    if device.type != "cuda" or precision != "bf16":
+        return forward
+
+    def autocast_forward(inputs: Any) -> torch.Tensor:
+        with forward_precision(precision, device):
+            return forward(inputs).float()
+
+    return autocast_forward
+
+
 @dataclass(frozen=True)
 class ParityCheck:
     """fp32 against bf16 on the same images: the figures `auto` decides by, and its decision."""

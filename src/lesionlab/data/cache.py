@@ -10,12 +10,14 @@ Safety rules:
   that disagrees, or an array whose shape does not match it, makes the cache stale: it is rebuilt, never read.
 - The array is written under a temporary name and renamed when complete; the index is written (atomically)
   after that and removed before a rebuild starts, so a half-written cache never has a valid index beside it.
+- `ensure` builds under an exclusive file lock (`fcntl.flock`), so concurrent processes build it once.
 - The memmap is opened lazily in each process and dropped when pickled, so forked or spawned workers open
   their own.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
@@ -54,6 +56,7 @@ class DecodedImageCache:
         stem = f"decoded-{fingerprint[:FINGERPRINT_CHARS_IN_NAME]}-{size}px-v{CACHE_VERSION}"
         self.array_path = self.root / f"{stem}.npy"
         self.index_path = self.root / f"{stem}.json"
+        self.lock_path = self.root / f".{stem}.lock"
         self._rows: dict[str, int] | None = None
         self._pixels: np.ndarray | None = None
         self._pixels_pid: int | None = None
@@ -84,13 +87,33 @@ class DecodedImageCache:
         rows = self._read_valid_index()
         return rows is not None and all(image_id in rows for image_id in image_ids)
 
-    def ensure(self, samples: Sequence[Sample], workers: int = 2, progress: bool = True) -> None:
-        """Build the cache unless a current one holds all `samples` (pass the whole table's samples)."""
+    def ensure(self, samples: Sequence[Sample], workers: int = 2, progress: bool = True) -> bool:
+        """Build the cache unless a current one holds all `samples` (pass the whole table's samples).
+
+        Safe when several processes (the ranks of one run, or runs started at once) ensure the same cache:
+        the build holds an exclusive lock on the cache's lock file, and a process that waited for the lock
+        finds the cache ready and reads it. Returns whether this call built it.
+        """
+        if self._holds(samples):
+            return False
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.lock_path, "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                if self._holds(samples):
+                    return False
+                self.build(samples, workers=workers, progress=progress)
+                return True
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _holds(self, samples: Sequence[Sample]) -> bool:
+        """Whether a current cache on disk holds every sample (then remember its index)."""
         rows = self._read_valid_index()
         if rows is not None and all(sample.image_id in rows for sample in samples):
             self._rows = rows
-            return
-        self.build(samples, workers=workers, progress=progress)
+            return True
+        return False
 
     def build(self, samples: Sequence[Sample], workers: int = 2, progress: bool = True) -> None:
         """Decode and resize every sample into a fresh array; a decode error aborts, leaving no cache."""
