@@ -17,6 +17,7 @@ from lesionlab.data.split import Split, make_split
 from lesionlab.errors import CheckpointError, ConfigError
 from lesionlab.evaluation.evaluate import EvaluationOptions, EvaluationResult, evaluate_run
 from lesionlab.evaluation.sources import run_data
+from lesionlab.training import distributed
 from lesionlab.training.recipe import Recipe, load_recipe, scale_epochs
 from lesionlab.training.release import plan_from_validated_run, release_split
 from lesionlab.training.runner import subset_table, train_run
@@ -45,10 +46,11 @@ class PipelineOptions:
 
 @dataclass(frozen=True)
 class PipelineResult:
-    """The trained run's folder and its test-part evaluation."""
+    """The trained run's folder and its test-part evaluation (None on the other processes of a torchrun
+    run: rank 0 alone evaluates)."""
 
     run_dir: Path
-    evaluation: EvaluationResult
+    evaluation: EvaluationResult | None
 
 
 def new_run_split(
@@ -104,5 +106,7 @@ def run_pipeline(options: PipelineOptions) -> PipelineResult:
         run_dir = options.runs_dir / (options.name or f"{recipe.arch}-{datetime.now():%Y%m%d-%H%M%S}")
         plan = None
     train_run(recipe, table, split, run_dir, resume=options.resume, release=plan)
+    if not distributed.is_main():
+        return PipelineResult(run_dir, None)
     evaluation = evaluate_run(run_dir, EvaluationOptions(split="test", tta_views=options.tta_views))
     return PipelineResult(run_dir, evaluation)

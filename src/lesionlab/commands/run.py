@@ -94,6 +94,8 @@ def run_run(args: argparse.Namespace) -> int:
             release=args.release,
         )
     )
+    if result.evaluation is None:
+        return 0
     metrics = result.evaluation.metrics
     print(f"\nrun: {result.run_dir}\n{summary_table(result.run_dir)}\n")
     print(f"test part ({metrics['samples']} images, {metrics['evaluation']['variant_description']}):")
