@@ -1,15 +1,18 @@
 """A metadata model end to end on a small real HAM10000 subset: `lesionlab run` with configs/metadata.yaml
 trains, saves and evaluates it; resume rebuilds it; evaluate scores it with and without its fields, on the
-test part and on the ISIC 2018 validation CSV; predict and ONNX export work without fields."""
+test part and on the ISIC 2018 validation CSV; predict with and without fields; ONNX export."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from lesionlab.cli import main
+from lesionlab.data.imageio import load_rgb
 
 pytestmark = pytest.mark.integration
 
@@ -50,13 +53,33 @@ def test_evaluate_with_fields_withheld_on_the_isic_validation_csv(metadata_run: 
     assert (with_fields / "predictions.csv").read_text() != (without / "predictions.csv").read_text()
 
 
-def test_predict_and_export_without_fields(metadata_run: Path, shared_data_dir: Path, tmp_path: Path) -> None:
+def test_predict_with_and_without_fields_and_export(metadata_run: Path, shared_data_dir: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from lesionlab.data.metadata import PatientMetadata
+    from lesionlab.inference.torch_backend import TorchPredictor
+
     image = shared_data_dir / "images" / "ISIC_0034321.jpg"
     assert main(["predict", str(metadata_run), str(image), "--json"]) == 0
+    assert main(["predict", str(metadata_run), str(image), "--json", "--age", "60", "--sex", "female",
+                 "--site", "back"]) == 0
+    assert main(["predict", str(metadata_run), str(image), "--site", "elbow"]) == 2
+    assert "'elbow' is not known" in capsys.readouterr().err
+    predictor = TorchPredictor.from_path(metadata_run)
+    with torch.no_grad():
+        predictor.model.classifier.head[0].weight[:, -32:].normal_()
+    pil = load_rgb(image)
+    without = predictor.image_probabilities(pil)
+    assert np.allclose(predictor.image_probabilities(pil, PatientMetadata()), without, atol=1e-6)
+    assert not np.allclose(predictor.image_probabilities(pil, PatientMetadata(80.0, "male", "face")), without,
+                           atol=1e-4)
     assert main(["export", str(metadata_run), "--format", "onnx", "--data", str(shared_data_dir),
                  "--max-images", "16", "--out", str(tmp_path / "model.onnx")]) == 0
     assert (tmp_path / "model.onnx").is_file()
 
 
-def test_no_metadata_on_an_image_only_model_is_a_clear_error(tiny_run_dir: Path) -> None:
+def test_an_image_only_model_refuses_fields(tiny_run_dir: Path, shared_data_dir: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["evaluate", str(tiny_run_dir), "--no-metadata"]) == 2
+    image = shared_data_dir / "images" / "ISIC_0034321.jpg"
+    assert main(["predict", str(tiny_run_dir), str(image), "--age", "50"]) == 2
+    assert "reads no patient metadata" in capsys.readouterr().err

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from lesionlab.commands._common import add_model_arguments, load_model_from_arguments
 
 if TYPE_CHECKING:
+    from lesionlab.data.metadata import PatientMetadata
     from lesionlab.inference.base import Predictor
     from lesionlab.inference.files import FilePrediction
 
@@ -36,6 +37,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help=f"folder for --explain overlays (default: ./{DEFAULT_EXPLAIN_DIR})")
     parser.add_argument("--top", type=int, default=3, metavar="K",
                         help="classes listed per image (default 3)")
+    parser.add_argument("--age", help="patient age in years, for a model trained with metadata")
+    parser.add_argument("--sex", help="female or male, for a model trained with metadata")
+    parser.add_argument("--site", help="anatomical site (HAM10000 or ISIC names: back, face, posterior "
+                        "torso, head/neck, ...), for a model trained with metadata")
     add_model_arguments(parser)
     parser.set_defaults(handler=run_predict)
 
@@ -51,7 +56,13 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.explain and not predictor.can_explain:
         raise predictor.explain_unavailable_error()
     paths, failures = expand_image_paths(args.images)
-    outcome = predict_files(predictor, paths, args.out if args.explain else None)
+    metadata = _patient_metadata(args)
+    if metadata is not None and args.explain:
+        raise ConfigError("--explain with --age/--sex/--site: Grad-CAM explains the image alone; leave "
+                          "out one of them")
+    if metadata is not None:
+        predictor.encode_metadata(metadata, 1)
+    outcome = predict_files(predictor, paths, args.out if args.explain else None, metadata)
     failures = failures + outcome.failures
     top = min(args.top, len(predictor.classes))
     if args.json:
@@ -64,6 +75,16 @@ def run_predict(args: argparse.Namespace) -> int:
     for path, reason in failures:
         print(f"{path}: {reason}", file=sys.stderr)
     return USER_ERROR if failures else 0
+
+
+def _patient_metadata(args: argparse.Namespace) -> PatientMetadata | None:
+    """The --age/--sex/--site fields in the shared vocabulary; None when none is given."""
+    from lesionlab.data.metadata import PatientMetadata, parse_age, parse_sex, parse_site
+
+    if args.age is None and args.sex is None and args.site is None:
+        return None
+    return PatientMetadata(parse_age(args.age, "--age"), parse_sex(args.sex, "--sex"),
+                           parse_site(args.site, "--site"))
 
 
 def _json_document(predictor: Predictor, predictions: list[FilePrediction], failures: list[tuple[Path, str]],

@@ -17,8 +17,9 @@ import numpy as np
 from PIL import Image
 
 from lesionlab.data.imageio import load_rgb
+from lesionlab.data.metadata import PatientMetadata, encode
 from lesionlab.data.preprocess_np import preprocess_array
-from lesionlab.errors import LesionlabError
+from lesionlab.errors import ConfigError, LesionlabError
 from lesionlab.inference.prediction import Prediction
 from lesionlab.malignancy import FALLBACK_RULE, MalignancyRule
 from lesionlab.models.checkpoint import ModelCard
@@ -112,15 +113,35 @@ class Predictor(ABC):
             return "uncalibrated softmax (no temperature fitted; `lesionlab evaluate RUN` fits one on val)"
         return f"temperature {self.temperature:.3f}, fitted on the validation part"
 
-    def image_probabilities(self, image: Image.Image) -> np.ndarray:
+    def image_probabilities(self, image: Image.Image, metadata: PatientMetadata | None = None) -> np.ndarray:
         """Class probabilities of one decoded image: the mean over `views` (test-time augmentation), all run
-        as one batch; with the identity view alone, the plain prediction."""
+        as one batch; with the identity view alone, the plain prediction. `metadata` gives a metadata model
+        the patient's fields (without it, every field is missing)."""
         batch = view_batch(self.preprocessing.to_batch(image), self.views)
-        return self.predict_batch(batch).mean(axis=0)
+        if metadata is None:
+            return self.predict_batch(batch).mean(axis=0)
+        encoded = self.encode_metadata(metadata, len(batch))
+        return self.predict_batch_with_metadata(batch, encoded).mean(axis=0)
 
-    def predict_image(self, image: Image.Image) -> Prediction:
-        """Classify one decoded image."""
-        return Prediction.from_probabilities(self.classes, self.image_probabilities(image), self.malignancy)
+    def encode_metadata(self, metadata: PatientMetadata, rows: int) -> np.ndarray:
+        """The patient fields encoded for this model, one row per image of a batch; a model that reads no
+        metadata refuses them, so no one believes fields were used when they were not."""
+        if self.card.metadata is None:
+            raise ConfigError(f"{self.source}: this model reads no patient metadata; leave out --age, --sex "
+                              f"and --site (or train one with --config metadata)")
+        encoded = encode(metadata, self.card.metadata["fields"]).numpy()
+        return np.repeat(encoded[None], rows, axis=0)
+
+    def predict_batch_with_metadata(self, batch: np.ndarray, metadata: np.ndarray) -> np.ndarray:
+        """Probabilities of a batch with each image's encoded patient fields; backends that can read them
+        override this."""
+        raise ConfigError(f"{self.source}: the {self.backend} backend cannot read patient metadata yet; "
+                          f"predict with the run directory (PyTorch) to use the fields")
+
+    def predict_image(self, image: Image.Image, metadata: PatientMetadata | None = None) -> Prediction:
+        """Classify one decoded image, with the patient's fields for a metadata model."""
+        return Prediction.from_probabilities(self.classes, self.image_probabilities(image, metadata),
+                                             self.malignancy)
 
     def predict_file(self, path: str | os.PathLike[str]) -> Prediction:
         """Decode an image file (raising `ImageDecodeError` naming it) and classify it."""

@@ -15,6 +15,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from lesionlab.data.imageio import load_rgb
+from lesionlab.data.metadata import PatientMetadata
 from lesionlab.data.readers import IMAGE_SUFFIXES
 from lesionlab.errors import LesionlabError
 from lesionlab.inference.base import Predictor
@@ -69,15 +70,18 @@ def overlay_path(out_dir: Path, image: Path) -> Path:
     return out_dir / f"{image.stem}{OVERLAY_SUFFIX}"
 
 
-def predict_files(predictor: Predictor, paths: Sequence[Path],
-                  explain_dir: Path | None = None) -> BatchOutcome:
-    """Predict each file (and write its Grad-CAM overlay into `explain_dir` if given), with a progress bar."""
+def predict_files(predictor: Predictor, paths: Sequence[Path], explain_dir: Path | None = None,
+                  metadata: PatientMetadata | None = None) -> BatchOutcome:
+    """Predict each file (and write its Grad-CAM overlay into `explain_dir` if given), with a progress bar;
+    `metadata` gives a metadata model the patient's fields for every file."""
     outcome = BatchOutcome()
     for path in tqdm(paths, desc="predicting", unit="image", disable=None):
         try:
             image = load_rgb(path)
             if explain_dir is None:
-                outcome.predictions.append(FilePrediction(path, predictor.predict_image(image)))
+                prediction = (predictor.predict_image(image) if metadata is None
+                              else predictor.predict_image(image, metadata))
+                outcome.predictions.append(FilePrediction(path, prediction))
                 continue
             explanation = predictor.explain(image)
             written = atomic_write_bytes(overlay_path(explain_dir, path), explanation.overlay_png())

@@ -86,6 +86,14 @@ class TorchPredictor(Predictor):
             logits = self.model(inputs)
         return torch.softmax(logits.float(), dim=1).numpy()
 
+    def predict_batch_with_metadata(self, batch: np.ndarray, metadata: np.ndarray) -> np.ndarray:
+        """Softmax probabilities of a metadata model given each image's encoded fields."""
+        inputs = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        fields = torch.from_numpy(np.ascontiguousarray(metadata, dtype=np.float32))
+        with torch.inference_mode(), forward_precision(self.precision, torch.device("cpu")):
+            logits = self.model(inputs, fields)
+        return torch.softmax(logits.float(), dim=1).numpy()
+
     def explain(self, image: Image.Image, prediction: Prediction | None = None) -> Explanation:
         """Grad-CAM on the last convolutional block for the predicted class, the prediction and the map both
         averaged over this predictor's views so the overlay explains exactly what `predict_image` reports
