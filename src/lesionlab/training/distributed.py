@@ -313,6 +313,9 @@ def sync_batchnorm(model: nn.Module, enabled: bool) -> nn.Module:
     """BatchNorm synchronised across ranks when `sync_bn: true` (a multi-process run only)."""
     if not (enabled and active()):
         return model
+    if next(model.parameters()).device.type != "cuda":
+        raise ConfigError("recipe key 'sync_bn': synchronised BatchNorm needs CUDA devices (PyTorch's "
+                          "SyncBatchNorm); on a CPU set sync_bn=false (BatchNorm per process).")
     return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
