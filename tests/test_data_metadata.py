@@ -207,3 +207,15 @@ def test_recipe_metadata_key() -> None:
         load_recipe("metadata", ["metadata.dropout=1.5"])
     with pytest.raises(ConfigError, match="cannot be distilled"):
         load_recipe("metadata", ["teacher=runs/x"])
+
+
+def test_metadata_csv_for_many_images(tmp_path: Path) -> None:
+    from lesionlab.data.metadata import read_metadata_csv
+
+    table = tmp_path / "fields.csv"
+    table.write_text("image,age_approx,sex,anatom_site_general\na.jpg,35,male,head/neck\n/x/b.jpg,,,\n")
+    assert read_metadata_csv(table) == {tmp_path / "a.jpg": PatientMetadata(35.0, "male", "head/neck"),
+                                        Path("/x/b.jpg"): PatientMetadata()}
+    (tmp_path / "bad.csv").write_text("file,age\na.jpg,3\n")
+    with pytest.raises(DataError, match="no 'image' column"):
+        read_metadata_csv(tmp_path / "bad.csv")

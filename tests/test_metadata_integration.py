@@ -63,6 +63,9 @@ def test_predict_with_and_without_fields_and_export(metadata_run: Path, shared_d
     assert main(["predict", str(metadata_run), str(image), "--json", "--age", "60", "--sex", "female",
                  "--site", "back"]) == 0
     assert main(["predict", str(metadata_run), str(image), "--site", "elbow"]) == 2
+    fields = tmp_path / "fields.csv"
+    fields.write_text(f"image,age,sex,localization\n{image},60,female,back\n{image},,,\n")
+    assert main(["predict", str(metadata_run), "--metadata-csv", str(fields)]) == 0
     assert "'elbow' is not known" in capsys.readouterr().err
     predictor = TorchPredictor.from_path(metadata_run)
     with torch.no_grad():

@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("run", metavar="RUN",
                         help="run directory (PyTorch), exported .onnx file or model.json")
-    parser.add_argument("images", metavar="IMAGE", nargs="+", help="image files, folders of images, or globs")
+    parser.add_argument("images", metavar="IMAGE", nargs="*", help="image files, folders of images, or globs")
     parser.add_argument("--json", action="store_true", help="print one JSON document for programs")
     parser.add_argument("--explain", action="store_true",
                         help="also write a Grad-CAM overlay PNG per image (needs a run directory, not .onnx)")
@@ -41,12 +41,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--sex", help="female or male, for a model trained with metadata")
     parser.add_argument("--site", help="anatomical site (HAM10000 or ISIC names: back, face, posterior "
                         "torso, head/neck, ...), for a model trained with metadata")
+    parser.add_argument("--metadata-csv", type=Path, metavar="FILE",
+                        help="CSV of images (column image, relative to the CSV) with their age, sex and site "
+                        "columns: predicts each with its own fields")
     add_model_arguments(parser)
     parser.set_defaults(handler=run_predict)
 
 
 def run_predict(args: argparse.Namespace) -> int:
     """Predict every image; list failures as `file: reason` and exit 2 (a user error) if there were any."""
+    from lesionlab.data.metadata import PatientMetadata
     from lesionlab.errors import USER_ERROR, ConfigError
     from lesionlab.inference.files import expand_image_paths, predict_files
 
@@ -58,10 +62,13 @@ def run_predict(args: argparse.Namespace) -> int:
     paths, failures = expand_image_paths(args.images)
     metadata = _patient_metadata(args)
     if metadata is not None and args.explain:
-        raise ConfigError("--explain with --age/--sex/--site: Grad-CAM explains the image alone; leave "
-                          "out one of them")
+        raise ConfigError("--explain with patient fields: Grad-CAM explains the image alone; leave out one")
     if metadata is not None:
-        predictor.encode_metadata(metadata, 1)
+        predictor.encode_metadata(PatientMetadata(), 1)
+        if isinstance(metadata, dict):
+            paths = [*metadata, *paths]
+    if not paths and not failures:
+        raise ConfigError("no images given: name image files, folders or globs, or pass --metadata-csv")
     outcome = predict_files(predictor, paths, args.out if args.explain else None, metadata)
     failures = failures + outcome.failures
     top = min(args.top, len(predictor.classes))
@@ -77,11 +84,19 @@ def run_predict(args: argparse.Namespace) -> int:
     return USER_ERROR if failures else 0
 
 
-def _patient_metadata(args: argparse.Namespace) -> PatientMetadata | None:
-    """The --age/--sex/--site fields in the shared vocabulary; None when none is given."""
-    from lesionlab.data.metadata import PatientMetadata, parse_age, parse_sex, parse_site
+def _patient_metadata(args: argparse.Namespace) -> PatientMetadata | dict[Path, PatientMetadata] | None:
+    """The --age/--sex/--site fields in the shared vocabulary, or each image's from --metadata-csv; None
+    when neither is given."""
+    from lesionlab.data.metadata import PatientMetadata, parse_age, parse_sex, parse_site, read_metadata_csv
+    from lesionlab.errors import ConfigError
 
-    if args.age is None and args.sex is None and args.site is None:
+    given = args.age is not None or args.sex is not None or args.site is not None
+    if args.metadata_csv is not None:
+        if given:
+            raise ConfigError("--metadata-csv with --age/--sex/--site: give the fields in the CSV or as "
+                              "flags, not both")
+        return read_metadata_csv(args.metadata_csv)
+    if not given:
         return None
     return PatientMetadata(parse_age(args.age, "--age"), parse_sex(args.sex, "--sex"),
                            parse_site(args.site, "--site"))

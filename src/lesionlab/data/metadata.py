@@ -14,9 +14,11 @@ Encoding of the chosen fields, in `FIELDS` order:
 
 from __future__ import annotations
 
+import csv
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -116,6 +118,31 @@ def metadata_from_row(row: Mapping[str, str], where: str) -> PatientMetadata | N
         sex=parse_sex(row[sex_column], where) if sex_column else None,
         site=parse_site(row[site_column], where) if site_column else None,
     )
+
+
+def read_metadata_csv(path: Path) -> dict[Path, PatientMetadata]:
+    """Images and their patient fields from a CSV: an `image` column (a path, relative to the CSV's folder
+    unless absolute) plus any of the age, sex and site columns (HAM10000 or ISIC names)."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            rows = [(reader.line_num, {(key or "").strip().lower(): (value or "").strip()
+                                       for key, value in row.items()}) for row in reader]
+            header = [name.strip().lower() for name in reader.fieldnames or []]
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise DataError(f"{path}: cannot read the metadata CSV ({error})") from None
+    if "image" not in header:
+        raise DataError(f"{path}: no 'image' column; expected image,age,sex,site (found: "
+                        f"{', '.join(header) or 'none'})")
+    images: dict[Path, PatientMetadata] = {}
+    for line, row in rows:
+        where = f"{path}: row {line}"
+        if not row["image"]:
+            raise DataError(f"{where}: empty image path")
+        image = Path(row["image"])
+        images[image if image.is_absolute() else path.parent / image] = (
+            metadata_from_row(row, where) or PatientMetadata())
+    return images
 
 
 def field_widths(fields: Sequence[str]) -> list[int]:

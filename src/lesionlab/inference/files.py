@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,16 +71,17 @@ def overlay_path(out_dir: Path, image: Path) -> Path:
 
 
 def predict_files(predictor: Predictor, paths: Sequence[Path], explain_dir: Path | None = None,
-                  metadata: PatientMetadata | None = None) -> BatchOutcome:
+                  metadata: PatientMetadata | Mapping[Path, PatientMetadata] | None = None) -> BatchOutcome:
     """Predict each file (and write its Grad-CAM overlay into `explain_dir` if given), with a progress bar;
-    `metadata` gives a metadata model the patient's fields for every file."""
+    `metadata` gives a metadata model the patient's fields: the same for every file, or per file."""
     outcome = BatchOutcome()
     for path in tqdm(paths, desc="predicting", unit="image", disable=None):
         try:
             image = load_rgb(path)
             if explain_dir is None:
-                prediction = (predictor.predict_image(image) if metadata is None
-                              else predictor.predict_image(image, metadata))
+                fields = metadata.get(path) if isinstance(metadata, Mapping) else metadata
+                prediction = (predictor.predict_image(image) if fields is None
+                              else predictor.predict_image(image, fields))
                 outcome.predictions.append(FilePrediction(path, prediction))
                 continue
             explanation = predictor.explain(image)
