@@ -115,3 +115,32 @@ def test_bad_file_shows_an_error(browser_page: Page, server_url: str) -> None:
     expect(page.locator("#status")).to_contain_text("Not analysed", timeout=RESULT_TIMEOUT_MS)
     expect(page.locator("#status")).to_contain_text("not a supported image")
     expect(page.locator("#result")).to_be_hidden()
+
+
+@pytest.mark.parametrize("route", ["/docs", "/redoc"])
+def test_api_docs_render_with_the_network_off(browser_page: Page, server_url: str, route: str) -> None:
+    """Every request that leaves the server is refused, so a CDN asset would leave the page blank. The
+    served HTML names no endpoint: seeing them means the packaged script rendered /openapi.json. ReDoc's
+    bundle links its own "powered by" logo from its vendor's site; that image is the one thing refused."""
+    from playwright.sync_api import Route, expect
+
+    refused: list[str] = []
+
+    def loopback_only(request_route: Route) -> None:
+        url = request_route.request.url
+        if url.startswith(server_url) or url.startswith("data:"):
+            request_route.continue_()
+        else:
+            refused.append(f"{request_route.request.resource_type} {url}")
+            request_route.abort("internetdisconnected")
+
+    context = browser_page.context.browser.new_context()
+    try:
+        context.route("**/*", loopback_only)
+        page = context.new_page()
+        page.goto(server_url + route)
+        for path in ("/predict", "/explain", "/health"):
+            expect(page.locator("body")).to_contain_text(path, timeout=RESULT_TIMEOUT_MS)
+    finally:
+        context.close()
+    assert [entry for entry in refused if not entry.startswith("image ")] == []

@@ -29,8 +29,9 @@ def client() -> TestClient:
     return TestClient(create_app(predictor))
 
 
-def test_docs_reference_no_external_url_and_their_assets_load(client: TestClient) -> None:
-    page = client.get("/docs")
+@pytest.mark.parametrize("route", ["/docs", "/redoc"])
+def test_docs_reference_no_external_url_and_their_assets_load(client: TestClient, route: str) -> None:
+    page = client.get(route)
     assert page.status_code == 200
     urls = re.findall(r"""(?:src|href)=["']([^"']+)["']""", page.text)
     urls += re.findall(r"url: ?'([^']+)'", page.text)
