@@ -14,7 +14,13 @@ from lesionlab.data.readers import read_dataset
 from lesionlab.data.transforms import eval_transform, train_transform
 from lesionlab.models.freeze import apply_plan, resolve_plan, set_train_mode
 from lesionlab.models.registry import IMAGENET_MEAN, IMAGENET_STD, architecture, build_model
-from lesionlab.training.features import FeatureCache, extract_features, frozen_backbone_forward
+from lesionlab.precision import native_bf16
+from lesionlab.training.features import (
+    FeatureCache,
+    extract_features,
+    frozen_prefix_forward,
+    frozen_prefix_length,
+)
 
 SIZE = 32
 
@@ -71,8 +77,50 @@ def test_cached_batches_follow_the_sampled_order() -> None:
 def test_frozen_backbone_forward_matches_the_model_and_trains_only_the_head() -> None:
     model = frozen_model().eval()
     images = torch.randn(4, 3, SIZE, SIZE)
-    forward = frozen_backbone_forward(model)
-    assert torch.allclose(forward(images), model(images))
+    forward = frozen_prefix_forward(model, resolve_plan("head", architecture("small_cnn"), "frozen"), "fp32")
+    assert torch.allclose(forward(images), model(images), rtol=1e-4, atol=1e-5)
     forward(images).sum().backward()
     assert all(p.grad is not None for p in model.classifier.parameters())
     assert all(p.grad is None for p in model.features.parameters())
+
+
+def partly_frozen(trainable: str, bn: str) -> tuple[torch.nn.Module, object]:
+    """MobileNetV3-Small with a freeze plan applied as `train_stage` applies it."""
+    torch.manual_seed(0)
+    model = build_model("mobilenet_v3_small", pretrained="none")
+    spec = architecture("mobilenet_v3_small")
+    plan = resolve_plan(trainable, spec, bn)
+    apply_plan(model, spec, plan)
+    set_train_mode(model, spec, plan)
+    return model, plan
+
+
+def test_a_frozen_prefix_runs_forward_only_and_the_rest_trains() -> None:
+    model, plan = partly_frozen("features.4-12,head", "frozen")
+    assert frozen_prefix_length(model, plan) == 4
+    forward = frozen_prefix_forward(model, plan, "fp32")
+    images = torch.randn(2, 3, 64, 64)
+    model.eval()
+    assert torch.allclose(forward(images), model(images), rtol=1e-4, atol=1e-5)
+    forward(images).sum().backward()
+    assert all(p.grad is not None for p in model.features[4:].parameters())
+    assert all(p.grad is None for p in model.features[:4].parameters())
+
+
+def test_frozen_blocks_with_training_batchnorm_are_no_fixed_prefix() -> None:
+    model, plan = partly_frozen("features.4-12,head", "train")
+    assert frozen_prefix_length(model, plan) == 0
+    assert frozen_prefix_forward(model, plan, "fp32") is model
+
+
+@pytest.mark.skipif(not native_bf16(torch.device("cpu")), reason="this CPU has no native bf16")
+def test_a_bf16_prefix_feeds_an_fp32_rest_with_gradients() -> None:
+    model, plan = partly_frozen("features.4-12,head", "frozen")
+    forward = frozen_prefix_forward(model, plan, "bf16")
+    images = torch.randn(2, 3, 64, 64)
+    model.eval()
+    logits = forward(images)
+    assert logits.dtype == torch.float32
+    assert torch.allclose(logits, model(images), rtol=0.05, atol=0.05)
+    logits.sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.features[4:].parameters())

@@ -3,11 +3,13 @@
 With every feature block frozen and BatchNorm `frozen`, the backbone is a fixed function of the image, so a
 forward+backward pass through it is wasted work. Two shortcuts follow:
 - per batch, run the backbone under `torch.no_grad()` and build a gradient graph for the head only
-  (`frozen_backbone_forward`); augmentation stays fresh every epoch;
+  (`frozen_prefix_forward`); augmentation stays fresh every epoch;
 - with `feature_cache: {views: K}`, compute the pooled features of K augmented views of every training
   image once per stage (`FeatureCache`), then each epoch draws one cached view per sampled image and trains
   the head on vectors. `views: 1` with `augment: none` is exact: the same features the image path computes.
-Dropout and everything else in the head still run in train mode.
+Dropout and everything else in the head still run in train mode. In fp32, feature extraction and a frozen
+prefix run a copy of the model with its (eval-mode) BatchNorms folded into their convolutions
+(`lesionlab.models.fold`), which is the same function at a fraction of the cost on a CPU.
 """
 
 from __future__ import annotations
@@ -20,26 +22,48 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from tqdm import tqdm
 
+from lesionlab.device import to_device
+from lesionlab.models.fold import fold_for
+from lesionlab.models.freeze import FreezePlan
 from lesionlab.models.registry import pooled_features
+from lesionlab.precision import forward_precision
+from lesionlab.training import distributed
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
-def to_device(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
-    """Move an image batch to the device, in channels-last layout when asked (faster convolutions on CPU)."""
-    images = images.to(device, non_blocking=True)
-    if channels_last and images.dim() == 4:
-        return images.contiguous(memory_format=torch.channels_last)
-    return images
+def frozen_prefix_length(model: nn.Module, plan: FreezePlan) -> int:
+    """How many leading feature blocks are a fixed function of the image in a stage: frozen, with BatchNorm
+    `frozen` (eval mode). With BatchNorm `train` a frozen block still normalises by batch statistics and
+    updates them, so it is not fixed and the prefix is empty."""
+    if plan.bn != "frozen":
+        return 0
+    blocks = len(model.features)
+    return next((index for index in range(blocks) if plan.trains(f"features.{index}")), blocks)
 
 
-def frozen_backbone_forward(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A forward function that builds no graph through the (frozen, eval-mode) backbone."""
+def frozen_prefix_forward(model: nn.Module, plan: FreezePlan, precision: str) -> Forward:
+    """The training forward of a stage whose first feature blocks are frozen (`frozen_prefix_length`).
 
-    def forward(images: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            features = pooled_features(model, images)
-        return model.classifier(features)
+    The prefix is a fixed function, so it runs forward-only: under `torch.no_grad()` (no graph, no backward),
+    in the stage's forward precision (bf16 autocast where the stage's parity check chose bf16, as its feature
+    cache and validation are; in fp32 as a BatchNorm-folded copy, `lesionlab.models.fold`). The trainable rest
+    and the head run in fp32 with a gradient graph. The copy is taken now: call this again whenever the
+    prefix's weights or modes change (`train_stage` does, every epoch). A stage without a frozen prefix gets
+    the model itself.
+    """
+    length = frozen_prefix_length(model, plan)
+    if length == 0:
+        return model
+    prefix, rest = fold_for(model.features[:length], precision), model.features[length:]
+
+    def forward(inputs: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        images, metadata = inputs if isinstance(inputs, (tuple, list)) else (inputs, None)
+        with torch.no_grad(), forward_precision(precision, images.device):
+            frozen = prefix(images)
+        pooled = torch.flatten(model.avgpool(rest(frozen.float())), 1)
+        return model.classifier(pooled if metadata is None else torch.cat([pooled, metadata], dim=1))
 
     return forward
 
@@ -47,11 +71,14 @@ def frozen_backbone_forward(model: nn.Module) -> Callable[[torch.Tensor], torch.
 @torch.inference_mode()
 def extract_features(model: nn.Module, loader: DataLoader, device: torch.device, channels_last: bool,
                      description: str) -> Batch:
-    """Pooled backbone features and labels of every item a loader yields, in order."""
+    """Pooled backbone features and labels of every item a loader yields, in order, in the precision the
+    caller's autocast sets (in fp32 through the model's BatchNorm-folded copy)."""
+    backbone = fold_for(model, "bf16" if torch.is_autocast_enabled(device.type) else "fp32")
     features: list[torch.Tensor] = []
     labels: list[torch.Tensor] = []
-    for images, batch_targets in tqdm(loader, desc=description, unit="batch", leave=False):
-        features.append(pooled_features(model, to_device(images, device, channels_last)).float().cpu())
+    for images, batch_targets in tqdm(loader, desc=description, unit="batch", leave=False,
+                                          disable=not distributed.show_progress()):
+        features.append(pooled_features(backbone, to_device(images, device, channels_last)).float().cpu())
         labels.append(batch_targets[0] if isinstance(batch_targets, (tuple, list)) else batch_targets)
     return torch.cat(features), torch.cat(labels)
 
@@ -99,3 +126,15 @@ class FeatureCache:
             else:
                 yield self.views[views, items], (self.labels[items],
                                                  self.teacher_logits[:, views, items].transpose(0, 1))
+
+
+def shared_feature_cache(build: Callable[[], FeatureCache]) -> FeatureCache:
+    """A stage's feature cache built once, on rank 0, and broadcast: every rank trains on the same views."""
+    if not distributed.active():
+        return build()
+    cache = build() if distributed.is_main() else None
+    views = distributed.broadcast_tensor(cache.views if cache is not None else None)
+    labels = distributed.broadcast_tensor(cache.labels if cache is not None else None)
+    teacher = distributed.broadcast_tensor(cache.teacher_logits if cache is not None else None)
+    assert views is not None and labels is not None
+    return cache if cache is not None else FeatureCache(views=views, labels=labels, teacher_logits=teacher)

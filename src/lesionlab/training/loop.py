@@ -12,14 +12,12 @@ import dataclasses
 import hashlib
 import logging
 import time
-import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, default_collate
@@ -27,13 +25,29 @@ from tqdm import tqdm
 
 from lesionlab.classes import CLASS_CODES, NUM_CLASSES
 from lesionlab.data.dataset import ImageTransform, LesionDataset
+from lesionlab.device import to_device
 from lesionlab.errors import ConfigError, LesionlabError
+from lesionlab.evaluation.metrics import headline_metrics
 from lesionlab.models.checkpoint import ModelCard, load_state, save_checkpoint
+from lesionlab.models.fold import fold_for
 from lesionlab.models.freeze import FreezePlan, apply_plan, plan_table, resolve_plan, set_train_mode
 from lesionlab.models.registry import Architecture, architecture, head_config
-from lesionlab.precision import PARITY_IMAGES, ParityCheck, check_parity, forward_precision, resolve_precision
+from lesionlab.precision import (
+    PARITY_IMAGES,
+    ParityCheck,
+    check_parity,
+    forward_precision,
+    resolve_precision,
+    training_forward,
+)
+from lesionlab.training import distributed
 from lesionlab.training.distill import AugmentedViews, DistillationLoss, ViewPasses, ViewSampler
-from lesionlab.training.features import FeatureCache, extract_features, frozen_backbone_forward, to_device
+from lesionlab.training.features import (
+    FeatureCache,
+    extract_features,
+    frozen_prefix_forward,
+    shared_feature_cache,
+)
 from lesionlab.training.imbalance import (
     class_counts,
     loss_class_weights,
@@ -106,15 +120,9 @@ def derive_seed(seed: int, stage: int, epoch: int) -> int:
 
 
 def score(labels: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
-    """Accuracy, balanced accuracy (mean recall, the ISIC 2018 metric) and macro F1 over all seven classes."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return {
-            "val_accuracy": float(accuracy_score(labels, predictions)),
-            "val_balanced_accuracy": float(balanced_accuracy_score(labels, predictions)),
-            "val_macro_f1": float(f1_score(labels, predictions, labels=list(range(NUM_CLASSES)),
-                                           average="macro", zero_division=0)),
-        }
+    """Accuracy, balanced accuracy and macro F1 as `evaluate` defines them, named as history columns."""
+    headline = headline_metrics(labels, predictions)
+    return {f"val_{name}": headline[name] for name in ("accuracy", "balanced_accuracy", "macro_f1")}
 
 
 def is_better(rule: str, candidate: dict[str, Any], best: dict[str, Any] | None) -> bool:
@@ -174,6 +182,8 @@ def image_batches(data: StageData, stage: StageConfig, epoch_seed: int) -> DataL
     sampler = make_sampler(data.train_set.labels, stage.sampler_weights, generator)
     draws = len(data.train_set) if sampler is None else sampler.num_samples
     loader_seed = torch.Generator().manual_seed(epoch_seed + 1)
+    if distributed.active():
+        return rank_image_batches(data, stage, sampler, generator, epoch_seed)
     if data.views is not None:
         items = sampler if sampler is not None else torch.randperm(len(data.train_set), generator=generator)
         return DataLoader(data.views, batch_size=stage.batch_size,
@@ -185,6 +195,24 @@ def image_batches(data: StageData, stage: StageConfig, epoch_seed: int) -> DataL
                       drop_last=draws > stage.batch_size, pin_memory=data.device.type == "cuda")
 
 
+def rank_image_batches(data: StageData, stage: StageConfig, sampler: Any, generator: torch.Generator,
+                       epoch_seed: int) -> DataLoader:
+    """This rank's slice of every global batch of the epoch's one global draw (`distributed.RankBatches`).
+
+    The draw is the weighted sampler's (or a permutation from the same generator), as in one process; each
+    rank's workers get their own augmentation seeds.
+    """
+    items = sampler if sampler is not None else torch.randperm(len(data.train_set), generator=generator)
+    dataset: Any = data.train_set
+    if data.views is not None:
+        dataset, items = data.views, ViewSampler(items, data.view_count, generator)
+    stream = list(items)
+    batches = distributed.RankBatches(stream, stage.batch_size, drop_last=len(stream) > stage.batch_size)
+    return DataLoader(dataset, batch_sampler=batches, num_workers=data.workers,
+                      generator=torch.Generator().manual_seed(distributed.rank_seed(epoch_seed + 1)),
+                      pin_memory=data.device.type == "cuda")
+
+
 def cached_batches(cache: FeatureCache, data: StageData, stage: StageConfig,
                    epoch_seed: int) -> Iterator[Batch]:
     """Batches of cached features in sampler order (same sampler and seed as the image path)."""
@@ -192,12 +220,14 @@ def cached_batches(cache: FeatureCache, data: StageData, stage: StageConfig,
     sampler = make_sampler(data.train_set.labels, stage.sampler_weights, generator)
     order = (torch.tensor(list(sampler), dtype=torch.long) if sampler is not None
              else torch.randperm(len(data.train_set), generator=generator))
-    return cache.batches(order, stage.batch_size, generator, drop_last=len(order) > stage.batch_size)
+    return distributed.local_batches(
+        cache.batches(order, stage.batch_size, generator, drop_last=len(order) > stage.batch_size))
 
 
 def val_loader(data: StageData, stage: StageConfig) -> DataLoader:
     """Validation images in file order, no augmentation; workers persist across the stage's epochs."""
-    return DataLoader(data.val_set, batch_size=stage.eval_batch_size, shuffle=False, num_workers=data.workers,
+    return DataLoader(distributed.local_subset(data.val_set), batch_size=stage.eval_batch_size, shuffle=False,
+                      num_workers=data.workers,
                       persistent_workers=data.workers > 0, pin_memory=data.device.type == "cuda")
 
 
@@ -222,7 +252,8 @@ def train_epoch(forward: Forward, batches: Iterable[Batch], total: int, criterio
     """
     loss_sum, seen = 0.0, 0
     start = time.perf_counter()
-    bar = tqdm(batches, total=total, desc=description, unit="batch", leave=False)
+    bar = tqdm(batches, total=total, desc=description, unit="batch", leave=False,
+               disable=not distributed.show_progress())
     for batch_index, (inputs, targets) in enumerate(bar, start=1):
         check_stop_request()
         inputs = to_device(inputs, data.device, data.channels_last)
@@ -304,6 +335,7 @@ def validate(forward: Forward, val_features: Batch | None, validation: DataLoade
         val_loss, truth, predictions = evaluate(forward, [val_features], data)
     else:
         val_loss, truth, predictions = evaluate(forward, validation, data)
+    val_loss, truth, predictions = distributed.gather_evaluation(val_loss, truth, predictions)
     scores = {"val_loss": val_loss, **score(truth, predictions)}
     return {f"{prefix}{key[len('val_'):]}": value for key, value in scores.items()}
 
@@ -318,6 +350,7 @@ def train_stage(model: nn.Module, recipe: Recipe, stage_index: int, data: StageD
     the stage then stops at that epoch, on the schedule of its full length, and may have no validation part.
     """
     stage = recipe.stages[stage_index - 1]
+    distributed.check_batch_size(stage.batch_size, f"stages.{stage_index - 1}.batch_size")
     last_epoch = stage_last_epoch(recipe, stage_index, choice)
     spec = architecture(recipe.arch)
     plan: FreezePlan = resolve_plan(stage.trainable, spec, stage.bn)
@@ -359,7 +392,8 @@ def train_stage(model: nn.Module, recipe: Recipe, stage_index: int, data: StageD
     validation = val_loader(data, stage)
     if str(stage_index) not in progress.precision:
         progress = dataclasses.replace(progress, precision={
-            **progress.precision, str(stage_index): stage_precision(model, recipe, data)})
+            **progress.precision,
+            str(stage_index): distributed.broadcast_json(lambda: stage_precision(model, recipe, data))})
     precision = progress.precision[str(stage_index)]["precision"]
     cache: FeatureCache | None = None
     val_features: Batch | None = None
@@ -369,7 +403,8 @@ def train_stage(model: nn.Module, recipe: Recipe, stage_index: int, data: StageD
         set_train_mode(model, spec, plan)
         data.train_set.transform = data.augment(stage.epoch_image_size(1, recipe.image_size))
         with forward_precision(precision, data.device):
-            cache = build_stage_feature_cache(model, recipe, stage_index, stage, data)
+            cache = shared_feature_cache(
+                lambda: build_stage_feature_cache(model, recipe, stage_index, stage, data))
             model.eval()
             val_features = (extract_features(model, validation, data.device, data.channels_last,
                                              "validation features") if len(data.val_set) else None)
@@ -380,7 +415,7 @@ def train_stage(model: nn.Module, recipe: Recipe, stage_index: int, data: StageD
     for epoch in range(first_epoch, last_epoch + 1):
         epoch_start = time.perf_counter()
         epoch_seed = derive_seed(recipe.seed, stage_index, epoch)
-        torch.manual_seed(epoch_seed)
+        torch.manual_seed(distributed.rank_seed(epoch_seed))
         set_train_mode(model, spec, plan)
         lr = optimizer.param_groups[0]["lr"]
         image_size = stage.epoch_image_size(epoch, recipe.image_size)
@@ -389,9 +424,10 @@ def train_stage(model: nn.Module, recipe: Recipe, stage_index: int, data: StageD
             forward: Forward = model.classifier
             batches: Iterable[Batch] = cached_batches(cache, data, stage, epoch_seed)
         else:
-            forward = frozen_backbone_forward(model) if plan.backbone_frozen() else model
+            forward = frozen_prefix_forward(model, plan, precision)
             data.train_set.transform = data.augment(image_size)
             batches = image_batches(data, stage, epoch_seed)
+        forward = distributed.synchronised(model, training_forward(forward, precision, data.device))
         try:
             train_loss, seen, train_seconds = train_epoch(forward, batches, steps, criterion, optimizer,
                                                           scheduler if per_batch else None, data, description,
@@ -403,6 +439,8 @@ def train_stage(model: nn.Module, recipe: Recipe, stage_index: int, data: StageD
                 f"{progress.epoch}). Lower the learning rate (e.g. --set stages.{stage_index - 1}.lr="
                 f"{stage.lr / 10:g}) and start a new run, or check the data."
             ) from None
+        train_loss, seen = distributed.mean_over_ranks(train_loss, seen)
+        distributed.sync_buffers(model, average)
         if scheduler is not None and not per_batch:
             scheduler.step()
 
@@ -411,48 +449,54 @@ def train_stage(model: nn.Module, recipe: Recipe, stage_index: int, data: StageD
         averaged: dict[str, float] = {}
         if len(data.val_set):
             with forward_precision(precision, data.device):
-                raw = validate(model.classifier if val_features is not None else model, val_features,
-                               validation, data)
+                raw = validate(model.classifier if val_features is not None else fold_for(model, precision),
+                               val_features, validation, data)
                 if average is not None:
                     average.eval()
                     averaged = validate(average.module.classifier if val_features is not None
-                                        else average.module, val_features, validation, data,
-                                        prefix="ema_val_")
+                                        else fold_for(average.module, precision), val_features, validation,
+                                        data, prefix="ema_val_")
         if choice is not None:
             use_average = choice.weights == "ema"
         else:
             use_average = bool(averaged) and is_better(
                 recipe.select, {**unprefixed(averaged), "train_loss": 0.0}, {**raw, "train_loss": 0.0})
         chosen, chosen_model = (unprefixed(averaged), average.module) if use_average else (raw, model)
-        seconds = time.perf_counter() - epoch_start + (extra_seconds if epoch == first_epoch else 0.0)
+        seconds = time.perf_counter() - epoch_start
+        cache_seconds = extra_seconds if epoch == first_epoch else 0.0
         record = {"stage": stage_index, "epoch": epoch, "lr": lr, "image_size": image_size,
                   "train_loss": train_loss, **raw, **averaged, "weights": "ema" if use_average else "raw",
-                  "seconds": round(seconds, 3),
+                  "seconds": round(seconds, 3), "cache_seconds": round(cache_seconds, 3),
                   "images_per_s": round(seen / train_seconds, 1) if train_seconds > 0 else 0.0}
         print(f"{description} @ {image_size}px: train loss {train_loss:.4f}  "
               f"{epoch_scores(raw, averaged, use_average)}  "
-              f"({seconds:.1f} s, {record['images_per_s']:.0f} img/s)")
+              f"({seconds:.1f} s, {record['images_per_s']:.0f} img/s"
+              f"{f'; feature cache {cache_seconds:.1f} s before it' if cache_seconds else ''})")
         log.info("epoch %s", record)
 
         selected = {**record, **chosen}
         metrics = {key: value for key, value in selected.items()
                    if (key.startswith("val_") or key == "train_loss")}
         card = model_card(recipe, spec, stage_index, epoch, metrics, run.name)
-        save_checkpoint(run.epoch_stem(stage_index, epoch), chosen_model, card)
         best = progress.best
-        if epoch == choice.epoch if choice is not None else is_better(recipe.select, selected, best):
+        improved = epoch == choice.epoch if choice is not None else is_better(recipe.select, selected, best)
+        if improved:
             best = selected
-            save_checkpoint(run.stage_best(stage_index), chosen_model, card)
-            save_checkpoint(run.best, chosen_model, card)
         progress = dataclasses.replace(
             progress, epoch=epoch, history=[*progress.history, record], best=best,
             stage_bests={**progress.stage_bests, str(stage_index): best},
             scheduler=scheduler.state_dict() if scheduler is not None else None,
-            train_seconds=progress.train_seconds + seconds,
+            train_seconds=progress.train_seconds + seconds + cache_seconds,
         )
-        run.save_state(progress.to_dict(), model, optimizer, average)
-        run.write_history(progress.history)
-        run.prune_checkpoints(stage_index, {epoch} | ({best["epoch"]} if best is not None else set()))
+        if distributed.is_main():
+            save_checkpoint(run.epoch_stem(stage_index, epoch), chosen_model, card)
+            if improved:
+                save_checkpoint(run.stage_best(stage_index), chosen_model, card)
+                save_checkpoint(run.best, chosen_model, card)
+            run.save_state(progress.to_dict(), model, optimizer, average)
+            run.write_history(progress.history)
+            run.prune_checkpoints(stage_index, {epoch} | ({best["epoch"]} if best is not None else set()))
+        distributed.barrier()
     return progress
 
 

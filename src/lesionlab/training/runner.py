@@ -28,13 +28,18 @@ from lesionlab.classes import NUM_CLASSES
 from lesionlab.data.cache import DecodedImageCache
 from lesionlab.data.dataset import ImageTransform, LesionDataset
 from lesionlab.data.readers import SampleTable, compute_fingerprint
-from lesionlab.data.split import Split, assign_groups, read_split, write_split
+from lesionlab.data.split import Split, assign_groups, read_split, split_samples_table, write_split
 from lesionlab.data.transforms import eval_transform, train_transform
+from lesionlab.device import pick_device
 from lesionlab.errors import CheckpointError, ConfigError, DataError
 from lesionlab.io_utils import atomic_write_json, atomic_write_text
+from lesionlab.model_card import write_model_card
 from lesionlab.models.metadata_model import MetadataDataset, MetadataSpec, with_metadata
 from lesionlab.models.registry import architecture, build_model
 from lesionlab.precision import forward_precision
+from lesionlab.run_json import read_run_json
+from lesionlab.tables import Table, format_table
+from lesionlab.training import distributed
 from lesionlab.training.distill import (
     AugmentedViews,
     TeacherCache,
@@ -54,7 +59,7 @@ from lesionlab.training.loop import (
 )
 from lesionlab.training.recipe import Recipe
 from lesionlab.training.release import ReleasePlan
-from lesionlab.training.rundir import RunDirectory, decode_optimizer
+from lesionlab.training.rundir import RunDirectory, decode_optimizer, epoch_seconds
 
 log = logging.getLogger("lesionlab")
 
@@ -62,15 +67,6 @@ log = logging.getLogger("lesionlab")
 def now() -> str:
     """Current UTC time, ISO 8601 to the second."""
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def pick_device(choice: str) -> torch.device:
-    """`auto` picks CUDA when present, else the CPU."""
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("recipe key 'device' is cuda but no CUDA device is available; use auto or cpu")
-    return torch.device(choice)
 
 
 def subset_table(table: SampleTable, count: int, seed: int) -> SampleTable:
@@ -86,15 +82,12 @@ def subset_table(table: SampleTable, count: int, seed: int) -> SampleTable:
     return SampleTable(samples, table.root, table.format, compute_fingerprint(samples))
 
 
-def split_samples_table(table: SampleTable, split: Split) -> SampleTable:
-    """The samples a split covers, as a table (the whole dataset unless the split was made on a subset)."""
-    samples = [sample for part in split.parts.values() for sample in part]
-    return SampleTable(samples, table.root, table.format, compute_fingerprint(samples))
-
-
 @contextmanager
 def run_logging(run: RunDirectory) -> Any:
-    """Send lesionlab's log records to the run's `train.log` while the run lasts."""
+    """Send lesionlab's log records to the run's `train.log` while the run lasts (rank 0 alone writes it)."""
+    if not distributed.is_main():
+        yield
+        return
     handler = logging.FileHandler(run.log, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     previous_level = log.level
@@ -113,14 +106,17 @@ def torch_settings(recipe: Recipe) -> Any:
     """Apply the recipe's thread count and determinism for the run, then restore the process defaults."""
     threads = torch.get_num_threads()
     deterministic = torch.are_deterministic_algorithms_enabled()
+    benchmark = torch.backends.cudnn.benchmark
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
     torch.use_deterministic_algorithms(recipe.deterministic)
+    torch.backends.cudnn.benchmark = not recipe.deterministic  # fastest CUDA kernels; a no-op on a CPU
     try:
         yield
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
+        torch.backends.cudnn.benchmark = benchmark
 
 
 def _refuse_existing_run(run: RunDirectory) -> None:
@@ -157,10 +153,11 @@ def _prepare_new_run(run: RunDirectory, recipe: Recipe, table: SampleTable, spli
 
 
 def _update_run_json(run: RunDirectory, **changes: Any) -> dict[str, Any]:
-    """Merge changes into run.json (status, sessions, times)."""
-    payload = json.loads(run.run_json.read_text(encoding="utf-8"))
+    """Merge changes into run.json (status, sessions, times); only rank 0 writes it."""
+    payload = read_run_json(run.path)
     payload.update(changes)
-    atomic_write_json(run.run_json, payload)
+    if distributed.is_main():
+        atomic_write_json(run.run_json, payload)
     return payload
 
 
@@ -189,7 +186,8 @@ def _stage_data(recipe: Recipe, table: SampleTable, split: Split, device: torch.
     if recipe.cache:
         covered = split_samples_table(table, split)
         cache = DecodedImageCache(covered.fingerprint, recipe.image_size)
-        cache.ensure(covered.samples, workers=max(recipe.workers, 2))
+        with distributed.main_first():
+            cache.ensure(covered.samples, workers=max(recipe.workers, 2))
     size, gray = recipe.image_size, recipe.grayscale
 
     def augment(train_size: int) -> ImageTransform:
@@ -213,33 +211,28 @@ def train_run(recipe: Recipe, table: SampleTable, split: Split, run_dir: str | o
     part and each stage keeps the epoch the plan names. A resumed run reads its plan back from run.json.
     """
     run = RunDirectory(run_dir)
+    distributed.setup(pick_device(recipe.device))
     created_folder = not run.path.exists()
     if resume:
         _check_resumable(run, recipe)
-        recorded = json.loads(run.run_json.read_text(encoding="utf-8")).get("release")
+        recorded = read_run_json(run.path).get("release")
         release = ReleasePlan.from_dict(recorded) if recorded else None
     else:
-        _refuse_existing_run(run)
-        try:
-            split = _prepare_new_run(run, recipe, table, split)
-            if release is not None:
-                _update_run_json(run, release=release.to_dict())
-        except BaseException:
-            run.remove_new_run(created_folder)
-            raise
+        with distributed.main_first():
+            split = _start_new_run(run, recipe, table, split, release, created_folder)
     session = {"started": now(), "ended": None}
     sessions = _update_run_json(run, status="running")["sessions"]
     wall_start = time.perf_counter()
     with run_logging(run), torch_settings(recipe):
         try:
-            with stop_on_signals(run.path):
+            with stop_on_signals(run.path), distributed.collective("training", failures=()):
                 progress = _run_stages(recipe, table, split, run, resume, release)
         except BaseException as error:
             stopped = isinstance(error, KeyboardInterrupt)
             session.update(ended=now(), error=f"{type(error).__name__}: {error}")
             _update_run_json(run, status="stopped" if stopped else "failed", sessions=[*sessions, session])
             log.error("run stopped: %s: %s", type(error).__name__, error)
-            if not (resume or stopped):
+            if not (resume or stopped) and distributed.is_main():
                 run.remove_new_run(created_folder)
             raise
     session.update(ended=now(), wall_seconds=round(time.perf_counter() - wall_start, 1))
@@ -247,15 +240,34 @@ def train_run(recipe: Recipe, table: SampleTable, split: Split, run_dir: str | o
     _update_run_json(run, status="finished", sessions=sessions, started=sessions[0]["started"],
                      ended=session["ended"], train_seconds=round(progress.train_seconds, 1),
                      precision=progress.precision)
+    if distributed.is_main():
+        write_model_card(run.path)
     return run.path
+
+
+def _start_new_run(run: RunDirectory, recipe: Recipe, table: SampleTable, split: Split,
+                   release: ReleasePlan | None, created_folder: bool) -> Split:
+    """Rank 0 creates the run folder (removing it again if that fails); the others read its split back."""
+    if not distributed.is_main():
+        return read_split(run.split, table)
+    _refuse_existing_run(run)
+    try:
+        split = _prepare_new_run(run, recipe, table, split)
+        if release is not None:
+            _update_run_json(run, release=release.to_dict())
+    except BaseException:
+        run.remove_new_run(created_folder)
+        raise
+    return split
 
 
 def _run_stages(recipe: Recipe, table: SampleTable, split: Split, run: RunDirectory,
                 resume: bool, release: ReleasePlan | None) -> RunProgress:
-    device = pick_device(recipe.device)
+    device = distributed.setup(pick_device(recipe.device))
     data = _stage_data(recipe, table, split, device, needs_validation=release is None)
     if recipe.teacher_runs():
-        data = _with_teachers(recipe, data, split, run)
+        with distributed.main_first():
+            data = _with_teachers(recipe, data, split, run)
     torch.manual_seed(recipe.seed)
     if resume and not run.state_tensors.exists():
         log.info("%s never completed an epoch; starting it from its first epoch", run.path)
@@ -271,7 +283,8 @@ def _run_stages(recipe: Recipe, table: SampleTable, split: Split, run: RunDirect
     average_state: dict[str, torch.Tensor] = {}
     if resume:
         payload, model_state, optimizer_tensors, average_state = run.load_state()
-        run.recover(payload)
+        if distributed.is_main():
+            run.recover(payload)
         optimizer_state = decode_optimizer(payload.pop("optimizer"), optimizer_tensors)
         progress = RunProgress.from_dict(payload)
         model.load_state_dict(model_state, strict=True)
@@ -279,6 +292,7 @@ def _run_stages(recipe: Recipe, table: SampleTable, split: Split, run: RunDirect
     model.to(device)
     if recipe.channels_last:
         model.to(memory_format=torch.channels_last)
+    model = distributed.sync_batchnorm(model, recipe.sync_bn)
     for stage_index in range(1, len(recipe.stages) + 1):
         choice = release.choice(stage_index) if release is not None else None
         if stage_is_complete(recipe, progress, stage_index, choice):
@@ -340,7 +354,7 @@ def summary_rows(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
         raise CheckpointError(f"{run.state_json}: missing; the run has not completed an epoch.") from error
     rows = []
     for stage, best in sorted(state["stage_bests"].items(), key=lambda item: int(item[0])):
-        seconds = sum(row["seconds"] for row in state["history"] if str(row["stage"]) == stage)
+        seconds = sum(epoch_seconds(row) for row in state["history"] if str(row["stage"]) == stage)
         rows.append({"stage": int(stage), "best_epoch": best["epoch"],
                      "val_accuracy": best.get("val_accuracy"),
                      "val_balanced_accuracy": best.get("val_balanced_accuracy"),
@@ -349,17 +363,12 @@ def summary_rows(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 
 def summary_table(run_dir: str | os.PathLike[str]) -> str:
-    """The table `lesionlab train` ends with."""
-    header = f"{'stage':>5}  {'best epoch':>10}  {'val acc':>7}  {'bal acc':>7}  {'macro F1':>8}  {'time':>8}"
-    lines = [header]
-    for row in summary_rows(run_dir):
-        scores = [_score_cell(row[key], width) for key, width in
-                  (("val_accuracy", 7), ("val_balanced_accuracy", 7), ("val_macro_f1", 8))]
-        lines.append(f"{row['stage']:>5}  {row['best_epoch']:>10}  {'  '.join(scores)}  "
-                     f"{row['seconds'] / 60:>6.1f} m")
-    return "\n".join(lines)
-
-
-def _score_cell(value: float | None, width: int) -> str:
-    """A validation score, or `-` where a release fit had no validation part."""
-    return f"{value:>{width}.4f}" if value is not None else f"{'-':>{width}}"
+    """The table `lesionlab train` ends with; `-` where a release fit had no validation part."""
+    rows = tuple(
+        (str(row["stage"]), str(row["best_epoch"]),
+         *("-" if row[key] is None else f"{row[key]:.4f}"
+           for key in ("val_accuracy", "val_balanced_accuracy", "val_macro_f1")),
+         f"{row['seconds'] / 60:.1f} m")
+        for row in summary_rows(run_dir))
+    headers = ("stage", "best epoch", "val acc", "bal acc", "macro F1", "time")
+    return format_table(Table(headers, rows, numeric_from=0))
