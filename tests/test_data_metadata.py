@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.conftest import class_image
 
+from conftest import class_image
 from lesionlab.classes import CLASS_CODES
 from lesionlab.data.metadata import (
     SITES,

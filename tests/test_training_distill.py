@@ -137,7 +137,7 @@ def test_a_teacher_that_saw_validation_labels_is_refused(tiny_split: tuple[Any, 
 
 def test_a_distilled_run_trains_caches_teacher_logits_and_resumes_exactly(
         tiny_split: tuple[Any, Split], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tests.test_training_loop import history_without_timings, patch_criterion
+    from test_training_loop import history_without_timings, patch_criterion
 
     table, split = tiny_split
     teacher = train_run(tiny_recipe(), table, split, tmp_path / "runs" / "teacher")
