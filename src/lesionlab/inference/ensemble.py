@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
+from lesionlab.data.metadata import PatientMetadata
 from lesionlab.errors import ConfigError
 from lesionlab.inference.base import ExplainUnavailableError, Predictor
 from lesionlab.malignancy import FALLBACK_THRESHOLD, MalignancyRule
@@ -53,9 +54,9 @@ class EnsemblePredictor(Predictor):
         raise ConfigError("an ensemble takes images, not pre-processed batches (its members may differ in "
                           "input size); use predict_image or predict_file, or pass a single model.")
 
-    def image_probabilities(self, image: Image.Image) -> np.ndarray:
+    def image_probabilities(self, image: Image.Image, metadata: PatientMetadata | None = None) -> np.ndarray:
         """The mean of the members' probabilities, each with its own pre-processing and views."""
-        return np.mean([member.image_probabilities(image) for member in self.members], axis=0)
+        return np.mean([member.image_probabilities(image, metadata) for member in self.members], axis=0)
 
     def explain_unavailable_error(self) -> ExplainUnavailableError:
         """Grad-CAM explains one network's decision, and an ensemble has no single network to explain."""

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from lesionlab.class_offsets import apply_class_offsets, class_offsets_file, load_class_offsets
+from lesionlab.data.metadata import PatientMetadata
 from lesionlab.inference.base import ExplainUnavailableError, Explanation, Predictor
 from lesionlab.inference.ensemble import EnsemblePredictor
 from lesionlab.inference.prediction import Prediction
@@ -60,9 +61,9 @@ class OffsetPredictor(Predictor):
         """The inner probabilities of a pre-processed batch, shifted."""
         return apply_class_offsets(self.inner.predict_batch(batch), self.offsets.as_array())
 
-    def image_probabilities(self, image: Image.Image) -> np.ndarray:
+    def image_probabilities(self, image: Image.Image, metadata: PatientMetadata | None = None) -> np.ndarray:
         """The inner probabilities of one image (after its views and members are averaged), shifted."""
-        return apply_class_offsets(self.inner.image_probabilities(image), self.offsets.as_array())
+        return apply_class_offsets(self.inner.image_probabilities(image, metadata), self.offsets.as_array())
 
     def explain(self, image: Image.Image, prediction: Prediction | None = None) -> Explanation:
         """Grad-CAM of the inner network for the class these offsets decide."""
