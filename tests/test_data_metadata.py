@@ -14,7 +14,6 @@ from conftest import class_image
 from lesionlab.classes import CLASS_CODES
 from lesionlab.data.metadata import (
     SITES,
-    MetadataDropout,
     PatientMetadata,
     encode,
     field_widths,
@@ -26,7 +25,7 @@ from lesionlab.data.metadata import (
 from lesionlab.data.readers import read_dataset
 from lesionlab.errors import ConfigError, DataError
 from lesionlab.models.checkpoint import ModelCard, load_checkpoint, save_checkpoint
-from lesionlab.models.metadata_model import MetadataSpec, model_metadata, with_metadata
+from lesionlab.models.metadata_model import MetadataDropout, MetadataSpec, model_metadata, with_metadata
 from lesionlab.models.registry import IMAGENET_MEAN, IMAGENET_STD, build_model
 from lesionlab.training.recipe import load_recipe
 

@@ -19,11 +19,12 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from lesionlab.errors import ConfigError, DataError
+
+if TYPE_CHECKING:  # torch is imported only to encode, so ONNX and OpenVINO predictors run without it
+    import torch
 
 FIELDS: tuple[str, ...] = ("age", "sex", "site")
 AGE_SCALE = 100.0
@@ -172,6 +173,8 @@ def missing_encoding(fields: Sequence[str]) -> torch.Tensor:
 
 def encode(metadata: PatientMetadata | None, fields: Sequence[str]) -> torch.Tensor:
     """The float vector of the chosen fields (module docstring); None encodes every field as missing."""
+    import torch
+
     record = metadata or PatientMetadata()
     parts: list[float] = []
     for name in fields:
@@ -182,28 +185,3 @@ def encode(metadata: PatientMetadata | None, fields: Sequence[str]) -> torch.Ten
         else:
             parts += _one_hot(record.site, SITES)
     return torch.tensor(parts, dtype=torch.float32)
-
-
-class MetadataDropout(nn.Module):
-    """In training, replace each field of each row by its missing encoding with probability `p`.
-
-    It is part of the model's head, so every training path (images or cached features) draws it afresh per
-    batch, like `nn.Dropout`; in eval mode it is the identity.
-    """
-
-    def __init__(self, fields: Sequence[str], p: float) -> None:
-        super().__init__()
-        if not 0.0 <= p <= 1.0:
-            raise ConfigError(f"metadata dropout must be in [0, 1], got {p}")
-        self.p = float(p)
-        self.widths = field_widths(fields)
-        self.register_buffer("missing", missing_encoding(fields), persistent=False)
-        self.register_buffer("field_of_slot", torch.repeat_interleave(
-            torch.arange(len(self.widths)), torch.tensor(self.widths)), persistent=False)
-
-    def forward(self, encoded: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return encoded
-        dropped = torch.rand(encoded.shape[0], len(self.widths), device=encoded.device) < self.p
-        mask = dropped[:, self.field_of_slot]
-        return torch.where(mask, self.missing.to(encoded.dtype), encoded)

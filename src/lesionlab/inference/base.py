@@ -12,18 +12,21 @@ import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from lesionlab.data.imageio import load_rgb
-from lesionlab.data.metadata import PatientMetadata, encode
 from lesionlab.data.preprocess_np import preprocess_array
 from lesionlab.errors import ConfigError, LesionlabError
 from lesionlab.inference.prediction import Prediction
 from lesionlab.malignancy import FALLBACK_RULE, MalignancyRule
 from lesionlab.models.checkpoint import ModelCard
 from lesionlab.views import IDENTITY, view_batch
+
+if TYPE_CHECKING:  # the metadata encoder needs torch; ONNX and OpenVINO predictors must run without it
+    from lesionlab.data.metadata import PatientMetadata
 
 
 class ExplainUnavailableError(LesionlabError):
@@ -129,6 +132,8 @@ class Predictor(ABC):
         if self.card.metadata is None:
             raise ConfigError(f"{self.source}: this model reads no patient metadata; leave out --age, --sex "
                               f"and --site (or train one with --config metadata)")
+        from lesionlab.data.metadata import encode
+
         encoded = encode(metadata, self.card.metadata["fields"]).numpy()
         return np.repeat(encoded[None], rows, axis=0)
 

@@ -9,14 +9,17 @@ exactly as `lesionlab study` averages its members' predictions.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
-from lesionlab.data.metadata import PatientMetadata
 from lesionlab.errors import ConfigError
 from lesionlab.inference.base import ExplainUnavailableError, Predictor
 from lesionlab.malignancy import FALLBACK_THRESHOLD, MalignancyRule
+
+if TYPE_CHECKING:
+    from lesionlab.data.metadata import PatientMetadata
 
 
 class EnsemblePredictor(Predictor):

@@ -8,17 +8,20 @@ The offsets act on the final probabilities, after test-time augmentation and ens
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from lesionlab.class_offsets import apply_class_offsets, class_offsets_file, load_class_offsets
-from lesionlab.data.metadata import PatientMetadata
 from lesionlab.inference.base import ExplainUnavailableError, Explanation, Predictor
 from lesionlab.inference.ensemble import EnsemblePredictor
 from lesionlab.inference.prediction import Prediction
 from lesionlab.io_utils import file_sha256
 from lesionlab.malignancy import FALLBACK_THRESHOLD, MalignancyRule
+
+if TYPE_CHECKING:
+    from lesionlab.data.metadata import PatientMetadata
 
 
 class OffsetPredictor(Predictor):

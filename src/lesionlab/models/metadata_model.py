@@ -22,10 +22,35 @@ import torch
 from torch import nn
 
 from lesionlab.data.dataset import LesionDataset
-from lesionlab.data.metadata import MetadataDropout, check_fields, encode, field_widths, missing_encoding
+from lesionlab.data.metadata import check_fields, encode, field_widths, missing_encoding
 from lesionlab.errors import ConfigError
 
 MetadataInputs = tuple[torch.Tensor, torch.Tensor]
+
+
+class MetadataDropout(nn.Module):
+    """In training, replace each field of each row by its missing encoding with probability `p`.
+
+    It is part of the model's head, so every training path (images or cached features) draws it afresh per
+    batch, like `nn.Dropout`; in eval mode it is the identity.
+    """
+
+    def __init__(self, fields: Sequence[str], p: float) -> None:
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ConfigError(f"metadata dropout must be in [0, 1], got {p}")
+        self.p = float(p)
+        self.widths = field_widths(fields)
+        self.register_buffer("missing", missing_encoding(fields), persistent=False)
+        self.register_buffer("field_of_slot", torch.repeat_interleave(
+            torch.arange(len(self.widths)), torch.tensor(self.widths)), persistent=False)
+
+    def forward(self, encoded: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return encoded
+        dropped = torch.rand(encoded.shape[0], len(self.widths), device=encoded.device) < self.p
+        mask = dropped[:, self.field_of_slot]
+        return torch.where(mask, self.missing.to(encoded.dtype), encoded)
 
 
 @dataclass(frozen=True)
