@@ -59,7 +59,7 @@ def test_run_trains_calibrates_and_reports_on_the_test_part(finished_run: Path) 
     assert metrics["evaluation"]["training_overlap"] == {"images": 0, "lesions": 0}
     temperature = json.loads((finished_run / "best.temperature.json").read_text())
     assert temperature["fitted_on"] == "val"
-    assert list(metrics["variants"]) == ["plain", "tta", "temperature", "tta+temperature"]  # run scores with TTA
+    assert list(metrics["variants"]) == ["plain", "tta", "temperature", "tta+temperature"]
     assert metrics["model"]["flops_per_image"] > 0 and metrics["model"]["training_seconds"] > 0
 
 
