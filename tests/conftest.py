@@ -5,12 +5,15 @@ from __future__ import annotations
 import csv
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from lesionlab.classes import CLASS_CODES
+from lesionlab.data.readers import read_dataset
+from lesionlab.data.split import Split, make_split
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = REPO_ROOT / ".." / "shared"
@@ -140,3 +143,12 @@ def calibrated_run_dir(tmp_path_factory: pytest.TempPathFactory, tiny_run_dir: P
     fit = TemperatureFit(2.0, "val", 100, 1.0, 0.9, file_sha256(run_dir / "best.safetensors"))
     save_temperature(run_dir / "best.temperature.json", fit)
     return run_dir
+
+
+@pytest.fixture
+def tiny_split(tiny_ham_dataset: Callable[..., Path], tmp_path: Path,
+               monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Split]:
+    """A tiny generated HAM10000 folder read and split 75/25 (no test part), with its own decoded cache."""
+    monkeypatch.setenv("LESIONLAB_CACHE", str(tmp_path / "cache"))
+    table = read_dataset(tiny_ham_dataset(images_per_class=8, images_per_lesion=2, size=(32, 32)))
+    return table, make_split(table, val=0.25, test=0.0, seed=0)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +12,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from lesionlab.data.dataset import LesionDataset
-from lesionlab.data.readers import read_dataset
-from lesionlab.data.split import Split, make_split, write_split
+from lesionlab.data.split import Split, write_split
 from lesionlab.data.transforms import train_transform
 from lesionlab.errors import ConfigError
 from lesionlab.io_utils import atomic_write_json
@@ -46,13 +44,6 @@ def tiny_recipe(*overrides: str) -> Any:
                               "channels_last=false", "deterministic=true", "device=cpu", "augment=dermoscopy",
                               TINY_STAGES, *overrides])
 
-
-@pytest.fixture
-def tiny_split(tiny_ham_dataset: Callable[..., Path], tmp_path: Path,
-               monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Split]:
-    monkeypatch.setenv("LESIONLAB_CACHE", str(tmp_path / "cache"))
-    table = read_dataset(tiny_ham_dataset(images_per_class=8, images_per_lesion=2, size=(32, 32)))
-    return table, make_split(table, val=0.25, test=0.0, seed=0)
 
 
 def test_kd_loss_mixes_hard_labels_and_the_tempered_teacher_mean() -> None:

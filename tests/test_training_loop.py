@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lesionlab.data.readers import read_dataset
-from lesionlab.data.split import Split, make_split
+from lesionlab.data.split import Split
 from lesionlab.errors import LesionlabError
 from lesionlab.models.checkpoint import load_run
 from lesionlab.training import loop
@@ -37,13 +35,6 @@ def tiny_recipe(*overrides: str) -> Recipe:
                               "channels_last=false", "deterministic=true", "device=cpu", TINY_STAGES,
                               *overrides])
 
-
-@pytest.fixture
-def tiny_split(tiny_ham_dataset: Callable[..., Path], tmp_path: Path,
-               monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Split]:
-    monkeypatch.setenv("LESIONLAB_CACHE", str(tmp_path / "cache"))
-    table = read_dataset(tiny_ham_dataset(images_per_class=8, images_per_lesion=2, size=(32, 32)))
-    return table, make_split(table, val=0.25, test=0.0, seed=0)
 
 
 class CountingCriterion(torch.nn.Module):
