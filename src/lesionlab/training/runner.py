@@ -316,33 +316,33 @@ def _with_teachers(recipe: Recipe, data: StageData, split: Split, run: RunDirect
         check_teacher(run_dir, split)
     teachers = load_teachers(run_dirs)
     precision = stage_precision(teachers[0].model, recipe, data)
-    views_count = recipe.distill.views
-    cache = TeacherCache(teacher_key(teachers, data.train_set, views_count, recipe.seed, recipe.augment,
+    view_count = recipe.distill.views
+    cache = TeacherCache(teacher_key(teachers, data.train_set, view_count, recipe.seed, recipe.augment,
                                      precision["precision"]))
     logits = cache.load()
     computed = logits is None
     start = time.perf_counter()
     if logits is None:
-        spec_views = [AugmentedViews(data.train_set, recipe.seed, train_transform(
+        teacher_views = [AugmentedViews(data.train_set, recipe.seed, train_transform(
             recipe.augment, teacher.card.input_size, teacher.card.grayscale, teacher.card.mean,
             teacher.card.std)) for teacher in teachers]
         with forward_precision(precision["precision"], data.device):
-            logits = compute_teacher_logits(teachers, spec_views, views_count,
+            logits = compute_teacher_logits(teachers, teacher_views, view_count,
                                             recipe.stages[0].eval_batch_size, data.workers, data.device,
                                             data.channels_last)
         cache.save(logits)
     seconds = time.perf_counter() - start
     log.info("teacher logits %s: %s (%.1f s)", tuple(logits.shape), cache.path, seconds)
     source = "computed into" if computed else "read from"
-    print(f"distilling from {len(teachers)} teacher(s): logits of {views_count} views x "
+    print(f"distilling from {len(teachers)} teacher(s): logits of {view_count} views x "
           f"{len(data.train_set)} images {source} {cache.path} ({seconds:.0f} s)")
     _update_run_json(run, distill={
         "teachers": [{"run": str(teacher.run_dir), "weights_sha256": teacher.weights_sha256}
                      for teacher in teachers],
-        "views": views_count, "alpha": recipe.distill.alpha, "temperature": recipe.distill.temperature,
+        "views": view_count, "alpha": recipe.distill.alpha, "temperature": recipe.distill.temperature,
         "precision": precision, "cache": str(cache.path), "seconds": round(seconds, 1)})
     return dataclasses.replace(data, views=AugmentedViews(data.train_set, recipe.seed, teacher_logits=logits),
-                               view_count=views_count)
+                               view_count=view_count)
 
 
 def summary_rows(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
