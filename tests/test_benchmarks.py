@@ -53,3 +53,14 @@ def test_bench_forward_prints_speed_and_parity(tiny_ham_dataset: Callable[..., P
     assert "plain (identity view)" in output and "TTA mean of 6 views" in output
     assert "fp32 folded (lesionlab)" in output and "bf16 unfolded (lesionlab)" in output
     assert "cached features, folded fp32 against unfolded fp32: smallest cosine similarity" in output
+
+
+def test_bench_architectures_prints_ratios_to_mobilenet_v3_small(capsys: pytest.CaptureFixture[str]) -> None:
+    load_benchmark("bench_architectures").main([
+        "--archs", "efficientnet_lite0", "--sizes", "32", "--batch-size", "2", "--eval-batch-size", "2",
+        "--steps", "1", "--repeats", "1",
+    ])
+    lines = capsys.readouterr().out.splitlines()
+    baseline = next(line for line in lines if line.startswith("mobilenet_v3_small"))
+    assert baseline.split()[4] == "1.00"
+    assert any(line.startswith("efficientnet_lite0") for line in lines)
