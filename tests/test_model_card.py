@@ -84,3 +84,32 @@ def test_the_card_carries_the_evaluations_figures_val_first(tmp_path: Path) -> N
     assert "0.766 (0.716–0.806)" in card  # melanoma sensitivity at specificity 0.80
     assert "temperature of 0.822" in card and "expected calibration error 0.043" in card
     assert "0.560 (16)" in card  # mel's recall and support, from per_class
+
+
+def scored_with_fields(run: str, split: str, balanced: float, withheld: bool) -> dict[str, Any]:
+    """A metadata model's metrics, as `lesionlab evaluate` records them with and without `--no-metadata`."""
+    payload = metrics(run, split, balanced)
+    payload["evaluation"]["metadata"] = {"fields": ["age", "sex", "site"], "withheld": withheld}
+    return payload
+
+
+def test_a_metadata_model_names_its_fields_and_pairs_figures_with_and_without(tmp_path: Path) -> None:
+    run = make_run(tmp_path)
+    card = json.loads((run / "best.json").read_text())
+    card["metadata"] = {"fields": ["age", "sex", "site"], "dropout": 0.3, "hidden": 32}
+    (run / "best.json").write_text(json.dumps(card))
+    add_evaluation(run, "ham10000-test", scored_with_fields("demo", "test", 0.700, withheld=False))
+    add_evaluation(run, "ham10000-test-no-metadata", scored_with_fields("demo", "test", 0.680, withheld=True))
+    add_evaluation(run, "ham10000-val", scored_with_fields("demo", "val", 0.750, withheld=False))
+    text = write_model_card(run).read_text()
+    assert "Inputs: the image and the patient's age, sex, site" in text
+    assert "## Patient metadata" in text and "with probability 0.3" in text
+    row = "| ham10000-test (1501 images, single view) | 0.700 (0.650–0.740) | 0.680 (0.630–0.720) | +0.020 |"
+    assert row in text
+    assert "| ham10000-test (1501 images, single view), fields withheld | 0.724" in text
+    assert "Not yet scored both ways: ham10000-val (1501 images, single view)" in text
+
+
+def test_an_image_only_model_has_no_metadata_section(tmp_path: Path) -> None:
+    text = write_model_card(make_run(tmp_path)).read_text()
+    assert "Inputs: the image only." in text and "## Patient metadata" not in text

@@ -57,13 +57,26 @@ def _evaluations(run_dir: Path) -> list[dict[str, Any]]:
     return sorted(found, key=order)
 
 
-def _label(metrics: dict[str, Any]) -> str:
+def _scored(metrics: dict[str, Any]) -> str:
+    """What was scored, apart from the patient fields: data, part, images, views, checkpoint."""
     evaluation = metrics["evaluation"]
     views = evaluation.get("tta_views")
     checkpoint = evaluation.get("checkpoint", "best")
     return (f"{evaluation.get('dataset')}-{evaluation.get('split')} ({metrics.get('samples')} images, "
             f"{'TTA ' + str(len(views)) + ' views' if views else 'single view'}"
             f"{'' if checkpoint == 'best' else ', checkpoint ' + checkpoint})")
+
+
+def _withheld(metrics: dict[str, Any]) -> bool | None:
+    """Whether a metadata model was scored with its patient fields withheld; None for an image-only model."""
+    metadata = metrics["evaluation"].get("metadata")
+    return None if metadata is None else bool(metadata.get("withheld"))
+
+
+def _label(metrics: dict[str, Any]) -> str:
+    withheld = _withheld(metrics)
+    fields = "" if withheld is None else ", fields withheld" if withheld else ", with fields"
+    return f"{_scored(metrics)}{fields}"
 
 
 def _intended_use() -> list[str]:
@@ -82,13 +95,15 @@ def _intended_use() -> list[str]:
     ]
 
 
-def _data_section(run: dict[str, Any], recipe: dict[str, Any]) -> list[str]:
+def _data_section(run: dict[str, Any], recipe: dict[str, Any], card: dict[str, Any] | None) -> list[str]:
     dataset, split = run.get("dataset", {}), run.get("split", {})
     group = split.get("group")
     grouping = {"lesion": "grouped by lesion: no lesion has images in two parts",
                 "none": "by image: one lesion's images can fall in different parts, so scores are optimistic",
                 "dataset": "the dataset's own parts"}.get(group, str(group))
-    metadata = recipe.get("metadata")
+    fields = _metadata_fields(recipe, card)
+    inputs = (f"the image and the patient's {', '.join(fields)} (see Patient metadata)" if fields
+              else "the image only")
     return [
         "## Training data and split",
         "",
@@ -98,8 +113,67 @@ def _data_section(run: dict[str, Any], recipe: dict[str, Any]) -> list[str]:
         f"val {split.get('val_images')}, test {split.get('test_images')} images (`split.csv`).",
         "- Choices (checkpoint, temperature, malignancy threshold) were made on the val part only; the test "
         "part is scored, never tuned on.",
-        f"- Inputs: the image only{'' if not metadata else '; patient metadata fields: ' + str(metadata)}.",
+        f"- Inputs: {inputs}.",
     ]
+
+
+def _metadata_entry(recipe: dict[str, Any], card: dict[str, Any] | None) -> dict[str, Any]:
+    """The kept model's metadata branch (`fields`, `dropout`, `hidden`; its `best.json`, else the recipe);
+    empty for an image-only model."""
+    return (card or {}).get("metadata") or recipe.get("metadata") or {}
+
+
+def _metadata_fields(recipe: dict[str, Any], card: dict[str, Any] | None) -> list[str]:
+    """The patient fields the kept model reads; empty for image only."""
+    return list(_metadata_entry(recipe, card).get("fields", []))
+
+
+def _metadata_section(recipe: dict[str, Any], card: dict[str, Any] | None,
+                      evaluations: list[dict[str, Any]]) -> list[str]:
+    """For a metadata model: the fields it reads, and each evaluation with and without them side by side."""
+    fields = _metadata_fields(recipe, card)
+    if not fields:
+        return []
+    dropout = _metadata_entry(recipe, card).get("dropout", "–")
+    lines = ["## Patient metadata", "",
+             f"The model reads the patient's {', '.join(fields)} beside the image (docs/metadata.md: one "
+             f"site vocabulary over HAM10000 and ISIC names). Each is optional at prediction time: a missing "
+             f"field is a value of its own, and training withheld each field with probability "
+             f"{dropout} so the model stays sound without it. The figures below score "
+             f"the same images with the data's fields and with every field withheld; the fields earn their "
+             f"place only where they help, on the test part and on data from another source."]
+    pairs: dict[str, dict[bool, dict[str, Any]]] = {}
+    for metrics in evaluations:
+        withheld = _withheld(metrics)
+        if withheld is not None:
+            pairs.setdefault(_scored(metrics), {})[withheld] = metrics
+    if not pairs:
+        return [*lines, "", "Not evaluated yet: run `lesionlab evaluate RUN` and "
+                            "`lesionlab evaluate RUN --no-metadata`."]
+    lines += ["", "| evaluated | balanced accuracy, with fields | fields withheld | difference | "
+                  "macro F1, with fields | fields withheld |", "| --- | --- | --- | --- | --- | --- |"]
+
+    def figure(metrics: dict[str, Any] | None, name: str) -> str:
+        return "–" if metrics is None else _interval(metrics.get("confidence_intervals", {}).get(name))
+
+    def estimate(metrics: dict[str, Any] | None) -> float | None:
+        entry = None if metrics is None else metrics.get("confidence_intervals", {}).get("balanced_accuracy")
+        return None if not entry else entry["estimate"]
+
+    unpaired = []
+    for scored, pair in pairs.items():
+        with_fields, without = pair.get(False), pair.get(True)
+        gained = estimate(with_fields), estimate(without)
+        difference = "–" if None in gained else f"{gained[0] - gained[1]:+.3f}"
+        lines.append(f"| {scored} | {figure(with_fields, 'balanced_accuracy')} | "
+                     f"{figure(without, 'balanced_accuracy')} | {difference} | "
+                     f"{figure(with_fields, 'macro_f1')} | {figure(without, 'macro_f1')} |")
+        if with_fields is None or without is None:
+            unpaired.append(scored)
+    if unpaired:
+        lines += ["", f"Not yet scored both ways: {'; '.join(unpaired)}. "
+                      f"`lesionlab evaluate RUN --no-metadata` withholds the fields (same data and views)."]
+    return lines
 
 
 def _recipe_section(run: dict[str, Any], recipe: dict[str, Any], card: dict[str, Any] | None) -> list[str]:
@@ -228,11 +302,12 @@ def render_model_card(run_dir: Path) -> str:
         [f"# Model card: {run.get('name', run_dir.name)}", "",
          f"Made by lesionlab from this run's records (`run.json`, `config.yaml`, `eval/*/metrics.json`); "
          f"status `{run.get('status')}`, ended {run.get('ended', '–')}."],
-        _intended_use(), _data_section(run, recipe), _recipe_section(run, recipe, card),
-        _figures_section(evaluations), _malignancy_section(evaluations, threshold),
+        _intended_use(), _data_section(run, recipe, card), _recipe_section(run, recipe, card),
+        _figures_section(evaluations), _metadata_section(recipe, card, evaluations),
+        _malignancy_section(evaluations, threshold),
         _calibration_section(evaluations), _limits(recipe),
     ]
-    return "\n\n".join("\n".join(section) for section in sections) + "\n"
+    return "\n\n".join("\n".join(section) for section in sections if section) + "\n"
 
 
 def write_model_card(run_dir: str | Path) -> Path:
