@@ -57,7 +57,7 @@ from lesionlab.training.loop import (
     stage_precision,
     train_stage,
 )
-from lesionlab.training.recipe import Recipe
+from lesionlab.training.recipe import Recipe, load_recipe
 from lesionlab.training.release import ReleasePlan
 from lesionlab.training.rundir import RunDirectory, decode_optimizer, epoch_seconds
 
@@ -162,11 +162,20 @@ def _update_run_json(run: RunDirectory, **changes: Any) -> dict[str, Any]:
 
 
 def _check_resumable(run: RunDirectory, recipe: Recipe) -> None:
-    """A resumed run must be a lesionlab run folder and keep the recipe it started with."""
+    """A resumed run must be a lesionlab run folder and keep the recipe it started with.
+
+    Its config.yaml is read as a recipe file, so a key added to lesionlab after the run started, absent from
+    that file, takes its default there as it does in `recipe`: a run from an older version resumes.
+    """
     if not run.config.is_file():
         raise CheckpointError(f"{run.path}: not a lesionlab run directory (no config.yaml); pass the folder "
                               f"of a run started with `lesionlab train`.")
-    if run.config.read_text(encoding="utf-8") != recipe.to_yaml():
+    try:
+        started_with = load_recipe(run.config)
+    except ConfigError as error:
+        raise ConfigError(f"{run.config}: this run's recipe no longer reads ({error}); resume it with the "
+                          f"lesionlab version that started it, or start a new run.") from error
+    if started_with.to_dict() != recipe.to_dict():
         raise ConfigError(f"{run.config}: the recipe differs from the one this run started with; a resumed "
                           f"run keeps its recipe. Start a new run to change it.")
 
