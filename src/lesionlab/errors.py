@@ -6,6 +6,8 @@ traceback and exits with `INTERNAL_ERROR` (Python's own code for an uncaught exc
 
 from __future__ import annotations
 
+from pathlib import Path
+
 INTERNAL_ERROR = 1
 USER_ERROR = 2
 
@@ -25,6 +27,23 @@ class ImageDecodeError(DataError):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+
+
+class DiskWriteError(LesionlabError):
+    """A file could not be written: the disk is full, the folder is read-only, or a file-size limit was hit.
+
+    `path` is the file that failed. `run_dir` is set when a training run was stopped by it and can resume
+    from its last completed epoch; the CLI then prints the command that resumes it.
+    """
+
+    def __init__(self, path: Path, reason: str, run_dir: Path | None = None) -> None:
+        where = (f"; the run {run_dir} keeps its last completed epoch and resumes from it once the disk has "
+                 f"room and the folder is writable" if run_dir is not None else "")
+        super().__init__(f"{path}: cannot write it ({reason}); free space on that disk or make the folder "
+                         f"writable{where}")
+        self.path = path
+        self.reason = reason
+        self.run_dir = run_dir
 
 
 class CheckpointError(LesionlabError):
