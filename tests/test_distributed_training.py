@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -116,6 +117,7 @@ def test_a_killed_two_process_run_resumes(workspace: dict[str, Any], two_process
     name = f"killed-{resumed_with}"
     code, output = new_run(workspace, 2, name, killer="state.safetensors:2")
     assert code != 0, "rank 0 was killed inside its second commit"
+    assert re.search(r"rank\s*:\s*0 ", output[output.find("Root Cause"):]), "torchrun names the dead rank"
     run_dir = workspace["runs"] / name
     assert len(history(run_dir)) == 1, output[-3000:]
     code, output = launch(workspace, resumed_with, "--resume", str(run_dir))
