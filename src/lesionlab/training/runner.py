@@ -31,7 +31,7 @@ from lesionlab.data.readers import SampleTable, compute_fingerprint
 from lesionlab.data.split import Split, assign_groups, read_split, split_samples_table, write_split
 from lesionlab.data.transforms import eval_transform, train_transform
 from lesionlab.device import pick_device
-from lesionlab.errors import CheckpointError, ConfigError, DataError
+from lesionlab.errors import CheckpointError, ConfigError, DataError, DiskWriteError
 from lesionlab.io_utils import atomic_write_json, atomic_write_text
 from lesionlab.model_card import write_model_card
 from lesionlab.models.metadata_model import MetadataDataset, MetadataSpec, with_metadata
@@ -239,10 +239,16 @@ def train_run(recipe: Recipe, table: SampleTable, split: Split, run_dir: str | o
         except BaseException as error:
             stopped = isinstance(error, KeyboardInterrupt)
             session.update(ended=now(), error=f"{type(error).__name__}: {error}")
-            _update_run_json(run, status="stopped" if stopped else "failed", sessions=[*sessions, session])
+            try:
+                _update_run_json(run, status="stopped" if stopped else "failed",
+                                 sessions=[*sessions, session])
+            except DiskWriteError as unrecorded:  # the disk that failed the run may refuse this too
+                log.error("run.json not updated: %s", unrecorded)
             log.error("run stopped: %s: %s", type(error).__name__, error)
             if not (resume or stopped) and distributed.is_main():
                 run.remove_new_run(created_folder)
+            if isinstance(error, DiskWriteError) and run.state_tensors.is_file():
+                raise DiskWriteError(error.path, error.reason, run_dir=run.path) from error
             raise
     session.update(ended=now(), wall_seconds=round(time.perf_counter() - wall_start, 1))
     sessions = [*sessions, session]
