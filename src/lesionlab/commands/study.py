@@ -27,20 +27,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--subset", type=int, help="budget: a class-stratified, lesion-grouped subset of about N images"
     )
     parser.add_argument("--only", nargs="+", default=(), metavar="RUN", help="run just these runs")
+    separate = parser.add_mutually_exclusive_group()
+    separate.add_argument(
+        "--jobs", action="store_true",
+        help="train each run as its own job: make the study folder and its split, and print one "
+        "`lesionlab train` command per run (train nothing)",
+    )
+    separate.add_argument(
+        "--collect", action="store_true",
+        help="build the study's table and ensembles from runs trained by those commands (train nothing; "
+        "a missing or unfinished run is refused, by name)",
+    )
     parser.set_defaults(handler=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
-    from lesionlab.study import Budget, run_study
+    from lesionlab.study import Budget, collect_study, prepare_jobs, run_study
+    from lesionlab.training import distributed
 
     budget = Budget(image_size=args.image_size, epochs_scale=args.epochs_scale, subset=args.subset)
-    folder = run_study(
-        args.config,
-        data=args.data,
-        fmt=args.format,
-        runs_dir=args.runs_dir,
-        budget=budget,
-        only=tuple(args.only),
-    )
-    print((folder / "study.md").read_text(encoding="utf-8"))
+    where = {"data": args.data, "fmt": args.format, "runs_dir": args.runs_dir, "only": tuple(args.only)}
+    if args.jobs:
+        print("\n".join(prepare_jobs(args.config, budget=budget, **where)))
+        return 0
+    if args.collect:
+        folder = collect_study(args.config, budget=None if budget == Budget() else budget, **where)
+    else:
+        folder = run_study(args.config, budget=budget, **where)
+    if distributed.is_main():  # under torchrun the others end after training; rank 0 writes the table
+        print((folder / "study.md").read_text(encoding="utf-8"))
     return 0

@@ -8,15 +8,17 @@ interrupted one resumed, so rerunning the same command after an interruption fin
 another budget is refused rather than mixed into the old folder.
 
 The package's modules, one job each: `schema` (the study file), `budget`, `orchestration` (split, train,
-resume), `scoring` (the rows) and `output` (the files).
+resume), `collect` (runs trained as separate jobs), `scoring` (the rows) and `output` (the files).
 """
 
 from __future__ import annotations
 
 from lesionlab.study.budget import Budget, run_recipe
+from lesionlab.study.collect import collect_study, prepare_jobs
 from lesionlab.study.orchestration import run_study
 from lesionlab.study.output import study_table
 from lesionlab.study.schema import Study, load_study
 from lesionlab.study.scoring import current_evaluation
 
-__all__ = ["Budget", "Study", "current_evaluation", "load_study", "run_recipe", "run_study", "study_table"]
+__all__ = ["Budget", "Study", "collect_study", "current_evaluation", "load_study", "prepare_jobs",
+           "run_recipe", "run_study", "study_table"]

@@ -1,5 +1,8 @@
-"""Running a study: one shared split, each run trained (skipped when finished, resumed when interrupted) and
-scored, ensembles and decision rules after, then the outputs."""
+"""Running a study: one shared split, each run trained (skipped when finished, resumed when interrupted), then
+every run scored, ensembles and decision rules after, then the outputs.
+
+Under torchrun every process trains each run together; rank 0 alone scores them and writes the outputs.
+"""
 
 from __future__ import annotations
 
@@ -16,10 +19,23 @@ from lesionlab.study.budget import Budget, check_budget, run_recipe
 from lesionlab.study.output import write_study_outputs
 from lesionlab.study.schema import Study, StudyRun, load_study
 from lesionlab.study.scoring import decision_rows, ensemble_row, evaluate_study_run
+from lesionlab.training import distributed
 from lesionlab.training.recipe import Recipe
 from lesionlab.training.runner import train_run
 
 log = logging.getLogger("lesionlab.study")
+
+
+def study_folder(study: Study, runs_dir: str | Path) -> Path:
+    """Where a study's split, runs and outputs live."""
+    return Path(runs_dir) / f"study-{study.name}"
+
+
+def check_only(study: Study, only: tuple[str, ...]) -> None:
+    """`--only` must name runs of the study."""
+    unknown = set(only) - {run.name for run in study.runs}
+    if unknown:
+        raise ConfigError(f"--only {', '.join(sorted(unknown))}: not runs of {study.name}")
 
 
 def study_split(study: Study, table: SampleTable, folder: Path, budget: Budget) -> Split:
@@ -39,14 +55,14 @@ def study_split(study: Study, table: SampleTable, folder: Path, budget: Budget) 
     return split
 
 
-def _run_status(run_dir: Path) -> str | None:
+def run_status(run_dir: Path) -> str | None:
     """The run's recorded status (`finished`, `stopped`, ...), or None when it was never started."""
     return read_run_json(run_dir).get("status") if (run_dir / RUN_JSON).is_file() else None
 
 
 def train_study_run(run: StudyRun, recipe: Recipe, table: SampleTable, split: Split, run_dir: Path) -> None:
     """Train a run unless it finished before; continue it where an earlier attempt stopped."""
-    status = _run_status(run_dir)
+    status = run_status(run_dir)
     if status == "finished":
         log.info("%s: already trained, skipped", run.name)
         return
@@ -66,26 +82,31 @@ def run_study(
     """Train and evaluate every run of a study (skipping finished ones) and write the comparison."""
     budget = budget or Budget()
     study = load_study(config)
-    unknown = set(only) - {run.name for run in study.runs}
-    if unknown:
-        raise ConfigError(f"--only {', '.join(sorted(unknown))}: not runs of {study.name}")
+    check_only(study, only)
     table = read_dataset(data, fmt)
-    folder = Path(runs_dir) / f"study-{study.name}"
+    folder = study_folder(study, runs_dir)
     folder.mkdir(parents=True, exist_ok=True)
     check_budget(folder, budget)
     split = study_split(study, table, folder, budget)
+    for run in study.runs:
+        if not only or run.name in only:
+            log.info("study %s: run %s", study.name, run.name)
+            train_study_run(run, run_recipe(run, budget), table, split, folder / run.name)
+    if distributed.is_main():
+        score_study(study, folder, budget, table.root, only)
+    return folder
+
+
+def score_study(study: Study, folder: Path, budget: Budget, data_root: Path,
+                only: tuple[str, ...] = ()) -> None:
+    """Evaluate the study's trained runs (those of `only`, when given), score the ensembles whose members
+    are all among them, and write the outputs."""
     rows: list[dict[str, Any]] = []
     for run in study.runs:
-        if only and run.name not in only:
-            continue
-        recipe = run_recipe(run, budget)
-        run_dir = folder / run.name
-        log.info("study %s: run %s", study.name, run.name)
-        train_study_run(run, recipe, table, split, run_dir)
-        rows.extend(evaluate_study_run(study, run, recipe, run_dir))
+        if not only or run.name in only:
+            rows.extend(evaluate_study_run(study, run, run_recipe(run, budget), folder / run.name))
     for ensemble in study.ensembles:
         if not only or set(ensemble.members) <= set(only):
             rows.append(ensemble_row(ensemble, folder))
             rows.extend(decision_rows(study, ensemble, folder))
-    write_study_outputs(study, folder, budget, table.root, rows)
-    return folder
+    write_study_outputs(study, folder, budget, data_root, rows)

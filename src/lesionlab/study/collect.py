@@ -1,0 +1,112 @@
+"""A study whose runs train as separate jobs: `--jobs` prepares the study folder and prints one
+`lesionlab train` command per run, `--collect` builds the study's table and ensembles from the finished run
+directories.
+
+On a cluster each run of a study can be its own job (with `torchrun` where it should use several GPUs). The
+commands `--jobs` prints train each run on the study's one split, with the recipe the study gives it, into
+the study folder under the run's name, exactly where `lesionlab study` itself would train it. `--collect`
+then trains nothing: it refuses, naming them, runs that are missing or unfinished, and runs whose recipe or
+split is not the study's (the table would compare them on something other than it states).
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+from lesionlab.data.readers import SampleTable, read_dataset
+from lesionlab.data.split import Split, read_split
+from lesionlab.errors import ConfigError
+from lesionlab.study.budget import Budget, check_budget, recorded_budget, run_recipe
+from lesionlab.study.orchestration import check_only, run_status, score_study, study_folder, study_split
+from lesionlab.study.schema import StudyRun, load_study
+from lesionlab.training.recipe import load_recipe
+from lesionlab.training.rundir import RunDirectory
+
+
+def train_command(run: StudyRun, budget: Budget, table: SampleTable, fmt: str | None, folder: Path) -> str:
+    """The `lesionlab train` command that trains `run` as `lesionlab study` would: its base recipe, its
+    overrides then the budget's image size (the order `run_recipe` applies them), the study's split, and
+    the study folder as its place."""
+    words = ["lesionlab", "train", "--config", run.base]
+    for override in (*run.overrides, *([f"image_size={budget.image_size}"] if budget.image_size else [])):
+        words += ["--set", override]
+    if budget.epochs_scale != 1.0:
+        words += ["--epochs-scale", repr(budget.epochs_scale)]
+    words += ["--data", str(table.root), *(["--format", fmt] if fmt else []),
+              "--split", str(folder / "split.csv"), "--runs-dir", str(folder), "--name", run.name]
+    return shlex.join(words)
+
+
+def prepare_jobs(config: str | Path, *, data: str | Path | None = None, fmt: str | None = None,
+                 runs_dir: str | Path = "runs", budget: Budget | None = None,
+                 only: tuple[str, ...] = ()) -> list[str]:
+    """Make the study folder, its budget record and its one split; return a `lesionlab train` command per
+    run (those of `only`, when given), to start as separate jobs."""
+    budget = budget or Budget()
+    study = load_study(config)
+    check_only(study, only)
+    table = read_dataset(data, fmt)
+    folder = study_folder(study, runs_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    check_budget(folder, budget)
+    study_split(study, table, folder, budget)
+    return [train_command(run, budget, table, fmt, folder) for run in study.runs
+            if not only or run.name in only]
+
+
+def collect_study(config: str | Path, *, data: str | Path | None = None, fmt: str | None = None,
+                  runs_dir: str | Path = "runs", budget: Budget | None = None,
+                  only: tuple[str, ...] = ()) -> Path:
+    """Score a study's runs trained as separate jobs and write its outputs; train nothing.
+
+    `budget` None means the one the study folder records (`--jobs` wrote it); a different one is refused.
+    """
+    study = load_study(config)
+    check_only(study, only)
+    folder = study_folder(study, runs_dir)
+    if not (folder / "split.csv").is_file():
+        raise ConfigError(f"{folder}: no study split here (split.csv); prepare the study folder and its "
+                          f"commands with `lesionlab study {config} --jobs`, train each run, then collect.")
+    budget = budget or recorded_budget(folder) or Budget()
+    check_budget(folder, budget)
+    runs = [run for run in study.runs if not only or run.name in only]
+    _check_finished(folder, runs)
+    table = read_dataset(data, fmt)
+    split = read_split(folder / "split.csv", table)
+    for run in runs:
+        _check_member(folder / run.name, run, budget, table, split)
+    score_study(study, folder, budget, table.root, only)
+    return folder
+
+
+def _check_finished(folder: Path, runs: list[StudyRun]) -> None:
+    """Every run must have finished training; name each that has not, with what to do about it."""
+    problems = []
+    for run in runs:
+        run_dir = folder / run.name
+        status = run_status(run_dir)
+        if status is None:
+            problems.append(f"{run.name}: not trained ({run_dir} has no run.json); start its job")
+        elif status != "finished":
+            problems.append(f"{run.name}: {status}, not finished; let its job end, or continue it with "
+                            f"`lesionlab train --resume {run_dir}`")
+    if problems:
+        raise ConfigError(f"{folder}: cannot collect the study yet:\n  " + "\n  ".join(problems))
+
+
+def _check_member(run_dir: Path, run: StudyRun, budget: Budget, table: SampleTable, split: Split) -> None:
+    """A run trained elsewhere belongs to the study only with the study's recipe for it and its split."""
+    trained = load_recipe(RunDirectory(run_dir).config).to_dict()
+    expected = run_recipe(run, budget).to_dict()
+    differing = [key for key in expected if trained.get(key) != expected[key]]
+    if differing:
+        raise ConfigError(f"{run_dir}/config.yaml: run {run.name} was trained with another recipe than the "
+                          f"study gives it ({', '.join(differing)} differ); train it with the command "
+                          f"`lesionlab study ... --jobs` prints.")
+    member = read_split(RunDirectory(run_dir).split, table)
+    for part, samples in split.parts.items():
+        if {sample.image_id for sample in member.parts.get(part, [])} != {s.image_id for s in samples}:
+            raise ConfigError(f"{run_dir}/split.csv: run {run.name} was trained on another split than the "
+                              f"study's ({part} part differs); train it with "
+                              f"`--split {run_dir.parent / 'split.csv'}`.")
