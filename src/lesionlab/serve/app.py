@@ -30,7 +30,7 @@ from lesionlab.serve.limits import (
     WorkLimits,
     WorkPool,
 )
-from lesionlab.serve.schemas import ErrorOut, ExplanationOut, HealthOut, PredictionOut
+from lesionlab.serve.schemas import ErrorOut, ExplanationOut, HealthOut, LimitsOut, PredictionOut
 from lesionlab.serve.uploads import UploadRejectedError, decode_upload
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -96,7 +96,7 @@ def create_app(predictor: Predictor, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_
 
     @app.get("/health")
     async def health() -> HealthOut:
-        """What model is loaded and whether it can explain."""
+        """What model is loaded, whether it can explain, and the limits the service works under."""
         return HealthOut(status="ok", model_id=predictor.model_id, backend=predictor.backend,
                          arch=predictor.card.arch, classes=list(predictor.classes),
                          input_size=predictor.preprocessing.input_size, can_explain=predictor.can_explain,
@@ -104,7 +104,8 @@ def create_app(predictor: Predictor, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_
                          temperature=predictor.temperature, calibration=predictor.calibration,
                          malignant_threshold=predictor.malignancy.threshold,
                          malignant_threshold_fitted=predictor.malignancy.fitted,
-                         malignant_rule=predictor.malignancy.description)
+                         malignant_rule=predictor.malignancy.description,
+                         limits=LimitsOut.from_limits(limits, max_upload_bytes))
 
     @app.post("/predict", max_body_size=max_body_bytes, responses=UPLOAD_ERRORS)
     async def predict(file: Annotated[UploadFile, File(description="a JPEG, PNG, BMP, TIFF or WebP image")]

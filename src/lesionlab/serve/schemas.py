@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field
 
 from lesionlab.inference.base import Explanation
 from lesionlab.inference.prediction import Prediction
+from lesionlab.serve.limits import WorkLimits
 
 
 class RankedClassOut(BaseModel):
@@ -57,8 +58,28 @@ class ExplanationOut(PredictionOut):
                    explained_class=prediction.top_class, explained_probability=prediction.top_probability)
 
 
+class LimitsOut(BaseModel):
+    """The bounds the service works under, so a client can pace its uploads and read a 503 or 413 aright."""
+
+    max_concurrent: int | None = Field(description="uploads decoded and classified at once; null: no bound")
+    max_queue: int | None = Field(description="uploads waiting for a worker; beyond them the answer is 503 "
+                                              "with Retry-After; null: no bound")
+    request_timeout_s: float | None = Field(description="seconds a request may take, waiting included, "
+                                                        "before it is answered 503; null: no timeout")
+    max_upload_mb: float = Field(description="the largest upload in MB; 413 beyond it")
+    decode_min_size: int | None = Field(description="larger images decode reduced, both sides kept at least "
+                                                    "this many pixels; null: decoded at full size")
+
+    @classmethod
+    def from_limits(cls, limits: WorkLimits, max_upload_bytes: int) -> LimitsOut:
+        """The limits as `serve.limits` applies them (0 there means no bound)."""
+        return cls(max_concurrent=limits.workers or None, max_queue=limits.queue if limits.workers else None,
+                   request_timeout_s=limits.timeout_s or None, max_upload_mb=max_upload_bytes / 1e6,
+                   decode_min_size=limits.decode_min_size)
+
+
 class HealthOut(BaseModel):
-    """What the service has loaded."""
+    """What the service has loaded, and the limits it serves under."""
 
     status: str
     model_id: str
@@ -76,6 +97,7 @@ class HealthOut(BaseModel):
     malignant_threshold: float = Field(description="the threshold on the summed malignant probability")
     malignant_threshold_fitted: bool = Field(description="whether it was fitted on validation data")
     malignant_rule: str = Field(description="the malignant/benign rule in words, or why it falls back")
+    limits: LimitsOut = Field(description="concurrency, queue, timeout, upload size and reduced decoding")
 
 
 class ErrorOut(BaseModel):
