@@ -15,6 +15,7 @@ from lesionlab.classes import CLASS_CODES
 from lesionlab.explain import LEGEND_WIDTH, TITLE_HEIGHT
 from lesionlab.inference import load_predictor
 from lesionlab.serve.app import STATIC_DIR, create_app
+from lesionlab.serve.limits import WorkLimits
 
 pytestmark = pytest.mark.integration
 
@@ -31,6 +32,18 @@ def torch_client(tiny_run_dir: Path) -> TestClient:
 def onnx_client(tiny_onnx_file: Path) -> TestClient:
     """The service over the tiny run's exported ONNX model."""
     return TestClient(create_app(load_predictor(tiny_onnx_file), max_upload_bytes=UPLOAD_LIMIT))
+
+
+def test_health_reports_the_service_limits(torch_client: TestClient, tiny_run_dir: Path) -> None:
+    predictor = load_predictor(tiny_run_dir)
+    defaults = WorkLimits.defaults(predictor.preprocessing.input_size)
+    assert torch_client.get("/health").json()["limits"] == {
+        "max_concurrent": defaults.workers, "max_queue": defaults.queue, "request_timeout_s": 30.0,
+        "max_upload_mb": UPLOAD_LIMIT / 1e6, "decode_min_size": defaults.decode_min_size}
+    unbounded = TestClient(create_app(predictor, limits=WorkLimits(0, 0, 0.0, None)))
+    assert unbounded.get("/health").json()["limits"] == {
+        "max_concurrent": None, "max_queue": None, "request_timeout_s": None, "max_upload_mb": 10.0,
+        "decode_min_size": None}
 
 
 @pytest.fixture(scope="module")
