@@ -129,6 +129,34 @@ def tiny_onnx_file(tmp_path_factory: pytest.TempPathFactory, tiny_run_dir: Path)
 
 
 @pytest.fixture(scope="session")
+def tiny_metadata_run_dir(tmp_path_factory: pytest.TempPathFactory, tiny_run_dir: Path) -> Path:
+    """`tiny_run_dir`'s split and backbone behind a metadata branch reading age, sex and site, as
+    `lesionlab run --config metadata` saves one (card `metadata` entry included). The branch's weights into
+    the head are drawn at random instead of starting at zero, so the fields move the probabilities and
+    parity checks with fields mean something. Session-scoped: treat it as read-only."""
+    import shutil
+
+    import torch
+
+    from lesionlab.models.checkpoint import load_run, save_checkpoint
+    from lesionlab.models.metadata_model import MetadataSpec, with_metadata
+
+    run_dir = tmp_path_factory.mktemp("tiny_metadata") / "run"
+    run_dir.mkdir()
+    shutil.copy(tiny_run_dir / "split.csv", run_dir / "split.csv")
+    image_model, card = load_run(tiny_run_dir)
+    spec = MetadataSpec(fields=("age", "sex", "site"), dropout=0.3, hidden=32)
+    model = with_metadata(image_model, spec)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        widened = model.classifier.head[0].weight
+        widened[:, -spec.hidden:] = torch.randn(widened.shape[0], spec.hidden, generator=generator)
+    card.metadata, card.run_name = spec.to_dict(), "tiny-metadata"
+    save_checkpoint(run_dir / "best", model, card)
+    return run_dir
+
+
+@pytest.fixture(scope="session")
 def calibrated_run_dir(tmp_path_factory: pytest.TempPathFactory, tiny_run_dir: Path) -> Path:
     """`tiny_run_dir` plus a `best.temperature.json` of 2.0 for its weights, as `lesionlab evaluate` leaves
     one; its probabilities differ from the tiny run's, so it also serves as a second ensemble member.

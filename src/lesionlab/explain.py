@@ -54,21 +54,37 @@ def target_layer(model: nn.Module, arch: str) -> nn.Module:
     return model.get_submodule(last_feature_block)
 
 
-def class_heatmaps(model: nn.Module, arch: str, batch: np.ndarray, class_index: int) -> np.ndarray:
+class WithFields(nn.Module):
+    """A metadata model with one patient's encoded fields fixed, so Grad-CAM (which feeds images only) maps
+    the class as the model decides it with those fields."""
+
+    def __init__(self, model: nn.Module, fields: np.ndarray) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("fields", torch.from_numpy(np.ascontiguousarray(fields, dtype=np.float32)))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images, self.fields.expand(images.shape[0], -1))
+
+
+def class_heatmaps(model: nn.Module, arch: str, batch: np.ndarray, class_index: int,
+                   metadata: np.ndarray | None = None) -> np.ndarray:
     """Grad-CAM maps `(N, size, size)` in 0..1 of one class for every image of a pre-processed batch, each in
-    its own input's frame. `model` must not run a forward pass for anyone else meanwhile: Grad-CAM hooks
-    into it."""
+    its own input's frame; `metadata` (one encoded row) gives a metadata model the patient's fields. `model`
+    must not run a forward pass for anyone else meanwhile: Grad-CAM hooks into it."""
     inputs = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
     targets = [ClassifierOutputTarget(class_index)] * len(inputs)
-    with GradCAM(model=model, target_layers=[target_layer(model, arch)]) as cam:
+    network = model if metadata is None else WithFields(model, metadata.reshape(1, -1))
+    with GradCAM(model=network, target_layers=[target_layer(model, arch)]) as cam:
         return cam(input_tensor=inputs, targets=targets)
 
 
 def view_averaged_heatmap(model: nn.Module, arch: str, batch: np.ndarray, class_index: int,
-                          views: Sequence[str] = (IDENTITY,)) -> np.ndarray:
+                          views: Sequence[str] = (IDENTITY,),
+                          metadata: np.ndarray | None = None) -> np.ndarray:
     """The Grad-CAM map `(size, size)` of one image (`batch` of 1) averaged over `views`, every view's map
     turned back into the image's frame first; rescaled to 0..1 like a single map."""
-    maps = class_heatmaps(model, arch, view_batch(batch, views), class_index)
+    maps = class_heatmaps(model, arch, view_batch(batch, views), class_index, metadata)
     aligned = np.stack([NUMPY_VIEWS[INVERSE_VIEWS[name]](heat)
                         for name, heat in zip(views, maps, strict=True)])
     mean = aligned.mean(axis=0)
@@ -118,14 +134,15 @@ def annotate(overlay: np.ndarray, title: str) -> np.ndarray:
 
 
 def grad_cam(model: nn.Module, card: ModelCard, image: Image.Image, batch: np.ndarray,
-             prediction: Prediction, views: Sequence[str] = (IDENTITY,)) -> Explanation:
+             prediction: Prediction, views: Sequence[str] = (IDENTITY,),
+             metadata: np.ndarray | None = None) -> Explanation:
     """Explain `prediction`'s top class on one pre-processed image with Grad-CAM over `views`.
 
     The prediction comes from the caller (with its test-time augmentation, if any) so that the overlay always
     explains the class the user is shown; `views` are the same views, so the map averages what the
-    prediction averaged.
+    prediction averaged, and `metadata` the same encoded patient fields the prediction read.
     """
     class_index = list(card.classes).index(prediction.top_class)
-    heatmap = view_averaged_heatmap(model, card.arch, batch, class_index, views)
+    heatmap = view_averaged_heatmap(model, card.arch, batch, class_index, views, metadata)
     overlay = annotate(overlay_on_image(image, heatmap), explanation_title(prediction))
     return Explanation(prediction=prediction, heatmap=heatmap, overlay=overlay)

@@ -171,10 +171,9 @@ def missing_encoding(fields: Sequence[str]) -> torch.Tensor:
     return encode(PatientMetadata(), fields)
 
 
-def encode(metadata: PatientMetadata | None, fields: Sequence[str]) -> torch.Tensor:
-    """The float vector of the chosen fields (module docstring); None encodes every field as missing."""
-    import torch
-
+def encoded_values(metadata: PatientMetadata | None, fields: Sequence[str]) -> list[float]:
+    """The numbers of the chosen fields (module docstring), as plain floats so exported models encode
+    without torch; None encodes every field as missing. `encoding_layout` names each number."""
     record = metadata or PatientMetadata()
     parts: list[float] = []
     for name in fields:
@@ -184,4 +183,30 @@ def encode(metadata: PatientMetadata | None, fields: Sequence[str]) -> torch.Ten
             parts += _one_hot(record.sex, SEXES)
         else:
             parts += _one_hot(record.site, SITES)
-    return torch.tensor(parts, dtype=torch.float32)
+    return parts
+
+
+def encode(metadata: PatientMetadata | None, fields: Sequence[str]) -> torch.Tensor:
+    """`encoded_values` as a float32 tensor, for training and the PyTorch model."""
+    import torch
+
+    return torch.tensor(encoded_values(metadata, fields), dtype=torch.float32)
+
+
+def encoding_layout(fields: Sequence[str]) -> list[str]:
+    """What each number of `encoded_values` means, in order (`age / 100`, `sex=female`, ..., `site missing`):
+    an exported model records it, so a program without lesionlab can encode its inputs."""
+    names: list[str] = []
+    for name in fields:
+        if name == "age":
+            names += [f"age / {AGE_SCALE:g}", "age missing"]
+        else:
+            choices = SEXES if name == "sex" else SITES
+            names += [*(f"{name}={choice}" for choice in choices), f"{name} missing"]
+    return names
+
+
+def fields_given(metadata: PatientMetadata) -> dict[str, float | str]:
+    """The fields of a record that are not missing, by name, in `FIELDS` order."""
+    values = {"age": metadata.age, "sex": metadata.sex, "site": metadata.site}
+    return {name: value for name, value in values.items() if value is not None}

@@ -2,7 +2,8 @@
 
 An ONNX file travels alone, so it carries everything needed to use it correctly: the class order, the input
 size, the normalisation, the colour mode and the resize rule, the malignancy threshold fitted on the run's
-validation part, plus the full model card. `lesionlab.export`
+validation part, for a metadata model the layout of its second input (the encoded patient fields), plus the
+full model card. `lesionlab.export`
 writes these keys and `OnnxPredictor` reads them back; both sides use this module, so the names cannot drift
 apart.
 """
@@ -31,6 +32,9 @@ TEMPERATURE_KEY = f"{PREFIX}temperature"
 MALIGNANCY_KEY = f"{PREFIX}malignancy_threshold"
 UNCALIBRATED = "none"
 INPUT_NAME = "image"
+METADATA_INPUT_NAME = "metadata"
+METADATA_LAYOUT_KEY = f"{PREFIX}metadata_layout"
+METADATA_MISSING_KEY = f"{PREFIX}metadata_missing"
 OUTPUT_NAME = "probabilities"
 RESIZE_RULE = (
     "decode to RGB (EXIF orientation applied), squash to input_size x input_size (aspect ratio not kept, "
@@ -50,6 +54,7 @@ def metadata_for(card: ModelCard, quantization: str, temperature: float | None,
     calibrated = temperature is not None
     calibration = f", calibrated by temperature {temperature!r} (already applied)" if calibrated else ""
     return {
+        **_metadata_input_entries(card),
         f"{PREFIX}classes": json.dumps(list(card.classes)),
         f"{PREFIX}input_size": str(card.input_size),
         f"{PREFIX}mean": json.dumps(list(card.mean)),
@@ -66,6 +71,46 @@ def metadata_for(card: ModelCard, quantization: str, temperature: float | None,
         QUANTIZATION_KEY: quantization,
         CARD_KEY: json.dumps(card.to_dict()),
     }
+
+
+def _metadata_input_entries(card: ModelCard) -> dict[str, str]:
+    """For a metadata model, the second input's description and layout: what each number means and the
+    all-missing row to feed when a patient's fields are unknown; nothing for an image-only model."""
+    if card.metadata is None:
+        return {}
+    from lesionlab.data.metadata import encoded_values, encoding_layout
+
+    fields = card.metadata["fields"]
+    layout = encoding_layout(fields)
+    return {
+        f"{PREFIX}metadata_input": f"{METADATA_INPUT_NAME}: float32 [batch, {len(layout)}], the patient's "
+                                   f"{', '.join(fields)} encoded as {METADATA_LAYOUT_KEY} lists (sites in "
+                                   f"the shared vocabulary of lesionlab's docs/metadata.md); an unknown "
+                                   f"field takes its missing slots, as in {METADATA_MISSING_KEY}",
+        METADATA_LAYOUT_KEY: json.dumps(layout),
+        METADATA_MISSING_KEY: json.dumps(encoded_values(None, fields)),
+    }
+
+
+def metadata_input(metadata: Mapping[str, str], card: ModelCard, input_names: list[str],
+                   path: str | os.PathLike[str]) -> str | None:
+    """The name of an exported graph's metadata input, or None where it has none (an image-only model, or a
+    metadata model exported before the graph took its fields: it scores with every field missing).
+
+    The recorded layout must be this lesionlab's encoding of the card's fields, so fields are never fed in
+    an order or vocabulary the graph was not trained on."""
+    if METADATA_INPUT_NAME not in input_names:
+        return None
+    if card.metadata is None:
+        raise CheckpointError(f"{path}: the graph has a {METADATA_INPUT_NAME} input but its model card names "
+                              f"no metadata fields; re-export it with `lesionlab export RUN`.")
+    expected = _metadata_input_entries(card)[METADATA_LAYOUT_KEY]
+    recorded = metadata.get(METADATA_LAYOUT_KEY)
+    if recorded != expected:
+        raise CheckpointError(f"{path}: its {METADATA_LAYOUT_KEY} ({recorded}) differs from this lesionlab's "
+                              f"encoding of {', '.join(card.metadata['fields'])} ({expected}); re-export it "
+                              f"with this version (`lesionlab export RUN`).")
+    return METADATA_INPUT_NAME
 
 
 def temperature_from_metadata(metadata: Mapping[str, str], path: str | os.PathLike[str]) -> float | None:
