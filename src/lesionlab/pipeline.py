@@ -17,6 +17,7 @@ from lesionlab.data.split import Split, make_split
 from lesionlab.errors import CheckpointError, ConfigError
 from lesionlab.evaluation.evaluate import EvaluationOptions, EvaluationResult, evaluate_run
 from lesionlab.evaluation.sources import run_data
+from lesionlab.tracking import check_available, log_evaluation
 from lesionlab.training import distributed
 from lesionlab.training.recipe import Recipe, load_recipe, scale_epochs
 from lesionlab.training.release import plan_from_validated_run, release_split
@@ -105,8 +106,10 @@ def run_pipeline(options: PipelineOptions) -> PipelineResult:
         split = new_run_split(table, options.subset, recipe.seed)
         run_dir = options.runs_dir / (options.name or f"{recipe.arch}-{datetime.now():%Y%m%d-%H%M%S}")
         plan = None
+    check_available(recipe.tracking)
     train_run(recipe, table, split, run_dir, resume=options.resume, release=plan)
     if not distributed.is_main():
         return PipelineResult(run_dir, None)
     evaluation = evaluate_run(run_dir, EvaluationOptions(split="test", tta_views=options.tta_views))
+    log_evaluation(run_dir, recipe.tracking, evaluation.out_dir, evaluation.metrics)
     return PipelineResult(run_dir, evaluation)

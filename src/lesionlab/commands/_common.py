@@ -38,6 +38,12 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--workers", type=int, help="shortcut for --set workers=N")
     add_precision_argument(parser)
+    parser.add_argument("--tensorboard", action="store_true", default=None,
+                        help="also log parameters, epoch metrics and figures to TensorBoard, in "
+                        "<run>/tensorboard/ (shortcut for --set tracking.tensorboard=true)")
+    parser.add_argument("--mlflow", action="store_true", default=None,
+                        help="also log them to MLflow: the local store <runs dir>/mlruns/, or "
+                        "$MLFLOW_TRACKING_URI (shortcut for --set tracking.mlflow=true)")
 
 
 def add_run_location_arguments(parser: argparse.ArgumentParser) -> None:
@@ -126,7 +132,8 @@ def recipe_overrides(args: argparse.Namespace) -> list[str]:
                            ("precision", args.precision))
         if value is not None
     ]
-    return [*args.set, *shortcuts]
+    trackers = [f"tracking.{key}=true" for key in ("tensorboard", "mlflow") if getattr(args, key)]
+    return [*args.set, *shortcuts, *trackers]
 
 
 def tta_views(args: argparse.Namespace) -> tuple[str, ...] | None:

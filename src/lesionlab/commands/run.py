@@ -18,7 +18,7 @@ from lesionlab.commands._common import (
 )
 
 RESUME_CONFLICTS = ("data", "format", "config", "set", "image_size", "epochs_scale", "subset", "workers",
-                    "precision")
+                    "precision", "tensorboard", "mlflow")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

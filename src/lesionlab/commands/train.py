@@ -16,7 +16,8 @@ from lesionlab.commands._common import (
     resumed_run_dir,
 )
 
-RESUME_CONFLICTS = ("config", "split", "set", "image_size", "epochs_scale", "subset", "workers", "precision")
+RESUME_CONFLICTS = ("config", "split", "set", "image_size", "epochs_scale", "subset", "workers", "precision",
+                    "tensorboard", "mlflow")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -42,6 +43,7 @@ def run_train(args: argparse.Namespace) -> int:
     from lesionlab.data.split import read_split
     from lesionlab.errors import ConfigError
     from lesionlab.pipeline import new_run_split
+    from lesionlab.tracking import check_available
     from lesionlab.training.recipe import load_recipe, scale_epochs
     from lesionlab.training.runner import summary_table, train_run
 
@@ -64,6 +66,7 @@ def run_train(args: argparse.Namespace) -> int:
             split = read_split(args.split, table)
         else:
             split = new_run_split(table, args.subset, recipe.seed)
+        check_available(recipe.tracking)
         name = args.name or f"{recipe.arch}-{datetime.now():%Y%m%d-%H%M%S}"
         run_dir = Path(args.runs_dir) / name
         train_run(recipe, table, split, run_dir)

@@ -40,6 +40,7 @@ from lesionlab.precision import (
     resolve_precision,
     training_forward,
 )
+from lesionlab.tracking import RunTracker, open_stage_tracker
 from lesionlab.training import distributed
 from lesionlab.training.distill import AugmentedViews, DistillationLoss, ViewPasses, ViewSampler
 from lesionlab.training.features import (
@@ -348,7 +349,25 @@ def train_stage(model: nn.Module, recipe: Recipe, stage_index: int, data: StageD
 
     `choice` (a release fit) fixes the epoch and weights to keep instead of selecting them on validation;
     the stage then stops at that epoch, on the schedule of its full length, and may have no validation part.
+    Each committed epoch row is also logged to the recipe's trackers (`lesionlab.tracking`), if any.
     """
+    tracker = open_stage_tracker(run.path, recipe, len(progress.history))
+    try:
+        progress = _train_stage(model, recipe, stage_index, data, run, progress, optimizer_state,
+                                average_state, choice, tracker)
+    except BaseException as error:
+        if tracker is not None:
+            tracker.close("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+        raise
+    if tracker is not None:
+        tracker.close()
+    return progress
+
+
+def _train_stage(model: nn.Module, recipe: Recipe, stage_index: int, data: StageData, run: RunDirectory,
+                 progress: RunProgress, optimizer_state: dict[str, Any] | None,
+                 average_state: dict[str, torch.Tensor] | None, choice: StageChoice | None,
+                 tracker: RunTracker | None) -> RunProgress:
     stage = recipe.stages[stage_index - 1]
     distributed.check_batch_size(stage.batch_size, f"stages.{stage_index - 1}.batch_size")
     last_epoch = stage_last_epoch(recipe, stage_index, choice)
@@ -495,6 +514,8 @@ def train_stage(model: nn.Module, recipe: Recipe, stage_index: int, data: StageD
                 save_checkpoint(run.best, chosen_model, card)
             run.save_state(progress.to_dict(), model, optimizer, average)
             run.write_history(progress.history)
+            if tracker is not None:
+                tracker.log_epoch(len(progress.history), record)
             run.prune_checkpoints(stage_index, {epoch} | ({best["epoch"]} if best is not None else set()))
         distributed.barrier()
     return progress

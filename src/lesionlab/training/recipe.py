@@ -67,6 +67,17 @@ class MetadataConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """Where a run's parameters, epoch metrics and figures are also logged (`lesionlab.tracking`); off
+    by default."""
+
+    tensorboard: bool
+    """Event files in `<run>/tensorboard/` (`--tensorboard`)."""
+    mlflow: bool
+    """A run in the local MLflow store `<runs dir>/mlruns/`, or `$MLFLOW_TRACKING_URI` (`--mlflow`)."""
+
+
+@dataclass
 class StageConfig:
     """One training stage: what trains, how it is optimised, and how classes are balanced."""
 
@@ -135,6 +146,7 @@ class Recipe:
     teacher: list[str] | str | None
     distill: DistillConfig
     metadata: MetadataConfig | None
+    tracking: TrackingConfig
     stages: list[StageConfig]
 
     def teacher_runs(self) -> list[str]:
@@ -342,6 +354,8 @@ def _known_keys_at(path: list[str]) -> set[str] | None:
         return set(_field_types(DistillConfig))
     if path == ["metadata"]:
         return set(_field_types(MetadataConfig))
+    if path == ["tracking"]:
+        return set(_field_types(TrackingConfig))
     return None
 
 
