@@ -54,12 +54,13 @@ from lesionlab.data.readers import Sample, compute_fingerprint, read_dataset
 from lesionlab.data.transforms import PRESETS, eval_transform, train_transform
 from lesionlab.evaluation.evaluate import EvaluationOptions, evaluate_run
 from lesionlab.evaluation.inference import InferenceSettings, infer_view_logits
-from lesionlab.evaluation.tta import DEFAULT_VIEWS, average_view_probabilities
+from lesionlab.evaluation.tta import DEFAULT_VIEWS
 from lesionlab.models.checkpoint import load_run
 from lesionlab.models.fold import fold_batchnorm
 from lesionlab.models.freeze import resolve_plan, set_train_mode
 from lesionlab.models.registry import IMAGENET_MEAN, IMAGENET_STD, architecture, build_model
 from lesionlab.precision import ParityCheck, check_parity, forward_precision, native_bf16, parity_from_logits
+from lesionlab.scoring import Scoring
 from lesionlab.tables import Table, format_table
 from lesionlab.training.features import FeatureCache
 
@@ -253,8 +254,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     fp32_key, bf16_key, bf16_folded_key = (variant_name("fp32", True), variant_name("bf16", False),
                                            variant_name("bf16", True))
 
+    def tta_probabilities(view_logits: np.ndarray) -> np.ndarray:
+        return Scoring((None,)).probabilities([view_logits])
+
     def tta_log(key: str) -> np.ndarray:
-        return np.log(average_view_probabilities(logits[key]))
+        return np.log(tta_probabilities(logits[key]))
 
     print(f"\nparity, bf16 against fp32 (folded) on the same {count} images "
           f"(lesionlab.precision.check_parity)")
@@ -273,8 +277,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         cosine, relative = feature_parity(features[first], features[second])
         print(f"cached features, {name}: smallest cosine similarity {cosine:.5f}, largest difference "
               f"{relative:.2e} of the largest feature")
-    folded_tta = np.abs(average_view_probabilities(logits[fp32_key])
-                        - average_view_probabilities(logits[variant_name("fp32", False)])).max()
+    folded_tta = np.abs(tta_probabilities(logits[fp32_key])
+                        - tta_probabilities(logits[variant_name("fp32", False)])).max()
     print(f"TTA probabilities, folded fp32 against unfolded fp32: largest difference {folded_tta:.1e}")
 
 

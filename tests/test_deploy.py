@@ -87,7 +87,8 @@ def test_tta_and_ensembles_work_the_same_on_openvino(tiny_onnx_file: Path, calib
     from lesionlab.inference.torch_backend import TorchPredictor
 
     member = TorchPredictor.from_path(calibrated_run_dir)
-    member_onnx = export_onnx(member.model, member.card, tmp_path / "calibrated.onnx", member.temperature)
+    member_onnx = export_onnx(member.calibrated_model(), member.card, tmp_path / "calibrated.onnx",
+                              member.temperature)
     image = sorted((shared_data_dir / "images").glob("ISIC_*.jpg"))[0]
     options = {"views": ("identity", "hflip", "rot90"), "ensemble": [member_onnx]}
     on_ort = load_predictor(tiny_onnx_file, **options).predict_file(image)

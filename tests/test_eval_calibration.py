@@ -18,7 +18,8 @@ from lesionlab.evaluation.calibration import (
     softmax_probabilities,
 )
 from lesionlab.evaluation.metrics import expected_calibration_error, negative_log_likelihood
-from lesionlab.evaluation.tta import DEFAULT_VIEWS, apply_view, average_view_probabilities, parse_views
+from lesionlab.evaluation.tta import DEFAULT_VIEWS, apply_view, parse_views
+from lesionlab.scoring import Scoring
 
 
 def overconfident_logits(count: int, scale: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -81,9 +82,9 @@ def test_parse_views_starts_with_identity_and_rejects_unknown_names() -> None:
 
 def test_tta_averages_probabilities_of_the_views() -> None:
     view_logits = np.array([[[2.0, 0.0], [0.0, 2.0]]])
-    averaged = average_view_probabilities(view_logits)
+    averaged = Scoring((None,)).probabilities([view_logits])
     assert averaged == pytest.approx(np.array([[0.5, 0.5]]))
-    sharper = average_view_probabilities(np.array([[[4.0, 0.0], [4.0, 0.0]]]), temperature=2.0)
+    sharper = Scoring((2.0,)).probabilities([np.array([[[4.0, 0.0], [4.0, 0.0]]])])
     assert sharper == pytest.approx(softmax_probabilities(np.array([[2.0, 0.0]])))
 
 

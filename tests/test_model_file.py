@@ -134,3 +134,34 @@ def test_malformed_model_files_name_the_file(tmp_path: Path) -> None:
         load_predictor(path)
     with pytest.raises(CheckpointError, match="model file not found"):
         load_predictor(tmp_path / "absent.json")
+
+
+def test_export_writes_each_member_and_a_model_file_over_the_exported_files(
+        calibrated_run_dir: Path, image_path: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    member = copy_run(calibrated_run_dir, tmp_path / "member")
+    model_file = lesionlab.load(member, tta=True).save(tmp_path / "model.json")
+    assert main(["export", str(model_file), "--max-images", "4"]) == 0
+    exported = tmp_path / "model-onnx.json"
+    assert str(exported) in capsys.readouterr().out
+    recorded = read_model_file(exported)
+    assert recorded.members[0].ref.path == "member/export/model.onnx"
+    assert recorded.members[0].temperature == 2.0 and recorded.views == read_model_file(model_file).views
+    by_torch = lesionlab.load(model_file).predict(image_path).probabilities
+    by_onnx = lesionlab.load(exported).predict(image_path).probabilities
+    assert by_onnx == pytest.approx(by_torch, abs=1e-5)
+    assert main(["export", str(model_file), "--out", str(tmp_path / "x.onnx")]) == 2
+    assert "drop --out" in capsys.readouterr().err
+
+
+def test_export_bench_and_evaluate_refuse_members_that_are_not_runs(
+        tiny_onnx_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model_file = lesionlab.load(tiny_onnx_file).save(tmp_path / "model.json")
+    for verb, message in (("export", "export works on run directories"),
+                          ("bench", "bench works on run directories"),
+                          ("evaluate", "is an exported file")):
+        assert main([verb, str(model_file)]) == 2
+        error = capsys.readouterr().err
+        assert "model.json: " in error and message in error
+    assert main(["evaluate", str(model_file), "--tta"]) == 2
+    assert "names its members" in capsys.readouterr().err

@@ -17,7 +17,7 @@ from lesionlab.data.imageio import load_rgb
 from lesionlab.errors import ConfigError
 from lesionlab.evaluation.tta import VIEWS, apply_view
 from lesionlab.inference import ExplainUnavailableError, load_predictor
-from lesionlab.inference.ensemble import EnsemblePredictor
+from lesionlab.inference.scored import ScoredPredictor
 from lesionlab.serve.app import create_app
 from lesionlab.views import DEFAULT_VIEWS, NUMPY_VIEWS, VIEW_NAMES, parse_views, view_batch
 
@@ -73,7 +73,7 @@ def test_ensemble_averages_its_members(tiny_run_dir: Path, calibrated_run_dir: P
                                        image_path: Path) -> None:
     members = [load_predictor(path) for path in (tiny_run_dir, calibrated_run_dir, tiny_onnx_file)]
     ensemble = load_predictor(tiny_run_dir, ensemble=[calibrated_run_dir, tiny_onnx_file])
-    assert isinstance(ensemble, EnsemblePredictor) and ensemble.backend == "ensemble"
+    assert isinstance(ensemble, ScoredPredictor) and ensemble.backend == "ensemble"
     expected = np.mean([member.image_probabilities(plain_image(image_path)) for member in members], axis=0)
     assert np.abs(members[0].image_probabilities(plain_image(image_path)) - expected).max() > 1e-4
     prediction = ensemble.predict_file(image_path)
@@ -93,7 +93,7 @@ def test_ensemble_members_must_share_classes(tiny_run_dir: Path) -> None:
     first, second = load_predictor(tiny_run_dir), load_predictor(tiny_run_dir)
     second.classes = tuple(reversed(second.classes))
     with pytest.raises(ConfigError, match="differ from"):
-        EnsemblePredictor([first, second])
+        ScoredPredictor([first, second])
 
 
 def test_predict_command_runs_an_ensemble_with_tta(

@@ -12,13 +12,18 @@ import numpy as np
 import pytest
 import yaml
 
+from conftest import class_image
 from lesionlab.classes import CLASS_CODES
+from lesionlab.cli import main
 from lesionlab.data.readers import read_dataset
 from lesionlab.data.split import read_split, shared_lesions
 from lesionlab.errors import ConfigError
 from lesionlab.evaluation.predictions import read_predictions
+from lesionlab.inference import load_predictor
+from lesionlab.inference.model_file import read_model_file
 from lesionlab.io_utils import file_sha256
 from lesionlab.study import Budget, current_evaluation, load_study, run_recipe, run_study, study_table
+from lesionlab.study.output import best_row
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["arch=small_cnn", "pretrained=none", "head_hidden=null", "dropout=null", "image_size=32",
@@ -138,6 +143,23 @@ def test_a_study_runs_on_one_split_skips_finished_runs_and_averages_an_ensemble(
     assert (folder / "study.png").stat().st_size > 0
     assert "**best**" in (folder / "study.md").read_text()
 
+    study_rows = json.loads((folder / "study.json").read_text())["rows"]
+    best = study_rows[best_row(study_rows)]
+    recorded = read_model_file(folder / "model.json")
+    assert [member.ref.path for member in recorded.members] == best.get("members", [best["run"]])
+    assert (recorded.class_offsets is not None) == ("class-offsets" in best.get("decisions", ()))
+    assert main(["evaluate", str(folder / "model.json")]) == 0
+    deployed = json.loads((folder / "eval" / "model-test" / "metrics.json").read_text())
+    for key in ("accuracy", "balanced_accuracy", "macro_f1"):
+        assert deployed[key] == pytest.approx(best[key], abs=1e-12), key
+    image = folder.parent.parent / "image.jpg"
+    class_image(3, np.random.default_rng(5)).save(image)
+    member_paths = [folder / member.ref.path for member in recorded.members]
+    by_flags = load_predictor(member_paths[0], ensemble=member_paths[1:],
+                              class_offsets=recorded.class_offsets and folder / recorded.class_offsets.path)
+    assert load_predictor(folder / "model.json").predict_file(image).probabilities == pytest.approx(
+        by_flags.predict_file(image).probabilities, abs=1e-12)
+
     trained = (folder / "a" / "best.safetensors").stat().st_mtime_ns
     evaluated = (folder / "a" / "eval" / "test" / "metrics.json").stat().st_mtime_ns
     run_study(tiny_study(tmp_path), data=data, runs_dir=tmp_path / "runs", only=("a",))
@@ -154,6 +176,7 @@ def test_an_evaluation_is_reused_only_for_the_same_weights_and_views(tmp_path: P
     out_dir = tmp_path / "eval" / "test"
     out_dir.mkdir(parents=True)
     (out_dir / "predictions.csv").write_text("image_id\n", encoding="utf-8")
+    (out_dir / "logits.safetensors").write_bytes(b"logits")
     views = ("identity", "hflip")
     record = {"evaluation": {"tta_views": list(views),
                              "temperature": {"checkpoint_sha256": file_sha256(weights)}}}

@@ -112,10 +112,9 @@ class Model:
         """Write this model as a `model.json` (members by path and sha256, their temperatures, the TTA views
         and class offsets) that `load`, `lesionlab predict` and `lesionlab serve` accept in place of the
         flags it was built with."""
-        from lesionlab.inference import member_predictors
         from lesionlab.inference.model_file import write_model_file
 
-        temperatures = [member.temperature for member in member_predictors(self.predictor)]
+        temperatures = [member.temperature for member in self.predictor.members]
         members = list(zip(self.members, temperatures, strict=True))
         return write_model_file(path, members, self.predictor.views, self.class_offsets)
 
@@ -198,10 +197,19 @@ def evaluate(model: Model | str | os.PathLike[str], *, data: str | os.PathLike[s
              data_format: str | None = None, precision: str | None = None,
              device: str | None = None) -> EvaluationResult:
     """Evaluate as `lesionlab evaluate` does and return where it wrote and its metrics (`.metrics`, the
-    metrics.json payload). `model` is a run directory or a `Model` loaded from one (its TTA views and
-    ensemble members carry over); `data=None` is the run's own test part, `split` another part."""
-    from lesionlab.evaluation.ensemble import evaluate_ensemble
+    metrics.json payload). `model` is a run directory, a `model.json` (its members, views and class offsets
+    scored together), or a `Model` loaded from either (its TTA views and ensemble members carry over);
+    `data=None` is the run's own test part, `split` another part."""
+    from lesionlab.evaluation.ensemble import evaluate_ensemble, evaluate_model_file
     from lesionlab.evaluation.evaluate import EvaluationOptions, evaluate_run
+    from lesionlab.inference.model_file import is_model_file, resolve_model_file
+
+    source = model.path if isinstance(model, Model) else Path(model)
+    if is_model_file(source):
+        options = EvaluationOptions(data=data, fmt=data_format, split=split, calibrate=calibrate,
+                                    out_dir=Path(out) if out is not None else None, device=device,
+                                    precision=precision)
+        return evaluate_model_file(resolve_model_file(source), options)
     loaded = model if isinstance(model, Model) else None
     if loaded is not None and loaded.class_offsets is not None:
         raise ConfigError(f"{loaded.class_offsets}: evaluate scores models without class offsets; the study "

@@ -20,7 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "folder when absent) and RUN/export/model-int8.xml when `lesionlab export --int8` "
                     "installed one.",
     )
-    parser.add_argument("run", metavar="RUN", help="run directory from `lesionlab train`")
+    parser.add_argument("run", metavar="RUN",
+                        help="run directory from `lesionlab train`, or a model.json (each member run in "
+                             "turn)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="threads for every backend (default: all CPU cores)")
     parser.add_argument("--iters", type=int, default=50, help="timed batch-1 calls per backend (default 50)")
@@ -38,9 +40,15 @@ def run_bench(args: argparse.Namespace) -> int:
 
     if min(args.threads, args.iters, args.batch_size, args.batch_iters) < 1:
         raise ConfigError("--threads, --iters, --batch-size and --batch-iters must each be at least 1")
-    report = bench_run(args.run, threads=args.threads, iterations=args.iters, batch_size=args.batch_size,
-                       batch_iterations=args.batch_iters, data=args.data)
-    print(bench_table(report))
+    from lesionlab.inference.model_file import is_model_file, member_runs, resolve_model_file
+
+    runs = member_runs(resolve_model_file(args.run), "bench") if is_model_file(args.run) else (args.run,)
+    for run in runs:
+        report = bench_run(run, threads=args.threads, iterations=args.iters, batch_size=args.batch_size,
+                           batch_iterations=args.batch_iters, data=args.data)
+        if len(runs) > 1 or run != args.run:
+            print(f"\n{run}:")
+        print(bench_table(report))
     return 0
 
 

@@ -24,7 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "metrics.json, report.md, report.html and figures to RUN/eval/<data>-<split>/.",
     )
     parser.add_argument(
-        "run", metavar="RUN", type=Path, help="run directory (from `lesionlab train` or `run`)"
+        "run", metavar="RUN", type=Path,
+        help="run directory (from `lesionlab train` or `run`), or a model.json (its members, views and class "
+        "offsets, scored together; written to <its folder>/eval/<its name>-<split>/ unless --out)",
     )
     add_data_arguments(
         parser,
@@ -67,9 +69,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_evaluate(args: argparse.Namespace) -> int:
     """Evaluate, then print the classification report, the headline table and where the report is."""
     from lesionlab.errors import ConfigError
-    from lesionlab.evaluation.ensemble import evaluate_ensemble
+    from lesionlab.evaluation.ensemble import evaluate_ensemble, evaluate_model_file
     from lesionlab.evaluation.evaluate import EvaluationOptions, evaluate_run
     from lesionlab.evaluation.report import console_summary
+    from lesionlab.inference.model_file import is_model_file, resolve_model_file
 
     if not 0.0 < args.malignant_sensitivity <= 1.0:
         raise ConfigError(f"--malignant-sensitivity {args.malignant_sensitivity}: give a value in (0, 1]")
@@ -85,11 +88,17 @@ def run_evaluate(args: argparse.Namespace) -> int:
         malignant_sensitivity=args.malignant_sensitivity,
         metadata=not args.no_metadata,
     )
-    if args.ensemble:
-        result = evaluate_ensemble([args.run, *args.ensemble], options)
+    if is_model_file(args.run) and (args.ensemble or options.tta_views):
+        raise ConfigError(f"{args.run}: a model file names its members and TTA views itself; drop "
+                          f"--ensemble and --tta.")
+    if args.ensemble or is_model_file(args.run):
+        if is_model_file(args.run):
+            result = evaluate_model_file(resolve_model_file(args.run), options)
+        else:
+            result = evaluate_ensemble([args.run, *args.ensemble], options)
         validation = result.metrics["validation"]
-        print(f"\nensemble of {len(args.ensemble) + 1} runs ({result.metrics['samples']} images, mean of "
-              f"the members' probabilities):\n")
+        print(f"\n{len(result.metrics['evaluation']['members'])} member(s) ({result.metrics['samples']} "
+              f"images, {result.metrics['evaluation']['rule']}):\n")
         print(console_summary(result.metrics))
         if validation is not None:
             print(f"\nvalidation part: balanced accuracy {validation['balanced_accuracy']:.3f}, macro F1 "

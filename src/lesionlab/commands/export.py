@@ -29,7 +29,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "calibrated on training images) into model-int8.xml/.bin, kept only if it loses at most "
                     "--max-accuracy-drop balanced accuracy and is faster than fp32; exit status 3 when not.",
     )
-    parser.add_argument("run", metavar="RUN", help="run directory from `lesionlab train`")
+    parser.add_argument("run", metavar="RUN",
+                        help="run directory from `lesionlab train`, or a model.json: each member run is "
+                             "exported to its RUN/export/model.onnx, and <name>-onnx.json beside the model "
+                             "file names the exported files (same views, temperatures and class offsets)")
     parser.add_argument("--format", choices=("onnx",), default="onnx", help="export format (onnx)")
     parser.add_argument("--int8", action="store_true",
                         help="also write an int8 OpenVINO model where it keeps accuracy and is faster")
@@ -58,14 +61,32 @@ def run_export(args: argparse.Namespace) -> int:
         raise ConfigError("--max-images and --calibration-images must be at least 1")
     if not 0 <= args.max_accuracy_drop <= 1:
         raise ConfigError(f"--max-accuracy-drop {args.max_accuracy_drop}: give a fraction between 0 and 1")
-    report = export_run(args.run, out=args.out, int8=args.int8, data=args.data, max_images=args.max_images,
-                        calibration_images=args.calibration_images, max_drop=args.max_accuracy_drop,
-                        threads=args.threads)
-    print(summary_table(report))
-    if report.int8 is None:
-        return 0
-    print(f"\n{int8_summary(report.int8)}")
-    return 0 if report.int8.passed else INT8_REFUSED
+    from lesionlab.inference.backends import exported_fp32_path
+    from lesionlab.inference.model_file import (
+        exported_model_file,
+        is_model_file,
+        member_runs,
+        resolve_model_file,
+    )
+
+    model = resolve_model_file(args.run) if is_model_file(args.run) else None
+    if model is not None and args.out is not None:
+        raise ConfigError(f"{args.run}: each member exports into its own RUN/export/; drop --out")
+    status = 0
+    for run in member_runs(model, "export") if model is not None else (args.run,):
+        report = export_run(run, out=args.out, int8=args.int8, data=args.data, max_images=args.max_images,
+                            calibration_images=args.calibration_images, max_drop=args.max_accuracy_drop,
+                            threads=args.threads)
+        if model is not None:
+            print(f"\n{run}:")
+        print(summary_table(report))
+        if report.int8 is not None:
+            print(f"\n{int8_summary(report.int8)}")
+            status = status or (0 if report.int8.passed else INT8_REFUSED)
+    if model is not None:
+        written = exported_model_file(model, [exported_fp32_path(run) for run in model.members])
+        print(f"\nmodel file over the exported members: {written}")
+    return status
 
 
 def summary_table(report: ExportReport) -> str:

@@ -1,7 +1,7 @@
 """Evaluate an ensemble of runs: each member scored as `lesionlab evaluate` does, the probabilities averaged.
 
-Each member is scored with its own preprocessing, TTA views and temperature (its most enhanced variant), on
-the same images, and the ensemble predicts the image-by-image mean of the members' probabilities, the rule
+Each member is evaluated with its own preprocessing, TTA views and temperature (its most enhanced variant), on
+the same images, and the ensemble scores the members' saved logits with `lesionlab.scoring`, the function
 `lesionlab predict --ensemble` applies. The malignant/benign threshold is fitted on the same mean over the
 validation part of the first member's split (never on the evaluated part), so the ensemble is judged by the
 rule it would be deployed with. Members must share the split: the validation figure printed beside the
@@ -11,37 +11,49 @@ test figure is what an ensemble is chosen by.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from lesionlab.errors import ConfigError
+from lesionlab.class_offsets import load_class_offsets
+from lesionlab.errors import CheckpointError, ConfigError
+from lesionlab.evaluation.calibration import load_temperature, temperature_path
 from lesionlab.evaluation.evaluate import EvaluationOptions, EvaluationResult, evaluate_run
 from lesionlab.evaluation.metrics import compute_metrics, fit_malignancy_threshold
 from lesionlab.evaluation.predictions import Predictions, read_predictions, write_predictions
+from lesionlab.evaluation.view_logits import LOGITS_FILE, ensemble_probabilities, read_view_logits
+from lesionlab.inference.backends import ONNX_SUFFIX, OPENVINO_SUFFIX, checkpoint_weights_path
+from lesionlab.inference.model_file import ResolvedModel
 from lesionlab.io_utils import atomic_write_json
 from lesionlab.malignancy import FALLBACK_RULE, MalignancyRule
+from lesionlab.models.checkpoint import checkpoint_stem
 
 ENSEMBLE_SHA256 = "ensemble"
 
 
-def mean_predictions(members: Sequence[Predictions], names: Sequence[str]) -> Predictions:
-    """The members' probabilities averaged image by image (renormalised: predictions.csv rounds them)."""
-    first = members[0]
-    for name, member in zip(names, members, strict=True):
-        if member.image_ids != first.image_ids or member.class_codes != first.class_codes:
-            raise ConfigError(f"ensemble member {name} was evaluated on other images or classes than "
-                              f"{names[0]}; evaluate every member on the same data and split.")
-    mean = np.mean([member.probabilities for member in members], axis=0)
-    return first.with_probabilities(mean / mean.sum(axis=1, keepdims=True))
+@dataclass(frozen=True)
+class MemberScoring:
+    """How an ensemble's members are evaluated and scored: each member's options (its TTA views and whether
+    its temperature applies) and the class offsets applied after the members' mean."""
+
+    options: tuple[EvaluationOptions, ...]
+    class_offsets: tuple[float, ...] | None = None
 
 
-def member_predictions(run_dirs: Sequence[Path], options: EvaluationOptions) -> list[Predictions]:
-    """Evaluate every member (into its own eval folder) and read back its predictions."""
-    results = [evaluate_run(run_dir, replace(options, out_dir=None)) for run_dir in run_dirs]
-    return [read_predictions(result.out_dir / "predictions.csv") for result in results]
+def ensemble_predictions(run_dirs: Sequence[Path], scoring: MemberScoring,
+                         split: str | None = None) -> Predictions:
+    """Evaluate every member into its own eval folder (its predictions.csv and logits.safetensors, on
+    `split` when given), then score the members' logits by `view_logits.ensemble_probabilities`, the rule
+    `lesionlab predict` applies to the same members; the first member gives the image ids, lesions and
+    labels."""
+    logits, predictions = [], []
+    for run_dir, options in zip(run_dirs, scoring.options, strict=True):
+        result = evaluate_run(run_dir, replace(options, out_dir=None, split=split or options.split))
+        # read at once: two checkpoints of one run are evaluated into the same folder
+        logits.append(read_view_logits(result.out_dir / LOGITS_FILE))
+        predictions.append(read_predictions(result.out_dir / "predictions.csv"))
+    names = [run_dir.name for run_dir in run_dirs]
+    return predictions[0].with_probabilities(ensemble_probabilities(logits, names, scoring.class_offsets))
 
 
 def ensemble_rule(validation: Predictions | None, target_sensitivity: float) -> MalignancyRule:
@@ -53,28 +65,64 @@ def ensemble_rule(validation: Predictions | None, target_sensitivity: float) -> 
     return MalignancyRule(fit.threshold, fit) if fit is not None else FALLBACK_RULE
 
 
-def evaluate_ensemble(run_dirs: Sequence[Path], options: EvaluationOptions) -> EvaluationResult:
-    """Score the mean of the members' probabilities; write predictions.csv and metrics.json.
+def evaluate_ensemble(run_dirs: Sequence[Path], options: EvaluationOptions,
+                      scoring: MemberScoring | None = None, out_dir: Path | None = None,
+                      source: Path | None = None) -> EvaluationResult:
+    """Score the members together; write predictions.csv and metrics.json. `scoring` defaults to every
+    member under `options` without offsets (`evaluate RUN --ensemble RUN2`); a `model.json` gives its own
+    (`evaluate_model_file`), and `source` names it in metrics.json.
 
-    Output: `options.out_dir`, else `<first member>/eval/ensemble-<members>-<split>`.
+    Output: `options.out_dir`, else `out_dir`, else `<first member>/eval/ensemble-<members>-<split>`.
     """
     names = [run_dir.name for run_dir in run_dirs]
-    evaluated = mean_predictions(member_predictions(run_dirs, options), names)
+    scoring = scoring or MemberScoring(tuple(options for _ in run_dirs))
+    evaluated = ensemble_predictions(run_dirs, scoring)
     validation = None
     if options.data is None and (options.split or "test") != "val":
-        validation = mean_predictions(member_predictions(run_dirs, replace(options, split="val")), names)
+        validation = ensemble_predictions(run_dirs, scoring, split="val")
     rule = ensemble_rule(validation, options.malignant_sensitivity)
     metrics: dict[str, Any] = {
         "evaluation": {"members": [str(run_dir) for run_dir in run_dirs], "data": str(options.data or "own"),
                        "split": options.split or ("test" if options.data is None else "all"),
                        "tta_views": list(options.tta_views) if options.tta_views else None,
-                       "rule": "mean of the members' probabilities (each with its temperature)"},
+                       "model_file": None if source is None else str(source),
+                       "class_offsets": (None if scoring.class_offsets is None
+                                         else list(scoring.class_offsets)),
+                       "rule": "mean of the members' probabilities (each with its temperature)"
+                               + ("" if scoring.class_offsets is None else ", then the class offsets")},
         **compute_metrics(evaluated, malignancy=rule),
         "variants": {},
         "validation": compute_metrics(validation) if validation is not None else None,
     }
     folder = f"ensemble-{'+'.join(names)}-{metrics['evaluation']['split']}"
-    out_dir = options.out_dir or run_dirs[0] / "eval" / folder
+    out_dir = options.out_dir or out_dir or run_dirs[0] / "eval" / folder
     write_predictions(out_dir / "predictions.csv", evaluated)
     atomic_write_json(out_dir / "metrics.json", metrics)
     return EvaluationResult(out_dir, metrics)
+
+
+def evaluate_model_file(model: ResolvedModel, options: EvaluationOptions) -> EvaluationResult:
+    """Evaluate what a checked `model.json` deploys: its members (run directories or checkpoints) under its
+    views, each with the temperature the file recorded, then its class offsets. A member whose evaluation
+    applied another temperature than the file recorded is refused, as `predict` refuses it. Output:
+    `options.out_dir`, else `<model file folder>/eval/<model file stem>-<split>`."""
+    for member, recorded in zip(model.members, model.temperatures, strict=True):
+        if member.suffix.lower() in (ONNX_SUFFIX, OPENVINO_SUFFIX):
+            raise ConfigError(f"{model.source}: {member} is an exported file; evaluate needs the PyTorch "
+                              f"members (run directories), so write the model file from the runs.")
+        weights = checkpoint_weights_path(member)
+        fit = load_temperature(temperature_path(checkpoint_stem(weights)), weights)
+        if (fit.temperature if fit else None) != recorded:
+            raise CheckpointError(f"{model.source}: {member} now applies temperature "
+                                  f"{fit.temperature if fit else None}, not the {recorded} the model file "
+                                  f"recorded; write the model file again.")
+    views = model.views if len(model.views) > 1 else None
+    member_options = tuple(replace(options, tta_views=views, calibrate=temperature is not None,
+                                   checkpoint=None if member.is_dir() else member)
+                           for member, temperature in zip(model.members, model.temperatures, strict=True))
+    offsets = None if model.class_offsets is None else load_class_offsets(model.class_offsets).offsets
+    run_dirs = [member if member.is_dir() else member.parent for member in model.members]
+    split = options.split or ("test" if options.data is None else "all")
+    return evaluate_ensemble(run_dirs, replace(options, tta_views=views),
+                             MemberScoring(member_options, offsets),
+                             model.source.parent / "eval" / f"{model.source.stem}-{split}", model.source)

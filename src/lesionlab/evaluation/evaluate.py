@@ -50,7 +50,8 @@ from lesionlab.evaluation.sources import (
     select_evaluation_data,
 )
 from lesionlab.evaluation.summary import data_summary, model_summary
-from lesionlab.evaluation.tta import IDENTITY, average_view_probabilities
+from lesionlab.evaluation.tta import IDENTITY
+from lesionlab.evaluation.view_logits import LOGITS_FILE, ViewLogits, write_view_logits
 from lesionlab.io_utils import atomic_write_json, atomic_write_text, file_sha256
 from lesionlab.malignancy import (
     DEFAULT_TARGET_SENSITIVITY,
@@ -75,6 +76,7 @@ from lesionlab.models.metadata_model import MetadataDataset
 from lesionlab.models.registry import architecture
 from lesionlab.precision import PARITY_IMAGES, ParityCheck, parity_from_logits, resolve_precision
 from lesionlab.run_json import read_run_json
+from lesionlab.scoring import Scoring
 from lesionlab.training.recipe import Recipe
 
 FIGURES_DIR = "figures"
@@ -86,15 +88,16 @@ def variant_probabilities(
     """Class probabilities without and with each requested option, most enhanced last.
 
     `view_logits` is (N, views, classes) with the identity view first, so one inference pass gives both the
-    plain and the TTA probabilities; the temperature divides each view's logits before the softmax.
+    plain and the TTA probabilities; each variant is a `Scoring` of them (the rule a deployed model applies).
     """
-    variants = {"plain": softmax_probabilities(view_logits[:, 0])}
+    plain, calibrated = Scoring((None,)), Scoring((temperature,))
+    variants = {"plain": plain.probabilities([view_logits[:, :1]])}
     if use_tta:
-        variants["tta"] = average_view_probabilities(view_logits)
+        variants["tta"] = plain.probabilities([view_logits])
     if temperature is not None:
-        variants["temperature"] = softmax_probabilities(view_logits[:, 0], temperature)
+        variants["temperature"] = calibrated.probabilities([view_logits[:, :1]])
         if use_tta:
-            variants["tta+temperature"] = average_view_probabilities(view_logits, temperature)
+            variants["tta+temperature"] = calibrated.probabilities([view_logits])
     return variants
 
 
@@ -450,5 +453,8 @@ def evaluate_run(run_dir: str | Path, options: EvaluationOptions | None = None) 
     out_dir = options.out_dir or run_dir / "eval" / f"{selection.name}-{selection.split}{withheld}"
     metrics = write_evaluation(out_dir, variants, evaluation, data, model_facts, run_dir / "history.csv",
                                malignancy)
+    write_view_logits(out_dir / LOGITS_FILE, ViewLogits(
+        image_ids, tuple(card.classes), tuple(views), view_logits, fit.temperature if fit else None,
+        file_sha256(stem.with_suffix(WEIGHTS_SUFFIX))))
     write_model_card(run_dir)
     return EvaluationResult(out_dir, metrics)

@@ -1,5 +1,5 @@
-"""Test-time augmentation: the model sees each image in several orientations and the class probabilities of
-the views are averaged.
+"""Test-time augmentation: the model sees each image in several orientations, and `lesionlab.scoring`
+averages the class probabilities of the views.
 
 Dermoscopic images have no canonical orientation, so flips and 90° rotations are label-preserving views
 (named in `lesionlab.views`, whose numpy twins prediction uses). They are applied to the normalised, square
@@ -11,13 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import numpy as np
 import torch
 
-from lesionlab.evaluation.calibration import softmax_probabilities
 from lesionlab.views import DEFAULT_VIEWS, IDENTITY, parse_views
 
-__all__ = ["DEFAULT_VIEWS", "IDENTITY", "VIEWS", "apply_view", "average_view_probabilities", "parse_views"]
+__all__ = ["DEFAULT_VIEWS", "IDENTITY", "VIEWS", "apply_view", "parse_views"]
 
 VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     IDENTITY: lambda batch: batch,
@@ -34,11 +32,3 @@ def apply_view(name: str, batch: torch.Tensor) -> torch.Tensor:
     """One view of a batch (N, C, H, W)."""
     return VIEWS[name](batch)
 
-
-def average_view_probabilities(view_logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Mean over views of softmax(logits / T), for logits shaped (N, views, classes).
-
-    Probabilities, not logits, are averaged: each view casts a calibrated vote, and the temperature fitted on
-    single-view logits applies to each view as it was fitted.
-    """
-    return softmax_probabilities(view_logits, temperature).mean(axis=1)

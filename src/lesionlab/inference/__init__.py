@@ -49,17 +49,11 @@ def load_predictor(path: str | os.PathLike[str], threads: int | None = None,
     if views:
         for member in members:
             member.views = tuple(views)
-    predictor = members[0]
-    if len(members) > 1:
-        from lesionlab.inference.ensemble import EnsemblePredictor
+    if len(members) == 1 and class_offsets is None:
+        return members[0]
+    from lesionlab.inference.scored import ScoredPredictor
 
-        predictor = EnsemblePredictor(members)
-    if class_offsets is None:
-        return predictor
-    from lesionlab.inference.offsets import OffsetPredictor
-
-    return OffsetPredictor(predictor, class_offsets)
-
+    return ScoredPredictor(members, class_offsets)
 
 
 def load_model_file(model: ResolvedModel, threads: int | None = None, backend: str | None = None,
@@ -69,18 +63,11 @@ def load_model_file(model: ResolvedModel, threads: int | None = None, backend: s
     views = model.views if len(model.views) > 1 else None
     predictor = load_predictor(model.members[0], threads, views, model.members[1:], model.class_offsets,
                                backend, precision)
-    for member, path, recorded in zip(member_predictors(predictor), model.members, model.temperatures,
-                                      strict=True):
+    for member, path, recorded in zip(predictor.members, model.members, model.temperatures, strict=True):
         if member.temperature != recorded:
             raise CheckpointError(f"{model.source}: {path} now applies temperature {member.temperature}, not "
                                   f"the {recorded} the model file recorded; write the model file again.")
     return predictor
-
-
-def member_predictors(predictor: Predictor) -> tuple[Predictor, ...]:
-    """The single models behind a predictor: itself, or an ensemble's members (under any class offsets)."""
-    inner = getattr(predictor, "inner", predictor)
-    return tuple(getattr(inner, "members", (inner,)))
 
 
 def load_model(path: str | os.PathLike[str], threads: int | None = None, backend: str | None = None,

@@ -23,6 +23,7 @@ from lesionlab.errors import ConfigError, LesionlabError
 from lesionlab.inference.prediction import Prediction
 from lesionlab.malignancy import FALLBACK_RULE, MalignancyRule
 from lesionlab.models.checkpoint import ModelCard
+from lesionlab.scoring import Scoring
 from lesionlab.views import IDENTITY, view_batch
 
 if TYPE_CHECKING:  # the metadata encoder needs torch; ONNX and OpenVINO predictors must run without it
@@ -90,13 +91,35 @@ class Predictor(ABC):
         self.model_id = f"{name}:{self.backend}:{weights_sha256[:12]}"
 
     @abstractmethod
-    def predict_batch(self, batch: np.ndarray) -> np.ndarray:
-        """Softmax probabilities `(N, classes)` for a pre-processed float32 batch `(N, 3, size, size)`."""
+    def batch_logits(self, batch: np.ndarray, metadata: np.ndarray | None = None) -> np.ndarray:
+        """The network's logits `(N, classes)` for a pre-processed float32 batch `(N, 3, size, size)`, on the
+        scale `temperature` divides (`metadata`: each image's encoded patient fields, for a metadata
+        model). Backends produce logits only; `lesionlab.scoring` makes every probability from them."""
 
-    def predict_many(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-        """Probabilities for many pre-processed images, in batches so memory stays bounded."""
+    @property
+    def members(self) -> tuple[Predictor, ...]:
+        """The single models whose view logits this predictor scores: itself."""
+        return (self,)
+
+    @property
+    def scoring(self) -> Scoring:
+        """How the members' view logits become probabilities: here this model's own temperature."""
+        return Scoring((self.temperature,))
+
+    def predict_batch(self, batch: np.ndarray, metadata: np.ndarray | None = None) -> np.ndarray:
+        """Probabilities `(N, classes)` of a pre-processed batch, each image one view, under this model's
+        scoring (what export checks and benchmarks compare); `metadata`: a metadata model's encoded fields
+        per image."""
+        return self.scoring.probabilities([self.batch_logits(batch, metadata)[:, None]])
+
+    def predict_many(self, images: np.ndarray, batch_size: int = 32,
+                     metadata: np.ndarray | None = None) -> np.ndarray:
+        """Probabilities for many pre-processed images (with their encoded fields, if given), in batches so
+        memory stays bounded."""
         starts = range(0, len(images), batch_size)
-        chunks = [self.predict_batch(images[start:start + batch_size]) for start in starts]
+        chunks = [self.predict_batch(images[start:start + batch_size],
+                                     None if metadata is None else metadata[start:start + batch_size])
+                  for start in starts]
         return np.concatenate(chunks, axis=0)
 
     @property
@@ -116,15 +139,19 @@ class Predictor(ABC):
             return "uncalibrated softmax (no temperature fitted; `lesionlab evaluate RUN` fits one on val)"
         return f"temperature {self.temperature:.3f}, fitted on the validation part"
 
-    def image_probabilities(self, image: Image.Image, metadata: PatientMetadata | None = None) -> np.ndarray:
-        """Class probabilities of one decoded image: the mean over `views` (test-time augmentation), all run
-        as one batch; with the identity view alone, the plain prediction. `metadata` gives a metadata model
-        the patient's fields (without it, every field is missing)."""
+    def view_logits(self, image: Image.Image, metadata: PatientMetadata | None = None) -> np.ndarray:
+        """This model's logits `(1, views, classes)` of one decoded image under each of `views`, all run
+        as one batch; `metadata` gives a metadata model the patient's fields (without it, every field is
+        missing)."""
         batch = view_batch(self.preprocessing.to_batch(image), self.views)
-        if metadata is None:
-            return self.predict_batch(batch).mean(axis=0)
-        encoded = self.encode_metadata(metadata, len(batch))
-        return self.predict_batch_with_metadata(batch, encoded).mean(axis=0)
+        encoded = None if metadata is None else self.encode_metadata(metadata, len(batch))
+        return self.batch_logits(batch, encoded)[None]
+
+    def image_probabilities(self, image: Image.Image, metadata: PatientMetadata | None = None) -> np.ndarray:
+        """Class probabilities of one decoded image: the members' view logits through `scoring` (test-time
+        augmentation, temperatures, ensemble mean and class offsets, all in `lesionlab.scoring`)."""
+        logits = [member.view_logits(image, metadata) for member in self.members]
+        return self.scoring.probabilities(logits)[0]
 
     def encode_metadata(self, metadata: PatientMetadata, rows: int) -> np.ndarray:
         """The patient fields encoded for this model, one row per image of a batch; a model that reads no
@@ -132,16 +159,35 @@ class Predictor(ABC):
         if self.card.metadata is None:
             raise ConfigError(f"{self.source}: this model reads no patient metadata; leave out --age, --sex "
                               f"and --site (or train one with --config metadata)")
-        from lesionlab.data.metadata import encode
+        from lesionlab.data.metadata import encoded_values
 
-        encoded = encode(metadata, self.card.metadata["fields"]).numpy()
+        encoded = np.asarray(encoded_values(metadata, self.card.metadata["fields"]), dtype=np.float32)
         return np.repeat(encoded[None], rows, axis=0)
 
-    def predict_batch_with_metadata(self, batch: np.ndarray, metadata: np.ndarray) -> np.ndarray:
-        """Probabilities of a batch with each image's encoded patient fields; backends that can read them
-        override this."""
-        raise ConfigError(f"{self.source}: the {self.backend} backend cannot read patient metadata yet; "
-                          f"predict with the run directory (PyTorch) to use the fields")
+    def metadata_rows(self, metadata: np.ndarray | None, rows: int) -> np.ndarray:
+        """A batch's encoded fields for a graph that takes them as an input: as given, else every field
+        missing (what the PyTorch model fills in itself)."""
+        if metadata is not None:
+            return np.ascontiguousarray(metadata, dtype=np.float32)
+        from lesionlab.data.metadata import PatientMetadata
+
+        return self.encode_metadata(PatientMetadata(), rows)
+
+    @property
+    def metadata_fields(self) -> tuple[str, ...]:
+        """The patient fields this model's members read, in `FIELDS` order; empty for image-only models (what
+        `serve` states and the model card reports)."""
+        from lesionlab.data.metadata import FIELDS
+
+        read = {name for member in self.members if member.card.metadata
+                for name in member.card.metadata["fields"]}
+        return tuple(name for name in FIELDS if name in read)
+
+    def metadata_unavailable_error(self) -> ConfigError:
+        """The error of an exported file without a metadata input (exported before graphs took the fields)
+        when fields are passed to it."""
+        return ConfigError(f"{self.source}: this exported file has no input for patient metadata; export the "
+                           f"run again (`lesionlab export RUN`) or predict with the run directory")
 
     def predict_image(self, image: Image.Image, metadata: PatientMetadata | None = None) -> Prediction:
         """Classify one decoded image, with the patient's fields for a metadata model."""
@@ -152,9 +198,10 @@ class Predictor(ABC):
         """Decode an image file (raising `ImageDecodeError` naming it) and classify it."""
         return self.predict_image(load_rgb(path))
 
-    def explain(self, image: Image.Image, prediction: Prediction | None = None) -> Explanation:
-        """Grad-CAM for the top class of `prediction` (by default this predictor's own prediction); only
-        predictors backed by PyTorch can do this."""
+    def explain(self, image: Image.Image, prediction: Prediction | None = None,
+                metadata: PatientMetadata | None = None) -> Explanation:
+        """Grad-CAM for the top class of `prediction` (by default this predictor's own prediction, with the
+        patient's `metadata` for a metadata model); only predictors backed by PyTorch can do this."""
         raise self.explain_unavailable_error()
 
     def explain_unavailable_error(self) -> ExplainUnavailableError:

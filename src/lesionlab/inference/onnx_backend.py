@@ -14,9 +14,11 @@ from lesionlab.inference.onnx_metadata import (
     QUANTIZATION_KEY,
     card_from_metadata,
     malignancy_from_metadata,
+    metadata_input,
     temperature_from_metadata,
 )
 from lesionlab.io_utils import file_sha256
+from lesionlab.scoring import graph_logits
 
 
 def session_options(threads: int | None) -> ort.SessionOptions:
@@ -52,9 +54,18 @@ class OnnxPredictor(Predictor):
         self.temperature = temperature_from_metadata(metadata, model_path)
         self.malignancy = malignancy_from_metadata(metadata, model_path, self.temperature)
         self.input_name = self.session.get_inputs()[0].name
-        super().__init__(card_from_metadata(metadata, model_path), model_path, file_sha256(model_path))
+        card = card_from_metadata(metadata, model_path)
+        self.metadata_input = metadata_input(metadata, card, [entry.name for entry in
+                                                              self.session.get_inputs()], model_path)
+        super().__init__(card, model_path, file_sha256(model_path))
 
-    def predict_batch(self, batch: np.ndarray) -> np.ndarray:
-        """Softmax probabilities from the exported graph (its output is already softmax, calibrated where the
-        run had a fitted temperature at export)."""
-        return self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+    def batch_logits(self, batch: np.ndarray, metadata: np.ndarray | None = None) -> np.ndarray:
+        """Logits recovered from the exported graph's probabilities (`graph_logits`); a metadata graph gets
+        the encoded fields, every field missing when none are given."""
+        inputs = {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)}
+        if self.metadata_input is not None:
+            inputs[self.metadata_input] = self.metadata_rows(metadata, len(batch))
+        elif metadata is not None:
+            raise self.metadata_unavailable_error()
+        probabilities = self.session.run(None, inputs)[0]
+        return graph_logits(probabilities, self.temperature)

@@ -22,12 +22,15 @@ from lesionlab.errors import CheckpointError
 from lesionlab.inference.backends import BF16, FP32, OPENVINO_SUFFIX
 from lesionlab.inference.base import Predictor
 from lesionlab.inference.onnx_metadata import (
+    INPUT_NAME,
     QUANTIZATION_KEY,
     card_from_metadata,
     malignancy_from_metadata,
+    metadata_input,
     temperature_from_metadata,
 )
 from lesionlab.io_utils import file_sha256
+from lesionlab.scoring import graph_logits
 
 METADATA_SECTION = "framework"
 ELEMENT_TYPES = {FP32: ov.Type.f32, BF16: ov.Type.bf16}
@@ -93,6 +96,8 @@ class OpenVinoPredictor(Predictor):
         self.quantization = metadata.get(QUANTIZATION_KEY, "unknown")
         self.temperature = temperature_from_metadata(metadata, model_path)
         self.malignancy = malignancy_from_metadata(metadata, model_path, self.temperature)
+        self.metadata_input = metadata_input(metadata, card, [name for entry in model.inputs
+                                                              for name in entry.get_names()], model_path)
         self.compiled = ov.Core().compile_model(model, DEVICE, compile_config(threads, precision))
         self._local = threading.local()
         weights = [model_path.with_suffix(".bin")] if model_path.suffix.lower() == OPENVINO_SUFFIX else []
@@ -105,8 +110,15 @@ class OpenVinoPredictor(Predictor):
             request = self._local.request = self.compiled.create_infer_request()
         return request
 
-    def predict_batch(self, batch: np.ndarray) -> np.ndarray:
-        """Softmax probabilities from the exported graph (softmax and any temperature are inside it)."""
+    def batch_logits(self, batch: np.ndarray, metadata: np.ndarray | None = None) -> np.ndarray:
+        """Logits recovered from the exported graph's probabilities (`graph_logits`); a metadata graph gets
+        the encoded fields, every field missing when none are given."""
+        images = np.ascontiguousarray(batch, dtype=np.float32)
+        if self.metadata_input is None and metadata is not None:
+            raise self.metadata_unavailable_error()
         request = self._request()
-        request.infer([np.ascontiguousarray(batch, dtype=np.float32)])
-        return np.array(request.get_output_tensor(0).data, dtype=np.float32)
+        if self.metadata_input is None:
+            request.infer([images])
+        else:
+            request.infer({INPUT_NAME: images, self.metadata_input: self.metadata_rows(metadata, len(batch))})
+        return graph_logits(np.array(request.get_output_tensor(0).data, dtype=np.float32), self.temperature)

@@ -1,8 +1,8 @@
 """A `Predictor` over a PyTorch checkpoint (run directory or checkpoint file); the one that can explain.
 
 Where the checkpoint has a temperature fitted on its validation part (`<stem>.temperature.json`, written by
-`lesionlab evaluate` and `lesionlab run`), it is folded into the output layer at load time, so predictions,
-Grad-CAM and ONNX export all give the same calibrated probabilities without a separate code path.
+`lesionlab evaluate` and `lesionlab run`), `lesionlab.scoring` divides the logits by it, as evaluation does;
+`calibrated_model` folds it into the output layer of a copy for the exported graph.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from lesionlab.data.metadata import PatientMetadata
 from lesionlab.evaluation.calibration import load_temperature, temperature_path
 from lesionlab.inference.backends import FP32, checkpoint_weights_path
 from lesionlab.inference.base import Explanation, Predictor
@@ -52,7 +53,7 @@ class TorchPredictor(Predictor):
         if threads is not None:
             torch.set_num_threads(threads)  # process-wide: PyTorch has one intra-op pool
         self.precision = precision
-        self.model = (fold_temperature(model, temperature) if temperature is not None else model).eval()
+        self.model = model.eval()
         self.temperature = temperature
         self._explain_lock = threading.Lock()
         self._explain_model: nn.Module | None = None
@@ -79,31 +80,36 @@ class TorchPredictor(Predictor):
         """Gradients are available, so Grad-CAM works."""
         return True
 
-    def predict_batch(self, batch: np.ndarray) -> np.ndarray:
-        """Softmax probabilities from the eager model; under bf16 autocast the softmax still runs in fp32."""
-        inputs = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
-        with torch.inference_mode(), forward_precision(self.precision, torch.device("cpu")):
-            logits = self.model(inputs)
-        return torch.softmax(logits.float(), dim=1).numpy()
+    def calibrated_model(self) -> nn.Module:
+        """A copy of the network with the temperature folded into its output layer (logits / T): what an
+        exported graph carries, so the file scores as this predictor does."""
+        if self.temperature is None:
+            return self.model
+        return fold_temperature(copy.deepcopy(self.model), self.temperature)
 
-    def predict_batch_with_metadata(self, batch: np.ndarray, metadata: np.ndarray) -> np.ndarray:
-        """Softmax probabilities of a metadata model given each image's encoded fields."""
+    def batch_logits(self, batch: np.ndarray, metadata: np.ndarray | None = None) -> np.ndarray:
+        """Logits from the eager model (fp32 even under bf16 autocast), with a metadata model's encoded
+        fields when given."""
         inputs = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
-        fields = torch.from_numpy(np.ascontiguousarray(metadata, dtype=np.float32))
+        fields = () if metadata is None else (torch.from_numpy(np.ascontiguousarray(metadata,
+                                                                                   dtype=np.float32)),)
         with torch.inference_mode(), forward_precision(self.precision, torch.device("cpu")):
-            logits = self.model(inputs, fields)
-        return torch.softmax(logits.float(), dim=1).numpy()
+            logits = self.model(inputs, *fields)
+        return logits.float().numpy()
 
-    def explain(self, image: Image.Image, prediction: Prediction | None = None) -> Explanation:
+    def explain(self, image: Image.Image, prediction: Prediction | None = None,
+                metadata: PatientMetadata | None = None) -> Explanation:
         """Grad-CAM on the last convolutional block for the predicted class, the prediction and the map both
         averaged over this predictor's views so the overlay explains exactly what `predict_image` reports
-        (each view's map turned back into the image's frame first). A wrapper that
-        changes the decision (class offsets) passes its own `prediction`, so its top class is explained."""
+        (each view's map turned back into the image's frame first), with the patient's fields where given.
+        A wrapper that changes the decision (class offsets) passes its own `prediction`, so its top class is
+        explained."""
         from lesionlab.explain import grad_cam
 
-        prediction = prediction or self.predict_image(image)
+        prediction = prediction or self.predict_image(image, metadata)
         batch = self.preprocessing.to_batch(image)
+        encoded = None if metadata is None else self.encode_metadata(metadata, 1)
         with self._explain_lock:
             if self._explain_model is None:
                 self._explain_model = copy.deepcopy(self.model).requires_grad_(True)
-            return grad_cam(self._explain_model, self.card, image, batch, prediction, self.views)
+            return grad_cam(self._explain_model, self.card, image, batch, prediction, self.views, encoded)

@@ -1,5 +1,6 @@
 """A study's outputs: study.json, study.csv, study.md (with the comparison table) and study.png, all from
-the same rows."""
+the same rows, and `model.json`, the recommended row as a model `predict`, `serve` and `lesionlab.load`
+take."""
 
 from __future__ import annotations
 
@@ -8,19 +9,31 @@ import io
 from pathlib import Path
 from typing import Any
 
+from lesionlab.class_offsets import CLASS_OFFSETS_FILE
 from lesionlab.classes import CLASS_CODES
+from lesionlab.errors import ConfigError
 from lesionlab.evaluation.report import number
+from lesionlab.inference.backends import checkpoint_weights_path
 from lesionlab.io_utils import atomic_write_json, atomic_write_text
 from lesionlab.study.budget import Budget
-from lesionlab.study.schema import Study
+from lesionlab.study.schema import CLASS_OFFSETS, Study, views
 from lesionlab.tables import Table, format_table
+from lesionlab.training.rundir import RunDirectory
+from lesionlab.views import IDENTITY
+
+MODEL_FILE = "model.json"
+
+
+def best_row(rows: list[dict[str, Any]]) -> int:
+    """The index of the recommended row (-1: none): the highest validation balanced accuracy, never test,
+    among the per-image rows (a lesion-level row answers another question; see `evaluation.decision`)."""
+    eligible = [index for index, row in enumerate(rows) if not row.get("lesion_level")]
+    return max(eligible, key=lambda i: rows[i]["val_balanced_accuracy"]) if eligible else -1
 
 
 def study_table(rows: list[dict[str, Any]]) -> Table:
-    """The comparison table; the row marked best is chosen by validation balanced accuracy, never by test,
-    among the per-image rows (a lesion-level row answers another question; see `evaluation.decision`)."""
-    eligible = [index for index, row in enumerate(rows) if not row.get("lesion_level")]
-    best = max(eligible, key=lambda i: rows[i]["val_balanced_accuracy"]) if eligible else -1
+    """The comparison table, the row `best_row` recommends marked best."""
+    best = best_row(rows)
     header = [
         "run",
         "val bal acc",
@@ -78,6 +91,8 @@ def write_study_outputs(
         f"Data: `{data_root}`; lesion-grouped split seed {study.split['seed']} "
         f"(val {study.split['val']}, test {study.split['test']}); budget: {budget.describe()}.",
         "Metrics on the test part; the row marked best has the highest validation balanced accuracy.",
+        f"It is saved as `{MODEL_FILE}` in this folder: `lesionlab predict {MODEL_FILE} IMAGE` (or `serve`, "
+        f"`evaluate`, `lesionlab.load`) scores as that row.",
         "",
         format_table(study_table(rows)),
         "",
@@ -89,3 +104,40 @@ def write_study_outputs(
         "",
     ]
     atomic_write_text(folder / "study.md", "\n".join(lines))
+    best = best_row(rows)
+    if best >= 0:
+        write_recommended_model(study, folder, rows[best])
+
+
+def recommended_members(study: Study, folder: Path, row: dict[str, Any]) -> tuple[list[Path], Path | None]:
+    """The member checkpoints (a run directory for a run's best model, a stage's best checkpoint stem for a
+    per-stage row) and the class-offsets file of a row."""
+    if "members" in row:
+        with_offsets = CLASS_OFFSETS in row.get("decisions", ())
+        offsets = folder / row["run"] / CLASS_OFFSETS_FILE if with_offsets else None
+        return [folder / member for member in row["members"]], offsets
+    names = {run.name for run in study.runs}
+    if row["run"] in names:
+        return [folder / row["run"]], None
+    for name in names:
+        prefix = f"{name}-stage"
+        if row["run"].startswith(prefix) and row["run"][len(prefix):].isdigit():
+            return [RunDirectory(folder / name).stage_best(int(row["run"][len(prefix):]))], None
+    raise ConfigError(f"{folder}: row {row['run']} names no run of study {study.name}")
+
+
+def write_recommended_model(study: Study, folder: Path, row: dict[str, Any]) -> Path:
+    """`model.json` for the recommended row: its members with the temperatures they were scored with, the
+    study's TTA views and the row's class offsets, so `lesionlab predict model.json` scores as the row."""
+    from lesionlab.evaluation.calibration import load_temperature, temperature_path
+    from lesionlab.inference.model_file import write_model_file
+    from lesionlab.models.checkpoint import checkpoint_stem
+
+    members, offsets = recommended_members(study, folder, row)
+    temperatures = []
+    for member in members:
+        weights = checkpoint_weights_path(member)
+        fit = load_temperature(temperature_path(checkpoint_stem(weights)), weights)
+        temperatures.append(fit.temperature if fit else None)
+    return write_model_file(folder / MODEL_FILE, list(zip(members, temperatures, strict=True)),
+                            views(study) or (IDENTITY,), offsets)

@@ -1,10 +1,12 @@
-"""A study's rows: each run's checkpoints evaluated on val and test, ensembles averaged, decision rules
-applied; every row carries the validation score it is chosen by."""
+"""A study's rows: each run's checkpoints evaluated on val and test, ensembles and decision rules scored from
+the members' saved logits (`lesionlab.scoring`, the function a deployed model applies); every row carries
+the validation score it is chosen by."""
 
 from __future__ import annotations
 
 import csv
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +18,11 @@ from lesionlab.class_offsets import (
     apply_class_offsets,
     save_class_offsets,
 )
-from lesionlab.errors import ConfigError
 from lesionlab.evaluation.decision import fit_class_offsets, lesion_mean, out_of_fold_offsets
 from lesionlab.evaluation.evaluate import EvaluationOptions, evaluate_run
 from lesionlab.evaluation.metrics import compute_metrics
 from lesionlab.evaluation.predictions import Predictions, read_predictions
+from lesionlab.evaluation.view_logits import LOGITS_FILE, ViewLogits, ensemble_probabilities, read_view_logits
 from lesionlab.io_utils import atomic_write_json, file_sha256
 from lesionlab.models.checkpoint import BEST_STEM, WEIGHTS_SUFFIX
 from lesionlab.study.schema import (
@@ -77,7 +79,7 @@ def current_evaluation(
     (the sha256 their temperature was fitted for) and these views; None means evaluate again. This is what
     makes rerunning a finished study cheap: only what changed is measured again."""
     path = out_dir / "metrics.json"
-    if not path.is_file() or not (out_dir / "predictions.csv").is_file():
+    if not all((out_dir / name).is_file() for name in ("predictions.csv", LOGITS_FILE)) or not path.is_file():
         return None
     metrics = json.loads(path.read_text(encoding="utf-8"))
     evaluation = metrics.get("evaluation", {})
@@ -124,18 +126,28 @@ def evaluate_study_run(study: Study, run: StudyRun, recipe: Recipe, run_dir: Pat
     return rows
 
 
-def averaged_predictions(ensemble: Ensemble, folder: Path, part: str) -> Predictions:
-    """The members' probabilities on one part (`test` or `val`), averaged image by image and renormalised
-    (predictions.csv rounds each probability)."""
-    members = [
-        read_predictions(folder / member / "eval" / part / "predictions.csv") for member in ensemble.members
-    ]
-    first = members[0]
-    for member, predictions in zip(ensemble.members, members, strict=True):
-        if predictions.image_ids != first.image_ids:
-            raise ConfigError(f"ensemble {ensemble.name}: run {member} was evaluated on other images")
-    mean = np.mean([member.probabilities for member in members], axis=0)
-    return first.with_probabilities(mean / mean.sum(axis=1, keepdims=True))
+@dataclass(frozen=True)
+class EnsemblePart:
+    """An ensemble's members evaluated on one part: their logits, and the first member's predictions (for
+    the image ids, lesion ids and labels every member shares)."""
+
+    members: tuple[str, ...]
+    logits: tuple[ViewLogits, ...]
+    predictions: Predictions
+
+    def scored(self, class_offsets: np.ndarray | None = None) -> Predictions:
+        """The ensemble's predictions, scored from the logits by the rule a deployed model applies."""
+        offsets = None if class_offsets is None else tuple(class_offsets.tolist())
+        return self.predictions.with_probabilities(
+            ensemble_probabilities(self.logits, self.members, offsets))
+
+
+def ensemble_part(ensemble: Ensemble, folder: Path, part: str) -> EnsemblePart:
+    """The members' evaluations on one part (`test` or `val`), read from their eval folders."""
+    evaluations = [folder / member / "eval" / part for member in ensemble.members]
+    return EnsemblePart(ensemble.members,
+                        tuple(read_view_logits(evaluation / LOGITS_FILE) for evaluation in evaluations),
+                        read_predictions(evaluations[0] / "predictions.csv"))
 
 
 def predictions_row(
@@ -163,8 +175,8 @@ def ensemble_row(ensemble: Ensemble, folder: Path) -> dict[str, Any]:
     return predictions_row(
         f"ensemble-{ensemble.name}",
         ensemble.label,
-        averaged_predictions(ensemble, folder, "val"),
-        averaged_predictions(ensemble, folder, "test"),
+        ensemble_part(ensemble, folder, "val").scored(),
+        ensemble_part(ensemble, folder, "test").scored(),
         folder / f"ensemble-{ensemble.name}",
         extra,
     )
@@ -182,9 +194,9 @@ def decision_rows(study: Study, ensemble: Ensemble, folder: Path) -> list[dict[s
     before the offsets are fitted, so they are fitted to the decisions they will correct. The per-image
     offsets are saved as `class-offsets.json`, which `predict --class-offsets` and `serve` apply."""
     rows = []
-    averaged = {part: averaged_predictions(ensemble, folder, part) for part in ("val", "test")}
+    parts = {part: ensemble_part(ensemble, folder, part) for part in ("val", "test")}
     for rules in decision_variants(study.decisions):
-        val, test = averaged["val"], averaged["test"]
+        val, test = parts["val"].scored(), parts["test"].scored()
         if LESION_MEAN in rules:
             val, test = lesion_mean(val), lesion_mean(test)
         extra: dict[str, Any] = {"members": list(ensemble.members), "decisions": list(rules)}
@@ -196,7 +208,8 @@ def decision_rows(study: Study, ensemble: Ensemble, folder: Path) -> list[dict[s
                 record = ClassOffsets(val.class_codes, tuple(offsets.tolist()), "val", ensemble.members,
                                       len(val.labels))
                 save_class_offsets(folder / name / CLASS_OFFSETS_FILE, record)
-            test = test.with_probabilities(apply_class_offsets(test.probabilities, offsets))
+            test = (test.with_probabilities(apply_class_offsets(test.probabilities, offsets))
+                    if LESION_MEAN in rules else parts["test"].scored(offsets))
             val = out_of_fold_offsets(val)
         extra["note"] = "; ".join(DECISION_NOTES[rule] for rule in rules)
         extra["lesion_level"] = LESION_MEAN in rules
