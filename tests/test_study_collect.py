@@ -28,7 +28,8 @@ def study_file(folder: Path, seed_b: int = 2) -> Path:
     path.write_text(yaml.safe_dump({
         "name": "jobs",
         "set": TINY,
-        "stages": [{"trainable": "all", "epochs": 1, "batch_size": 16, "feature_cache": None}],
+        "stages": [{"trainable": "all", "epochs": 1, "batch_size": 16, "feature_cache": None, "lr": 0.003,
+                    "optimizer": "adam", "label_smoothing": 0.0}],  # an override longer than a YAML line
         "runs": [{"name": "a", "set": ["seed=1"]}, {"name": "b", "set": [f"seed={seed_b}"]}],
         "ensembles": [{"name": "ab", "members": ["a", "b"]}],
     }), encoding="utf-8")
@@ -46,6 +47,7 @@ def test_runs_trained_as_separate_jobs_are_collected_into_one_study(
     commands = prepare_jobs(config, data=data, runs_dir=runs)
     assert (folder / "split.csv").is_file() and (folder / "budget.json").is_file()
     assert [shlex.split(command)[-1] for command in commands] == ["a", "b"]
+    assert not any("\n" in command for command in commands), "one line per job"
     with pytest.raises(ConfigError, match=r"a: not trained(.|\n)*b: not trained"):
         collect_study(config, data=data, runs_dir=runs)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,12 +71,17 @@ def _unknown(keys: set[str], allowed: frozenset[str], where: str) -> None:
         )
 
 
+def _one_line(value: Any) -> str:
+    """A value as one line of flow-style YAML, so an override is one `--set` word of one printed command."""
+    return yaml.safe_dump(value, default_flow_style=True, width=sys.maxsize).strip()
+
+
 def _overrides(entry: dict[str, Any], where: str) -> list[str]:
     """`set:` as `key=value` strings or a mapping, plus `stages:` as one override of the whole list."""
     raw_set = entry.get("set") or []
     if isinstance(raw_set, dict):
         overrides = [
-            f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}"
+            f"{key}={_one_line(value)}"
             for key, value in raw_set.items()
         ]
     elif isinstance(raw_set, list) and all(isinstance(item, str) for item in raw_set):
@@ -83,7 +89,7 @@ def _overrides(entry: dict[str, Any], where: str) -> list[str]:
     else:
         raise ConfigError(f"{where}: 'set' must be a list of key=value strings or a mapping")
     if "stages" in entry:
-        overrides.append("stages=" + yaml.safe_dump(entry["stages"], default_flow_style=True).strip())
+        overrides.append("stages=" + _one_line(entry["stages"]))
     return overrides
 
 
