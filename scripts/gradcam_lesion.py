@@ -5,10 +5,11 @@ model's input size, on the image as the network sees it (squashed to a square). 
 the model: Otsu's threshold on a lesion score (darkness plus saturation: lesions are darker and more
 coloured than the skin around them), computed inside the disc inscribed in the square so the dark vignette
 corners of dermoscopy photos are left out, then the largest connected component. A map "hits" when its peak
-pixel lies inside that mask; "within one cell" also accepts a peak one last-block grid cell (input / 7 at
-224 px) from the mask, the map's own resolution. Flip-equivariance: the correlation of the map of the
-mirrored image with the mirrored map (1 for a map that moves with the image). The mirror-averaged map
-(the identity and mirrored views, each turned back) is what `--tta` draws, over more views.
+pixel lies inside that mask; "within one cell" also accepts a peak one last-block grid cell (about 32 px: a
+seventh of the side at 224 px, an eighth at 225) from the mask, the map's own resolution. Flip-equivariance:
+the correlation of the map of the mirrored image with the mirrored map (1 for a map that moves with the
+image). The mirror-averaged map (the identity and mirrored views, each turned back) is what `--tta` draws,
+over more views.
 
     nice -n 19 .venv/bin/python scripts/gradcam_lesion.py runs/default --sample 100 \
         --grid docs/figures/gradcam-lesion-grid.png
@@ -35,8 +36,9 @@ from lesionlab.explain_checks import map_correlation
 from lesionlab.inference.run_samples import split_samples
 from lesionlab.inference.torch_backend import TorchPredictor
 
-LAST_GRID = 7
-"""Cells per side of MobileNetV3's last feature block at 224 px: the map's real resolution."""
+NETWORK_STRIDE = 32
+"""MobileNetV3 halves the input five times: its last feature block has ceil(size / 32) cells per side, the
+map's real resolution (7 at 224 px, 8 at 225)."""
 
 
 def lesion_mask(rgb: np.ndarray) -> np.ndarray:
@@ -81,7 +83,7 @@ def measure(model, predictor: TorchPredictor, path: Path, size: int) -> dict:
     plain, mirrored = maps[0], maps[1]
     averaged = (plain + mirrored[:, ::-1]) / 2
     mask = lesion_mask(rgb)
-    cell = size // LAST_GRID
+    cell = size // -(-size // NETWORK_STRIDE)
     near = cv2.dilate(mask.astype(np.uint8), np.ones((2 * cell + 1, 2 * cell + 1), np.uint8)).astype(bool)
     return {"image": path.stem, "class": predictor.classes[class_index], "rgb": rgb, "mask": mask,
             "plain": plain, "averaged": averaged, "mask_share": float(mask.mean()),
@@ -125,11 +127,14 @@ def main() -> None:
     parser.add_argument("run", type=Path)
     parser.add_argument("--sample", type=int, default=100, help="test images (seed 0)")
     parser.add_argument("--data", default=None, help="dataset folder (default: the run's)")
+    parser.add_argument("--input-size", type=int, default=None,
+                        help="input side (default: the model's); an odd one (225) makes every stride-2 layer "
+                        "sample the image symmetrically")
     parser.add_argument("--grid", type=Path, default=None, help="write a PNG grid of the first 18 examples")
     args = parser.parse_args()
 
     predictor = TorchPredictor.from_path(args.run)
-    size = predictor.preprocessing.input_size
+    size = args.input_size or predictor.preprocessing.input_size
     model = copy.deepcopy(predictor.model).requires_grad_(True)
     samples = split_samples(args.run, "test", args.data, args.sample)
     rows = [measure(model, predictor, Path(sample.path), size) for sample in samples]
