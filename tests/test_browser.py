@@ -45,14 +45,13 @@ def require_browser() -> None:
         pytest.skip(f"browser test needs {' and '.join(missing)}; the README's set-up installs them")
 
 
-@pytest.fixture(scope="module")
-def server_url(tiny_run_dir: Path) -> Iterator[str]:
-    """The app over the tiny run (so Grad-CAM works), served by uvicorn on a free loopback port."""
+def serve_on_loopback(run_dir: Path) -> Iterator[str]:
+    """The app over a run directory's model, served by uvicorn on a free loopback port; yields its URL."""
     require_browser()
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
     port = listener.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(load_predictor(tiny_run_dir)), log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(load_predictor(run_dir)), log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + STARTUP_SECONDS
@@ -64,6 +63,18 @@ def server_url(tiny_run_dir: Path) -> Iterator[str]:
     server.should_exit = True
     thread.join(timeout=STARTUP_SECONDS)
     listener.close()
+
+
+@pytest.fixture(scope="module")
+def server_url(tiny_run_dir: Path) -> Iterator[str]:
+    """The app over the tiny run (so Grad-CAM works)."""
+    yield from serve_on_loopback(tiny_run_dir)
+
+
+@pytest.fixture(scope="module")
+def metadata_server_url(tiny_metadata_run_dir: Path) -> Iterator[str]:
+    """The app over the tiny metadata run, which reads age, sex and site."""
+    yield from serve_on_loopback(tiny_metadata_run_dir)
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +114,27 @@ def test_upload_shows_bars_top_class_and_overlay(browser_page: Page, server_url:
     widths = page.locator("#bars .bar-fill").evaluate_all("bars => bars.map(bar => bar.style.width)")
     assert widths[0] != "0.0%" and all(width.endswith("%") for width in widths)
     page.screenshot(path=str(tmp_path / "result.png"), full_page=True)
+
+
+def test_patient_fields_show_for_a_metadata_model_and_reach_the_answer(
+        browser_page: Page, server_url: str, metadata_server_url: str, shared_data_dir: Path) -> None:
+    from playwright.sync_api import expect
+
+    page = browser_page
+    page.goto(server_url)
+    expect(page.locator("#model-id")).to_contain_text("tiny-run:pytorch:")
+    expect(page.locator("#patient")).to_be_hidden()
+    page.goto(metadata_server_url)
+    expect(page.locator("#patient")).to_be_visible()
+    expect(page.locator("#patient-fields")).to_have_text("age, sex, site")
+    expect(page.locator("#site option")).to_have_count(10)  # unknown, then the shared vocabulary
+    page.set_input_files("#file-input", str(shared_data_dir / "images" / "ISIC_0034321.jpg"))
+    expect(page.locator("#metadata-note")).to_contain_text("used: none", timeout=RESULT_TIMEOUT_MS)
+    page.fill("#age", "60")
+    page.select_option("#sex", "female")
+    page.select_option("#site", "posterior torso")
+    expect(page.locator("#metadata-note")).to_contain_text("used: age, sex, site", timeout=RESULT_TIMEOUT_MS)
+    expect(page.locator("#overlay-caption")).to_contain_text("Grad-CAM for")
 
 
 def test_bad_file_shows_an_error(browser_page: Page, server_url: str) -> None:

@@ -7,7 +7,9 @@ probabilities. The file's `metadata_props` carry the classes and the exact pre-p
 `inference.onnx_metadata`).
 
 The fp32 file is checked against PyTorch on real validation images of the run's own split, on both engines
-that run it (ONNX Runtime and OpenVINO): it must agree to float rounding. The int8 model is judged by what
+that run it (ONNX Runtime and OpenVINO): it must agree to float rounding; a metadata model's file takes the
+encoded patient fields as a second input and is checked both with every field missing and with each image's
+own fields. The int8 model is judged by what
 matters, balanced accuracy next to fp32's on the same images, and by speed.
 """
 
@@ -18,15 +20,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import onnx
 import torch
 from torch import nn
 
+from lesionlab.data.metadata import encoded_values
 from lesionlab.errors import ConfigError
 from lesionlab.export_checks import ExportedFile, balanced_accuracy, check_file
 from lesionlab.inference.backends import EXPORT_DIR, FP32_NAME, ONNX_SUFFIX, OPENVINO_SUFFIX
 from lesionlab.inference.onnx_backend import OnnxPredictor
-from lesionlab.inference.onnx_metadata import INPUT_NAME, OUTPUT_NAME, metadata_for
+from lesionlab.inference.onnx_metadata import INPUT_NAME, METADATA_INPUT_NAME, OUTPUT_NAME, metadata_for
 from lesionlab.inference.openvino_backend import OpenVinoPredictor
 from lesionlab.inference.run_samples import load_batch, split_samples
 from lesionlab.inference.torch_backend import TorchPredictor
@@ -61,14 +65,34 @@ def default_paths(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] |
     return fp32, fp32.with_name(f"{fp32.stem}{INT8_SUFFIX}{OPENVINO_SUFFIX}")
 
 
+class WithSoftmax(nn.Module):
+    """`softmax(model(image[, metadata]))`: the exported graph's output is probabilities, for an image model
+    and for a metadata model alike."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor, metadata: torch.Tensor | None = None) -> torch.Tensor:
+        logits = self.model(image) if metadata is None else self.model(image, metadata)
+        return torch.softmax(logits, dim=1)
+
+
 def onnx_model(model: nn.Module, card: ModelCard) -> onnx.ModelProto:
-    """Trace `softmax(model(image))` into an ONNX graph whose batch dimension is dynamic."""
-    with_softmax = nn.Sequential(model, nn.Softmax(dim=1)).eval()
-    example = torch.zeros(2, 3, card.input_size, card.input_size)
+    """Trace `softmax(model(image))` into an ONNX graph whose batch dimension is dynamic; a metadata model's
+    graph takes the encoded patient fields as a second input, `metadata` (its layout is in the file's
+    metadata_props)."""
+    examples = [torch.zeros(2, 3, card.input_size, card.input_size)]
+    names = [INPUT_NAME]
+    if card.metadata is not None:
+        examples.append(torch.from_numpy(np.asarray([encoded_values(None, card.metadata["fields"])] * 2,
+                                                    dtype=np.float32)))
+        names.append(METADATA_INPUT_NAME)
+    batch = torch.export.Dim("batch")
     program = torch.onnx.export(
-        with_softmax, (example,), dynamo=True, opset_version=OPSET, verbose=False,
-        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-        dynamic_shapes=({0: torch.export.Dim("batch")},),
+        WithSoftmax(model).eval(), tuple(examples), dynamo=True, opset_version=OPSET, verbose=False,
+        input_names=names, output_names=[OUTPUT_NAME],
+        dynamic_shapes=tuple({0: batch} for _ in examples),
     )
     return program.model_proto
 
@@ -103,14 +127,26 @@ def export_run(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | No
     it loses at most `max_drop` balanced accuracy (default one point) and is faster (`lesionlab.quantize`)."""
     fp32_path, int8_path = default_paths(run_dir, out)
     reference = TorchPredictor.from_path(run_dir)
-    validation = load_batch(split_samples(run_dir, "val", data, max_images, seed), reference.preprocessing,
-                            "validation images")
+    if int8 and reference.card.metadata is not None:
+        raise ConfigError(f"{run_dir}: --int8 calibrates on images alone, and this model also reads patient "
+                          f"metadata; export it without --int8 (the fp32 file takes both inputs)")
+    samples = split_samples(run_dir, "val", data, max_images, seed)
+    validation = load_batch(samples, reference.preprocessing, "validation images")
     reference_probabilities = reference.predict_many(validation.images)
-    export_onnx(reference.model, reference.card, fp32_path, reference.temperature, reference.malignancy)
-    files = tuple(check_file(label, predictor, reference_probabilities, validation) for label, predictor in (
-        ("onnxruntime fp32", OnnxPredictor(fp32_path, threads=threads)),
-        ("openvino fp32", OpenVinoPredictor(fp32_path, threads=threads)),
-    ))
+    export_onnx(reference.calibrated_model(), reference.card, fp32_path, reference.temperature,
+                reference.malignancy)
+    engines = (("onnxruntime fp32", OnnxPredictor(fp32_path, threads=threads)),
+               ("openvino fp32", OpenVinoPredictor(fp32_path, threads=threads)))
+    missing = "" if reference.card.metadata is None else ", fields missing"
+    files = tuple(check_file(f"{label}{missing}", predictor, reference_probabilities, validation)
+                  for label, predictor in engines)
+    if reference.card.metadata is not None:
+        fields = reference.card.metadata["fields"]
+        encoded = np.asarray([encoded_values(sample.metadata, fields) for sample in samples],
+                             dtype=np.float32)
+        with_fields = reference.predict_many(validation.images, metadata=encoded)
+        files += tuple(check_file(f"{label}, with fields", predictor, with_fields, validation, encoded)
+                       for label, predictor in engines)
     report = None
     if int8:
         from lesionlab.quantize import DEFAULT_MAX_DROP, export_int8

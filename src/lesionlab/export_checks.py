@@ -66,9 +66,10 @@ def model_size(path: Path) -> int:
 
 
 def check_file(label: str, predictor: Predictor, reference_probabilities: np.ndarray,
-               validation: ImageBatch) -> ExportedFile:
-    """Run an exported model on the validation images and compare it with PyTorch's probabilities."""
-    probabilities = predictor.predict_many(validation.images)
+               validation: ImageBatch, metadata: np.ndarray | None = None) -> ExportedFile:
+    """Run an exported model on the validation images (with a metadata model's encoded fields per image,
+    when given) and compare it with PyTorch's probabilities on the same inputs."""
+    probabilities = predictor.predict_many(validation.images, metadata=metadata)
     return ExportedFile(
         label=label, path=predictor.source, size_bytes=model_size(predictor.source),
         agreement=agreement(reference_probabilities, probabilities),

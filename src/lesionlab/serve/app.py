@@ -14,14 +14,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, TypeVar
 
-from fastapi import FastAPI, File, HTTPException, Request, UploadFile
+from fastapi import Depends, FastAPI, File, HTTPException, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from PIL import Image
 
 from lesionlab import __version__
-from lesionlab.errors import LesionlabError
+from lesionlab.data.metadata import SITES, PatientMetadata
+from lesionlab.errors import ConfigError, LesionlabError
 from lesionlab.inference.base import Predictor
 from lesionlab.serve.limits import (
     BusyRefusalMiddleware,
@@ -30,6 +31,7 @@ from lesionlab.serve.limits import (
     WorkLimits,
     WorkPool,
 )
+from lesionlab.serve.patient import INVALID_FIELD_STATUS, patient_fields, read_fields
 from lesionlab.serve.schemas import ErrorOut, ExplanationOut, HealthOut, LimitsOut, PredictionOut
 from lesionlab.serve.uploads import UploadRejectedError, decode_upload
 
@@ -105,26 +107,33 @@ def create_app(predictor: Predictor, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_
                          malignant_threshold=predictor.malignancy.threshold,
                          malignant_threshold_fitted=predictor.malignancy.fitted,
                          malignant_rule=predictor.malignancy.description,
-                         limits=LimitsOut.from_limits(limits, max_upload_bytes))
+                         limits=LimitsOut.from_limits(limits, max_upload_bytes),
+                         metadata_fields=list(predictor.metadata_fields), metadata_sites=list(SITES))
 
     @app.post("/predict", max_body_size=max_body_bytes, responses=UPLOAD_ERRORS)
-    async def predict(file: Annotated[UploadFile, File(description="a JPEG, PNG, BMP, TIFF or WebP image")]
-                      ) -> PredictionOut:
-        """Class probabilities, the top class and the malignant/benign reading for one image."""
-        prediction = await on_upload(file, predictor.predict_image)
-        return PredictionOut.from_prediction(prediction, predictor.model_id)
+    async def predict(file: Annotated[UploadFile, File(description="a JPEG, PNG, BMP, TIFF or WebP image")],
+                      patient: Annotated[PatientMetadata, Depends(patient_fields)]) -> PredictionOut:
+        """Class probabilities, the top class and the malignant/benign reading for one image, with the
+        patient's age, sex and site where the model reads them (`metadata` in the answer says which)."""
+        fields, reading = read_fields(patient, predictor.metadata_fields)
+        try:
+            prediction = await on_upload(file, lambda image: predictor.predict_image(image, fields))
+        except ConfigError as error:  # fields an ensemble's image-only member cannot take
+            raise HTTPException(status_code=INVALID_FIELD_STATUS, detail=str(error)) from None
+        return PredictionOut.from_prediction(prediction, predictor.model_id, reading)
 
     @app.post("/explain", max_body_size=max_body_bytes, responses={**UPLOAD_ERRORS, 501: {"model": ErrorOut}})
-    async def explain(file: Annotated[UploadFile, File(description="a JPEG, PNG, BMP, TIFF or WebP image")]
-                      ) -> ExplanationOut:
-        """The prediction plus a Grad-CAM overlay for the top class (single PyTorch models only; 501
-        otherwise)."""
+    async def explain(file: Annotated[UploadFile, File(description="a JPEG, PNG, BMP, TIFF or WebP image")],
+                      patient: Annotated[PatientMetadata, Depends(patient_fields)]) -> ExplanationOut:
+        """The prediction (with the patient's fields, as /predict) plus a Grad-CAM overlay for the top class
+        (single PyTorch models only; 501 otherwise)."""
         if not predictor.can_explain:
             raise HTTPException(status_code=501, detail=str(predictor.explain_unavailable_error()))
+        fields, reading = read_fields(patient, predictor.metadata_fields)
         try:
-            explanation = await on_upload(file, predictor.explain)
+            explanation = await on_upload(file, lambda image: predictor.explain(image, metadata=fields))
         except LesionlabError as error:
             raise HTTPException(status_code=501, detail=str(error)) from None
-        return ExplanationOut.from_explanation(explanation, predictor.model_id)
+        return ExplanationOut.from_explanation(explanation, predictor.model_id, reading)
 
     return app

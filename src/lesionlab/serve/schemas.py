@@ -20,6 +20,20 @@ class RankedClassOut(BaseModel):
     malignant: bool
 
 
+class MetadataOut(BaseModel):
+    """Which patient fields a prediction used: the answer always says, so nobody believes fields counted
+    when the model never read them."""
+
+    reads: list[str] = Field(description="the fields the model reads (age, sex, site); empty for an "
+                                         "image-only model")
+    used: dict[str, float | str] = Field(description="the fields given and read, sites in the shared "
+                                                     "vocabulary (e.g. back -> posterior torso)")
+    missing: list[str] = Field(description="fields the model reads that were not given: encoded as "
+                                           "missing, which the model was trained for")
+    ignored: list[str] = Field(description="fields given that this model does not read")
+    note: str = Field(description="the above in words")
+
+
 class PredictionOut(BaseModel):
     """The model's reading of one image."""
 
@@ -34,11 +48,12 @@ class PredictionOut(BaseModel):
     malignant_rule: str = Field(description="the malignant/benign rule in words, with its origin")
     classes: list[RankedClassOut] = Field(description="all classes, most probable first")
     model_id: str = Field(description="run name, backend and the first 12 hex digits of the weights' sha256")
+    metadata: MetadataOut = Field(description="which patient fields were used")
 
     @classmethod
-    def from_prediction(cls, prediction: Prediction, model_id: str) -> PredictionOut:
-        """Wrap a `Prediction` for the API."""
-        return cls(**prediction.to_dict(), model_id=model_id)
+    def from_prediction(cls, prediction: Prediction, model_id: str, metadata: MetadataOut) -> PredictionOut:
+        """Wrap a `Prediction` for the API, with the fields it used."""
+        return cls(**prediction.to_dict(), model_id=model_id, metadata=metadata)
 
 
 class ExplanationOut(PredictionOut):
@@ -50,11 +65,12 @@ class ExplanationOut(PredictionOut):
     explained_probability: float = Field(description="that class's probability")
 
     @classmethod
-    def from_explanation(cls, explanation: Explanation, model_id: str) -> ExplanationOut:
+    def from_explanation(cls, explanation: Explanation, model_id: str,
+                         metadata: MetadataOut) -> ExplanationOut:
         """Wrap an `Explanation` for the API, its overlay as base64 PNG."""
         overlay = base64.b64encode(explanation.overlay_png()).decode("ascii")
         prediction = explanation.prediction
-        return cls(**prediction.to_dict(), model_id=model_id, overlay_png_base64=overlay,
+        return cls(**prediction.to_dict(), model_id=model_id, metadata=metadata, overlay_png_base64=overlay,
                    explained_class=prediction.top_class, explained_probability=prediction.top_probability)
 
 
@@ -98,6 +114,12 @@ class HealthOut(BaseModel):
     malignant_threshold_fitted: bool = Field(description="whether it was fitted on validation data")
     malignant_rule: str = Field(description="the malignant/benign rule in words, or why it falls back")
     limits: LimitsOut = Field(description="concurrency, queue, timeout, upload size and reduced decoding")
+    metadata_fields: list[str] = Field(description="the patient fields the model reads (age, sex, site), "
+                                                   "each optional on /predict and /explain; empty: the "
+                                                   "model reads the image only and ignores any fields")
+    metadata_sites: list[str] = Field(description="the shared site vocabulary the answers use; HAM10000 and "
+                                                  "ISIC names (back, face, posterior torso, ...) are "
+                                                  "accepted too")
 
 
 class ErrorOut(BaseModel):

@@ -2,7 +2,8 @@
 // Everything shown comes from the JSON response and is inserted as text, never as HTML.
 "use strict";
 
-const state = { canExplain: false, maxUploadMb: 10 };
+const state = { canExplain: false, maxUploadMb: 10, metadataFields: [], file: null, latest: 0 };
+const PATIENT_FIELDS = ["age", "sex", "site"];
 
 const el = (id) => document.getElementById(id);
 
@@ -24,10 +25,32 @@ async function loadHealth() {
     el("model-id").title = health.calibration;
     el("drop-hint").textContent = `JPEG, PNG, BMP, TIFF or WebP, up to ${health.max_upload_mb} MB`;
     el("rule").textContent = health.malignant_rule;
+    setUpPatientFields(health.metadata_fields, health.metadata_sites);
   } catch (error) {
     el("model-id").textContent = "unavailable";
     setStatus(`The service does not answer: ${error}`, true);
   }
+}
+
+// Only the fields the model reads are shown; the site choices are the shared vocabulary /health lists.
+function setUpPatientFields(fields, sites) {
+  state.metadataFields = fields;
+  if (fields.length === 0) return;
+  const site = el("site");
+  for (const name of sites) {
+    const option = document.createElement("option");
+    option.value = name;
+    option.textContent = name;
+    site.append(option);
+  }
+  for (const field of fields) {
+    el(`${field}-field`).hidden = false;
+    el(field).addEventListener("change", () => {
+      if (state.file) classify(state.file);
+    });
+  }
+  el("patient-fields").textContent = fields.join(", ");
+  el("patient").hidden = false;
 }
 
 function renderBars(classes) {
@@ -72,6 +95,10 @@ function renderResult(result) {
     : "a fallback: no threshold was fitted on validation data for this model";
   el("malignancy-rule").textContent = `Malignant probability is the sum of akiec, bcc and mel; the flag `
     + `threshold is ${(100 * result.malignant_threshold).toFixed(1)}% (${origin}).`;
+  const metadata = result.metadata;
+  const note = el("metadata-note");
+  note.hidden = metadata.reads.length === 0 && metadata.ignored.length === 0;
+  note.textContent = `Patient fields: ${metadata.note}.`;
   renderBars(result.classes);
 
   const overlayFigure = el("overlay-figure");
@@ -93,14 +120,21 @@ async function classify(file) {
     setStatus(`${file.name} is ${(file.size / 1e6).toFixed(1)} MB; the limit is ${state.maxUploadMb} MB.`, true);
     return;
   }
+  state.file = file;
+  const request = ++state.latest;  // a field changed while this ran makes its answer stale
   el("preview").src = URL.createObjectURL(file);
   setStatus(`Analysing ${file.name}…`);
   const body = new FormData();
   body.append("file", file);
+  for (const field of PATIENT_FIELDS) {
+    const value = state.metadataFields.includes(field) ? el(field).value.trim() : "";
+    if (value !== "") body.append(field, value);
+  }
   const route = state.canExplain ? "/explain" : "/predict";
   try {
     const response = await fetch(route, { method: "POST", body });
     const payload = await response.json();
+    if (request !== state.latest) return;
     if (!response.ok) {
       const detail = typeof payload.detail === "string" ? payload.detail : JSON.stringify(payload.detail);
       setStatus(`Not analysed: ${detail}`, true);
