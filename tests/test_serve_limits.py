@@ -33,12 +33,13 @@ class SpyPredictor:
     model_id: str = "spy:pytorch:000000000000"
     classes: tuple[str, ...] = CLASS_CODES
     can_explain: bool = False
+    metadata_fields: tuple[str, ...] = ()
     sizes: list[tuple[int, int]] = field(default_factory=list)
     in_flight: int = 0
     most_in_flight: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def predict_image(self, image: Image.Image) -> Prediction:
+    def predict_image(self, image: Image.Image, metadata: object = None) -> Prediction:
         with self.lock:
             self.in_flight += 1
             self.most_in_flight = max(self.most_in_flight, self.in_flight)
