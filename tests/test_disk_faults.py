@@ -8,8 +8,6 @@ The workspace is world-readable because, as root, the read-only case runs on as 
 
 from __future__ import annotations
 
-import csv
-import os
 import shutil
 import subprocess
 import sys
@@ -22,7 +20,7 @@ import pytest
 
 from lesionlab.models.checkpoint import load_checkpoint
 from lesionlab.training.rundir import RunDirectory
-from test_resume_exact import IMAGES_PER_CLASS, RECIPE, REPO_ROOT, assert_identical, finish
+from test_resume_exact import RECIPE, REPO_ROOT, assert_identical, finish, make_workspace
 
 pytestmark = pytest.mark.integration
 
@@ -32,19 +30,7 @@ def workspace(shared_data_dir: Path) -> Iterator[dict[str, Any]]:
     """Real images in class folders (symbolic links), an image cache and a runs folder, readable by all."""
     root = Path(tempfile.mkdtemp(prefix="lesionlab-disk-faults-"))
     root.chmod(0o755)
-    data = root / "data"
-    with (shared_data_dir / "HAM10000_metadata.csv").open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    by_class: dict[str, list[str]] = {}
-    for row in rows:
-        by_class.setdefault(row["dx"], []).append(row["image_id"])
-    for code, image_ids in by_class.items():
-        (data / code).mkdir(parents=True)
-        ordered = sorted(image_ids)
-        for image_id in ordered[:: len(ordered) // IMAGES_PER_CLASS][:IMAGES_PER_CLASS]:
-            (data / code / f"{image_id}.jpg").symlink_to(shared_data_dir / "images" / f"{image_id}.jpg")
-    env = {**os.environ, "LESIONLAB_CACHE": str(root / "cache"), "PYTHONUNBUFFERED": "1"}
-    yield {"data": data, "runs": root / "runs", "env": env}
+    yield make_workspace(shared_data_dir, root)
     for folder in (root / "runs").glob("*"):
         make_writable(folder)
     shutil.rmtree(root, ignore_errors=True)

@@ -42,12 +42,11 @@ WEIGHT_FILES = ("state.safetensors", "best.safetensors", "stage1-best.safetensor
 RUN_SECONDS = 900
 
 
-@pytest.fixture(scope="module")
-def workspace(shared_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """A class-folder dataset of real images (symbolic links), a shared image cache, and a runs folder."""
+def make_workspace(shared_data_dir: Path, root: Path) -> dict[str, Any]:
+    """Under `root`: a class-folder dataset of `IMAGES_PER_CLASS` real images per class (symbolic links), a
+    private image cache and a runs folder, with the environment a `lesionlab` subprocess needs for them."""
     import csv
 
-    root = tmp_path_factory.mktemp("resume")
     data = root / "data"
     with (shared_data_dir / "HAM10000_metadata.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -60,7 +59,13 @@ def workspace(shared_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
         for image_id in ordered[:: len(ordered) // IMAGES_PER_CLASS][:IMAGES_PER_CLASS]:
             (data / code / f"{image_id}.jpg").symlink_to(shared_data_dir / "images" / f"{image_id}.jpg")
     env = {**os.environ, "LESIONLAB_CACHE": str(root / "cache"), "PYTHONUNBUFFERED": "1"}
-    yield {"data": data, "runs": root / "runs", "env": env}
+    return {"data": data, "runs": root / "runs", "env": env}
+
+
+@pytest.fixture(scope="module")
+def workspace(shared_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A class-folder dataset of real images (symbolic links), a shared image cache, and a runs folder."""
+    yield make_workspace(shared_data_dir, tmp_path_factory.mktemp("resume"))
 
 
 def train(workspace: dict[str, Any], *arguments: str, killer: str | None = None) -> subprocess.Popen[str]:

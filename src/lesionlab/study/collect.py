@@ -18,7 +18,14 @@ from lesionlab.data.readers import SampleTable, read_dataset
 from lesionlab.data.split import Split, read_split
 from lesionlab.errors import ConfigError
 from lesionlab.study.budget import Budget, check_budget, recorded_budget, run_recipe
-from lesionlab.study.orchestration import check_only, run_status, score_study, study_folder, study_split
+from lesionlab.study.orchestration import (
+    check_only,
+    prepare_study,
+    run_status,
+    score_study,
+    selected_runs,
+    study_folder,
+)
 from lesionlab.study.schema import StudyRun, load_study
 from lesionlab.training.recipe import load_recipe
 from lesionlab.training.rundir import RunDirectory
@@ -44,15 +51,9 @@ def prepare_jobs(config: str | Path, *, data: str | Path | None = None, fmt: str
     """Make the study folder, its budget record and its one split; return a `lesionlab train` command per
     run (those of `only`, when given), to start as separate jobs."""
     budget = budget or Budget()
-    study = load_study(config)
-    check_only(study, only)
-    table = read_dataset(data, fmt)
-    folder = study_folder(study, runs_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    check_budget(folder, budget)
-    study_split(study, table, folder, budget)
-    return [train_command(run, budget, table, fmt, folder) for run in study.runs
-            if not only or run.name in only]
+    prepared = prepare_study(config, data, fmt, runs_dir, budget, only)
+    return [train_command(run, budget, prepared.table, fmt, prepared.folder)
+            for run in selected_runs(prepared.study, only)]
 
 
 def collect_study(config: str | Path, *, data: str | Path | None = None, fmt: str | None = None,
@@ -70,7 +71,7 @@ def collect_study(config: str | Path, *, data: str | Path | None = None, fmt: st
                           f"commands with `lesionlab study {config} --jobs`, train each run, then collect.")
     budget = budget or recorded_budget(folder) or Budget()
     check_budget(folder, budget)
-    runs = [run for run in study.runs if not only or run.name in only]
+    runs = selected_runs(study, only)
     _check_finished(folder, runs)
     table = read_dataset(data, fmt)
     split = read_split(folder / "split.csv", table)

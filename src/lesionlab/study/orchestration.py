@@ -7,6 +7,7 @@ Under torchrun every process trains each run together; rank 0 alone scores them 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,11 @@ def check_only(study: Study, only: tuple[str, ...]) -> None:
     unknown = set(only) - {run.name for run in study.runs}
     if unknown:
         raise ConfigError(f"--only {', '.join(sorted(unknown))}: not runs of {study.name}")
+
+
+def selected_runs(study: Study, only: tuple[str, ...]) -> list[StudyRun]:
+    """The study's runs that `--only` names, or all of them when it names none."""
+    return [run for run in study.runs if not only or run.name in only]
 
 
 def study_split(study: Study, table: SampleTable, folder: Path, budget: Budget) -> Split:
@@ -70,6 +76,29 @@ def train_study_run(run: StudyRun, recipe: Recipe, table: SampleTable, split: Sp
     train_run(recipe, table, split, run_dir, resume=resumable)
 
 
+@dataclass(frozen=True)
+class PreparedStudy:
+    """A study with its data, its folder and its one split, ready for its runs to train."""
+
+    study: Study
+    table: SampleTable
+    folder: Path
+    split: Split
+
+
+def prepare_study(config: str | Path, data: str | Path | None, fmt: str | None, runs_dir: str | Path,
+                  budget: Budget, only: tuple[str, ...]) -> PreparedStudy:
+    """Read the study and its data, check `only`, and make the study folder, its budget record and its one
+    split: the start of a study trained here and of one trained as separate jobs alike."""
+    study = load_study(config)
+    check_only(study, only)
+    table = read_dataset(data, fmt)
+    folder = study_folder(study, runs_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    check_budget(folder, budget)
+    return PreparedStudy(study, table, folder, study_split(study, table, folder, budget))
+
+
 def run_study(
     config: str | Path,
     *,
@@ -81,19 +110,13 @@ def run_study(
 ) -> Path:
     """Train and evaluate every run of a study (skipping finished ones) and write the comparison."""
     budget = budget or Budget()
-    study = load_study(config)
-    check_only(study, only)
-    table = read_dataset(data, fmt)
-    folder = study_folder(study, runs_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    check_budget(folder, budget)
-    split = study_split(study, table, folder, budget)
-    for run in study.runs:
-        if not only or run.name in only:
-            log.info("study %s: run %s", study.name, run.name)
-            train_study_run(run, run_recipe(run, budget), table, split, folder / run.name)
+    prepared = prepare_study(config, data, fmt, runs_dir, budget, only)
+    study, folder = prepared.study, prepared.folder
+    for run in selected_runs(study, only):
+        log.info("study %s: run %s", study.name, run.name)
+        train_study_run(run, run_recipe(run, budget), prepared.table, prepared.split, folder / run.name)
     if distributed.is_main():
-        score_study(study, folder, budget, table.root, only)
+        score_study(study, folder, budget, prepared.table.root, only)
     return folder
 
 
@@ -102,9 +125,8 @@ def score_study(study: Study, folder: Path, budget: Budget, data_root: Path,
     """Evaluate the study's trained runs (those of `only`, when given), score the ensembles whose members
     are all among them, and write the outputs."""
     rows: list[dict[str, Any]] = []
-    for run in study.runs:
-        if not only or run.name in only:
-            rows.extend(evaluate_study_run(study, run, run_recipe(run, budget), folder / run.name))
+    for run in selected_runs(study, only):
+        rows.extend(evaluate_study_run(study, run, run_recipe(run, budget), folder / run.name))
     for ensemble in study.ensembles:
         if not only or set(ensemble.members) <= set(only):
             rows.append(ensemble_row(ensemble, folder))
