@@ -15,11 +15,10 @@ from lesionlab.evaluation.calibration import (
     fit_temperature_record,
     load_temperature,
     save_temperature,
-    softmax_probabilities,
 )
 from lesionlab.evaluation.metrics import expected_calibration_error, negative_log_likelihood
 from lesionlab.evaluation.tta import DEFAULT_VIEWS, apply_view, parse_views
-from lesionlab.scoring import Scoring
+from lesionlab.scoring import Scoring, softmax
 
 
 def overconfident_logits(count: int, scale: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -27,7 +26,7 @@ def overconfident_logits(count: int, scale: float, seed: int) -> tuple[np.ndarra
     ideal."""
     rng = np.random.default_rng(seed)
     calibrated = rng.normal(scale=2.0, size=(count, 7))
-    probabilities = softmax_probabilities(calibrated)
+    probabilities = softmax(calibrated)
     labels = np.array([rng.choice(7, p=row) for row in probabilities])
     return calibrated * scale, labels
 
@@ -37,8 +36,8 @@ def test_temperature_scaling_reduces_nll_of_an_overconfident_model() -> None:
     temperature = fit_temperature(logits, labels)
     assert temperature == pytest.approx(4.0, rel=0.15)
     held_out, held_out_labels = overconfident_logits(4000, scale=4.0, seed=1)
-    before = softmax_probabilities(held_out)
-    after = softmax_probabilities(held_out, temperature)
+    before = softmax(held_out)
+    after = softmax(held_out, temperature)
     assert (
         negative_log_likelihood(held_out_labels, after)
         < negative_log_likelihood(held_out_labels, before) - 0.3
@@ -85,7 +84,7 @@ def test_tta_averages_probabilities_of_the_views() -> None:
     averaged = Scoring((None,)).probabilities([view_logits])
     assert averaged == pytest.approx(np.array([[0.5, 0.5]]))
     sharper = Scoring((2.0,)).probabilities([np.array([[[4.0, 0.0], [4.0, 0.0]]])])
-    assert sharper == pytest.approx(softmax_probabilities(np.array([[2.0, 0.0]])))
+    assert sharper == pytest.approx(softmax(np.array([[2.0, 0.0]])))
 
 
 def test_temperature_stays_in_range_for_a_model_worse_than_chance() -> None:

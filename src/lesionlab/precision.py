@@ -32,9 +32,9 @@ import torch
 
 from lesionlab.device import to_device
 from lesionlab.errors import ConfigError
-from lesionlab.evaluation.calibration import softmax_probabilities
 from lesionlab.evaluation.metrics import balanced_accuracy
 from lesionlab.models.fold import fold_for
+from lesionlab.scoring import softmax
 
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
 MIN_TOP1_AGREEMENT = 0.99
@@ -98,8 +98,8 @@ class ParityCheck:
 
 def parity_from_logits(fp32_logits: np.ndarray, bf16_logits: np.ndarray, labels: np.ndarray) -> ParityCheck:
     """Judge bf16 logits against fp32 logits of the same images."""
-    fp32_probabilities = softmax_probabilities(fp32_logits)
-    bf16_probabilities = softmax_probabilities(bf16_logits)
+    fp32_probabilities = softmax(fp32_logits)
+    bf16_probabilities = softmax(bf16_logits)
     fp32_top1, bf16_top1 = fp32_logits.argmax(axis=1), bf16_logits.argmax(axis=1)
     accuracy_fp32, accuracy_bf16 = balanced_accuracy(labels, fp32_top1), balanced_accuracy(labels, bf16_top1)
     top2 = np.sort(fp32_probabilities, axis=1)[:, -2:]

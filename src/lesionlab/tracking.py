@@ -11,6 +11,7 @@ that is set. The MLflow run id is kept in `run.json` (`tracking`), so a resumed 
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import time
@@ -22,7 +23,7 @@ import numpy as np
 
 from lesionlab.errors import ConfigError
 from lesionlab.io_utils import atomic_write_json
-from lesionlab.run_json import read_run_json
+from lesionlab.run_json import RUN_JSON, read_run_json
 from lesionlab.training.recipe import Recipe, TrackingConfig
 from lesionlab.training.rundir import RunDirectory
 
@@ -44,20 +45,20 @@ def mlflow_uri(run_dir: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or (run_dir.parent / MLRUNS_DIR).resolve().as_uri()
 
 
+TRACKER_MODULES = {"tensorboard": ("torch.utils.tensorboard", "tensorboard"), "mlflow": ("mlflow", "mlflow")}
+"""Each tracker's recipe key (and `--<key>` flag): the module it imports and the package that provides it."""
+
+
 def check_available(config: TrackingConfig) -> None:
     """Refuse before training starts when a tracker is asked for but its package is not installed."""
-    wanted = [("tensorboard", "tensorboard", "--tensorboard"), ("mlflow", "mlflow", "--mlflow")]
-    for key, package, flag in wanted:
+    for key, (module, package) in TRACKER_MODULES.items():
         if not getattr(config, key):
             continue
         try:
-            if key == "tensorboard":
-                from torch.utils.tensorboard import SummaryWriter  # noqa: F401
-            else:
-                import mlflow  # noqa: F401
+            importlib.import_module(module)
         except ImportError as error:
-            raise ConfigError(f"recipe key 'tracking.{key}' ({flag}) needs the {package!r} package, which is "
-                              f"not installed ({error}); install it with `{INSTALL_HINT}`, or turn "
+            raise ConfigError(f"recipe key 'tracking.{key}' (--{key}) needs the {package!r} package, which "
+                              f"is not installed ({error}); install it with `{INSTALL_HINT}`, or turn "
                               f"tracking.{key} off.") from error
 
 
@@ -198,7 +199,7 @@ def _mlflow_run(run_dir: Path) -> tuple[Any, str]:
     payload["tracking"] = {**payload.get("tracking", {}),
                            "mlflow": {"tracking_uri": uri, "run_id": run.info.run_id,
                                       "experiment": EXPERIMENT}}
-    atomic_write_json(run_dir / "run.json", payload)
+    atomic_write_json(run_dir / RUN_JSON, payload)
     return client, run.info.run_id
 
 

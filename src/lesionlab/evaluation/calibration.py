@@ -20,7 +20,6 @@ from torch.nn import functional
 
 from lesionlab.errors import CheckpointError
 from lesionlab.io_utils import atomic_write_json, file_sha256
-from lesionlab.scoring import softmax
 
 TEMPERATURE_SUFFIX = ".temperature.json"
 TEMPERATURE_RANGE: tuple[float, float] = (0.05, 20.0)
@@ -36,11 +35,6 @@ class TemperatureFit:
     nll_before: float
     nll_after: float
     checkpoint_sha256: str
-
-
-def softmax_probabilities(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Class probabilities of logits (..., C) divided by `temperature` (`lesionlab.scoring.softmax`)."""
-    return softmax(logits, temperature)
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray, max_iterations: int = 200) -> float:

@@ -31,7 +31,6 @@ from lesionlab.evaluation.calibration import (
     fit_temperature_record,
     load_temperature,
     save_temperature,
-    softmax_probabilities,
     temperature_path,
 )
 from lesionlab.evaluation.inference import InferenceSettings, infer_view_logits
@@ -76,7 +75,7 @@ from lesionlab.models.metadata_model import MetadataDataset
 from lesionlab.models.registry import architecture
 from lesionlab.precision import PARITY_IMAGES, ParityCheck, parity_from_logits, resolve_precision
 from lesionlab.run_json import read_run_json
-from lesionlab.scoring import Scoring
+from lesionlab.scoring import Scoring, softmax
 from lesionlab.training.recipe import Recipe
 
 FIGURES_DIR = "figures"
@@ -272,7 +271,7 @@ def ensure_malignancy_rule(
     if rule.fit is not None and rule.fit.target_sensitivity == target_sensitivity:
         return rule
     logits, labels = validation()
-    probabilities = softmax_probabilities(logits, temperature or 1.0)
+    probabilities = softmax(logits, temperature)
     fit = fit_malignancy_threshold(probabilities, labels, classes, target_sensitivity, "val", temperature,
                                    digest)
     if fit is None:
