@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -146,3 +147,48 @@ def test_dataloader_workers_read_the_cache_in_their_own_processes(table: SampleT
     images = torch.cat([images for images, _ in batches])
     expected = torch.stack([LesionDataset(table.samples, SIZE)[index][0] for index in range(len(table))])
     assert torch.equal(images, expected)
+
+
+def test_a_full_disk_during_the_build_is_one_message_and_leaves_no_cache(
+    tiny_ham_dataset: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A real `lesionlab train` whose file-size limit (`ulimit -f`, how a full disk refuses a big write) is
+    below the cache array's size: exit 2 with the message naming the array, no traceback, no half cache
+    (only the build lock), and no half-made run folder."""
+    import os
+    import resource
+    import subprocess
+    import sys
+
+    data = tiny_ham_dataset(images_per_class=10, images_per_lesion=1)  # 70 images: a 215 KB array at 32 px
+    cache_root, runs = tmp_path / "cache", tmp_path / "runs"
+    limit = 64 * 1024
+
+    def limit_file_size() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    recipe = "--set arch=small_cnn --set pretrained=none --set image_size=32 --set workers=0 --set device=cpu"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lesionlab",
+            "train",
+            "--data",
+            str(data),
+            "--runs-dir",
+            str(runs),
+            *recipe.split(),
+        ],
+        env={**os.environ, CACHE_ENV: str(cache_root)},
+        preexec_fn=limit_file_size,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    message = rf"{cache_root}/decoded-\w+-32px-v\d+\.npy: cannot write it \(File too large\); free space"
+    assert re.search(message, done.stderr), done.stderr
+    assert [path.name for path in cache_root.iterdir() if not path.name.endswith(".lock")] == []
+    assert not runs.exists() or list(runs.iterdir()) == []

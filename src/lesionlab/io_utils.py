@@ -7,8 +7,10 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from lesionlab.errors import DiskWriteError
 
@@ -20,11 +22,14 @@ def _current_umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write `data` to `path` via a temporary file in the same folder and an atomic rename.
+@contextmanager
+def atomic_writer(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """Open a temporary file beside `path` for writing; on a clean exit fsync it and rename it onto `path`.
 
-    A failed write (disk full, read-only folder, file-size limit) leaves the previous file as it was and
-    raises `DiskWriteError` naming `path`, so every verb reports it the same way.
+    For files too large to hold in memory (the decoded-image cache), written piece by piece. Any failure
+    inside the block or in the commit removes the temporary file, so `path` stays as it was; a write the
+    system refuses (disk full, read-only folder, file-size limit) raises `DiskWriteError` naming `path`, so
+    every verb reports it the same way.
     """
     target = Path(path)
     try:
@@ -35,7 +40,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     try:
         os.fchmod(fd, 0o666 & ~_current_umask())
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, target)
@@ -44,7 +49,13 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
         if isinstance(error, OSError):
             raise DiskWriteError(target, error.strerror or str(error)) from error
         raise
-    return target
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write `data` to `path` atomically (`atomic_writer`): the old file or the new one, never half of it."""
+    with atomic_writer(path) as handle:
+        handle.write(data)
+    return Path(path)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:

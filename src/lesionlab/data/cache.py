@@ -8,8 +8,10 @@ index JSON mapping `image_id` to row.
 Safety rules:
 - The files are named by dataset fingerprint, size and cache version, and the index repeats them; an index
   that disagrees, or an array whose shape does not match it, makes the cache stale: it is rebuilt, never read.
-- The array is written under a temporary name and renamed when complete; the index is written (atomically)
-  after that and removed before a rebuild starts, so a half-written cache never has a valid index beside it.
+- The array is streamed through `io_utils.atomic_writer` (a temporary name, fsync, rename when complete);
+  the index is written (atomically) after that and removed before a rebuild starts, so a half-written cache
+  never has a valid index beside it. A write the disk refuses is a `DiskWriteError` naming the file, and the
+  temporary file is removed.
 - `ensure` builds under an exclusive file lock (`fcntl.flock`), so concurrent processes build it once.
 - The memmap is opened lazily in each process and dropped when pickled, so forked or spawned workers open
   their own.
@@ -20,17 +22,17 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 from lesionlab.data.imageio import load_resized_array, map_images
 from lesionlab.data.readers import Sample
-from lesionlab.errors import DataError
-from lesionlab.io_utils import atomic_write_json
+from lesionlab.errors import DataError, DiskWriteError
+from lesionlab.io_utils import atomic_write_json, atomic_writer
 
 CACHE_VERSION = 1
 CACHE_ENV = "LESIONLAB_CACHE"
@@ -96,8 +98,7 @@ class DecodedImageCache:
         """
         if self._holds(samples):
             return False
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.lock_path, "a+b") as lock:
+        with self._open_lock() as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 if self._holds(samples):
@@ -106,6 +107,15 @@ class DecodedImageCache:
                 return True
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _open_lock(self) -> BinaryIO:
+        """The build lock file, created in the cache folder; a folder that cannot hold it is a
+        `DiskWriteError` naming it, like any refused write."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            return open(self.lock_path, "a+b")  # the caller's `with` closes it
+        except OSError as error:
+            raise DiskWriteError(self.lock_path, error.strerror or str(error)) from error
 
     def _holds(self, samples: Sequence[Sample]) -> bool:
         """Whether a current cache on disk holds every sample (then remember its index)."""
@@ -116,19 +126,15 @@ class DecodedImageCache:
         return False
 
     def build(self, samples: Sequence[Sample], workers: int = 2, progress: bool = True) -> None:
-        """Decode and resize every sample into a fresh array; a decode error aborts, leaving no cache."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.index_path.unlink(missing_ok=True)
-        descriptor, temporary = tempfile.mkstemp(
-            prefix=f".{self.array_path.name}.", suffix=".tmp", dir=self.root
-        )
-        os.close(descriptor)
+        """Decode and resize every sample into a fresh array; a decode error or a write the disk refuses
+        (`DiskWriteError`, naming the array) aborts, leaving no cache."""
         try:
-            self._write_array(Path(temporary), samples, workers, progress)
-            os.replace(temporary, self.array_path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.index_path.unlink(missing_ok=True)
+        except OSError as error:
+            raise DiskWriteError(self.index_path, error.strerror or str(error)) from error
+        with atomic_writer(self.array_path) as handle:
+            self._write_array(handle, samples, workers, progress)
         rows = {sample.image_id: row for row, sample in enumerate(samples)}
         atomic_write_json(
             self.index_path,
@@ -137,18 +143,19 @@ class DecodedImageCache:
         self._rows = rows
         self._pixels = None
 
-    def _write_array(self, path: Path, samples: Sequence[Sample], workers: int, progress: bool) -> None:
-        """Stream decoded rows into a memmapped `.npy` (too large to assemble in memory for io_utils)."""
-        shape = (len(samples), self.size, self.size, 3)
-        pixels = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+    def _write_array(self, handle: BinaryIO, samples: Sequence[Sample], workers: int, progress: bool) -> None:
+        """Stream a `.npy` into `handle`: its header, then each decoded row as it comes, so memory stays at
+        one image, and a full disk is an `OSError` from `write` (a memory map would die of SIGBUS)."""
+        header = {
+            "descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)),
+            "fortran_order": False,
+            "shape": (len(samples), self.size, self.size, 3),
+        }
+        np.lib.format.write_array_header_1_0(handle, header)
         decode = partial(load_resized_array, size=self.size)
         paths = [sample.path for sample in samples]
-        for row, resized in enumerate(map_images(decode, paths, workers, f"cache {self.size}px", progress)):
-            pixels[row] = resized
-        pixels.flush()
-        del pixels
-        with open(path, "rb") as handle:
-            os.fsync(handle.fileno())
+        for resized in map_images(decode, paths, workers, f"cache {self.size}px", progress):
+            handle.write(np.ascontiguousarray(resized, dtype=np.uint8).tobytes())
 
     def _row_index(self) -> dict[str, int]:
         if self._rows is None:
