@@ -18,7 +18,8 @@ from torch.utils.data import DataLoader
 
 from lesionlab.data.cache import DecodedImageCache
 from lesionlab.data.dataset import LesionDataset
-from lesionlab.data.readers import Sample, compute_fingerprint, read_dataset
+from lesionlab.data.readers import read_dataset
+from lesionlab.data.readers.samples import Sample, compute_fingerprint
 from lesionlab.data.transforms import train_transform
 from lesionlab.models.registry import IMAGENET_MEAN, IMAGENET_STD
 from lesionlab.tables import Table, format_table

@@ -50,7 +50,8 @@ from tqdm import tqdm
 
 from lesionlab.data.cache import DecodedImageCache
 from lesionlab.data.dataset import LesionDataset
-from lesionlab.data.readers import Sample, compute_fingerprint, read_dataset
+from lesionlab.data.readers import read_dataset
+from lesionlab.data.readers.samples import Sample, compute_fingerprint
 from lesionlab.data.transforms import PRESETS, eval_transform, train_transform
 from lesionlab.evaluation.evaluate import EvaluationOptions, evaluate_run
 from lesionlab.evaluation.inference import InferenceSettings, infer_view_logits

@@ -50,15 +50,17 @@ from tqdm import tqdm
 
 from lesionlab.data.cache import DecodedImageCache
 from lesionlab.data.dataset import ImageTransform, LesionDataset
-from lesionlab.data.readers import Sample, compute_fingerprint, read_dataset
+from lesionlab.data.readers import read_dataset
+from lesionlab.data.readers.samples import Sample, compute_fingerprint
 from lesionlab.data.transforms import PRESETS, eval_transform, train_transform
 from lesionlab.models.freeze import FreezePlan, apply_plan, resolve_plan, set_train_mode
 from lesionlab.models.registry import IMAGENET_MEAN, IMAGENET_STD, architecture, build_model
 from lesionlab.precision import native_bf16
 from lesionlab.tables import Table, format_table
+from lesionlab.training.batches import StageData, image_batches
 from lesionlab.training.features import FeatureCache, frozen_prefix_forward
 from lesionlab.training.imbalance import make_criterion
-from lesionlab.training.loop import StageData, image_batches, train_epoch
+from lesionlab.training.loop import train_epoch
 from lesionlab.training.recipe import StageConfig, load_recipe
 
 ARCH = "mobilenet_v3_small"

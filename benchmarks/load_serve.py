@@ -38,7 +38,7 @@ import numpy as np
 import psutil
 from PIL import Image
 
-from lesionlab.data.readers import resolve_data_path
+from lesionlab.data.readers.locate import resolve_data_path
 from lesionlab.tables import Table, format_table
 
 STARTUP_SECONDS = 600.0

@@ -34,7 +34,7 @@ import psutil
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # load_serve.py beside this script: one server start
-from lesionlab.data.readers import resolve_data_path
+from lesionlab.data.readers.locate import resolve_data_path
 from lesionlab.tables import Table, format_table
 from load_serve import free_port, huge_png, start_server
 

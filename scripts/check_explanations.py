@@ -30,7 +30,8 @@ import numpy as np
 
 from lesionlab.data.imageio import load_rgb
 from lesionlab.data.preprocess_np import preprocess_array
-from lesionlab.data.readers import read_dataset, resolve_data_path
+from lesionlab.data.readers import read_dataset
+from lesionlab.data.readers.locate import resolve_data_path
 from lesionlab.evaluation.report import Table, format_table
 from lesionlab.explain import view_averaged_heatmap
 from lesionlab.explain_checks import (

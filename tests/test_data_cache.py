@@ -16,7 +16,8 @@ from torch.utils.data import DataLoader
 from lesionlab.data import cache as cache_module
 from lesionlab.data.cache import CACHE_ENV, DecodedImageCache, default_cache_root
 from lesionlab.data.dataset import LesionDataset
-from lesionlab.data.readers import SampleTable, read_dataset
+from lesionlab.data.readers import read_dataset
+from lesionlab.data.readers.samples import SampleTable
 from lesionlab.data.transforms import eval_transform
 from lesionlab.errors import DataError
 

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from lesionlab.data.convert import convert_to_prefix_gray, prefix_file_name
-from lesionlab.data.readers import Sample, read_dataset
+from lesionlab.data.readers import read_dataset
+from lesionlab.data.readers.samples import Sample
 from lesionlab.errors import DataError
 
 

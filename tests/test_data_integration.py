@@ -10,7 +10,8 @@ import pytest
 
 from lesionlab.cli import main
 from lesionlab.data.imageio import load_rgb
-from lesionlab.data.readers import class_counts, read_dataset
+from lesionlab.data.readers import read_dataset
+from lesionlab.data.readers.samples import class_counts
 from lesionlab.data.split import PARTS, make_split, shared_lesions
 
 pytestmark = pytest.mark.integration

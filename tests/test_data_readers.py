@@ -11,9 +11,10 @@ import pytest
 from PIL import Image
 
 from lesionlab.classes import CLASS_CODES
-from lesionlab.data import readers
 from lesionlab.data.imageio import load_rgb
-from lesionlab.data.readers import DATA_ENV, class_counts, read_dataset, resolve_data_path
+from lesionlab.data.readers import locate, read_dataset
+from lesionlab.data.readers.locate import DATA_ENV, resolve_data_path
+from lesionlab.data.readers.samples import class_counts
 from lesionlab.errors import DataError
 
 ISIC_HEADER = ("image", "MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
@@ -250,7 +251,7 @@ def test_resolve_data_path_prefers_explicit_then_env_then_shared(
     explicit, from_env, shared = (tmp_path / name for name in ("explicit", "env", "shared"))
     for folder in (explicit, from_env, shared):
         folder.mkdir()
-    monkeypatch.setattr(readers, "default_data_candidates", lambda: [shared])
+    monkeypatch.setattr(locate, "default_data_candidates", lambda: [shared])
     monkeypatch.setenv(DATA_ENV, str(from_env))
     assert resolve_data_path(explicit) == explicit.resolve()
     assert resolve_data_path() == from_env.resolve()
@@ -262,7 +263,7 @@ def test_resolve_data_path_explains_how_to_get_ham10000(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv(DATA_ENV, raising=False)
-    monkeypatch.setattr(readers, "default_data_candidates", lambda: [tmp_path / "nowhere"])
+    monkeypatch.setattr(locate, "default_data_candidates", lambda: [tmp_path / "nowhere"])
     with pytest.raises(DataError, match=r"doi:10\.7910/DVN/DBW86T.*--data FOLDER.*LESIONLAB_DATA"):
         resolve_data_path()
     with pytest.raises(DataError, match="no such file or folder"):

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lesionlab.data.readers import Sample, SampleTable, class_counts, read_dataset
+from lesionlab.data.readers import read_dataset
+from lesionlab.data.readers.samples import Sample, SampleTable, class_counts
 from lesionlab.data.split import PARTS, make_split, read_split, shared_lesions, write_split
 from lesionlab.errors import ConfigError, DataError
 

@@ -14,7 +14,7 @@ from lesionlab.device import to_device
 from lesionlab.errors import ConfigError
 from lesionlab.precision import training_forward
 from lesionlab.training import distributed
-from lesionlab.training.loop import StageData, image_batches, targets_to_device, val_loader
+from lesionlab.training.batches import StageData, image_batches, targets_to_device, val_loader
 from lesionlab.training.recipe import load_recipe
 from lesionlab.training.runner import torch_settings
 

@@ -10,7 +10,7 @@ from sklearn.metrics import balanced_accuracy_score, f1_score
 from lesionlab.classes import CLASS_CODES, NUM_CLASSES
 from lesionlab.evaluation.metrics import headline_metrics
 from lesionlab.export_checks import balanced_accuracy
-from lesionlab.training.loop import score
+from lesionlab.training.validation import score
 
 
 def absent_class_sample() -> tuple[np.ndarray, np.ndarray]:

@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from lesionlab.data.readers import SampleTable, read_dataset
+from lesionlab.data.readers import read_dataset
+from lesionlab.data.readers.samples import SampleTable
 from lesionlab.data.split import PARTS, Split, make_split, read_split, write_split
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from lesionlab.data.readers import SampleTable, read_dataset
+from lesionlab.data.readers import read_dataset
+from lesionlab.data.readers.samples import SampleTable
 from lesionlab.data.split import Split, make_split, write_split
 from lesionlab.errors import DataError
 from lesionlab.training.recipe import Recipe, load_recipe

@@ -14,7 +14,7 @@ from lesionlab.data import dataset as dataset_module
 from lesionlab.data.readers import read_dataset
 from lesionlab.data.split import read_split
 from lesionlab.models.checkpoint import load_run
-from lesionlab.training import runner
+from lesionlab.training import batches
 
 TINY_ARGS = ("--set", "arch=small_cnn", "--set", "pretrained=none", "--set", "device=cpu",
              "--set", "stage_defaults.batch_size=8", "--image-size", "32", "--workers", "0")
@@ -38,7 +38,7 @@ def test_train_splits_by_lesion_and_never_reads_test(tiny_ham_dataset: Callable[
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("LESIONLAB_CACHE", str(tmp_path / "cache"))
     RecordingDataset.seen = set()
-    monkeypatch.setattr(runner, "LesionDataset", RecordingDataset)
+    monkeypatch.setattr(batches, "LesionDataset", RecordingDataset)
     data = tiny_ham_dataset(images_per_class=10, images_per_lesion=1, size=(32, 32))
     code = main(["train", "--data", str(data), "--runs-dir", str(tmp_path / "runs"), "--name", "tiny",
                  *TINY_ARGS, "--epochs-scale", "0.01"])

@@ -14,7 +14,7 @@ from lesionlab.data.split import Split
 from lesionlab.errors import LesionlabError
 from lesionlab.models.checkpoint import load_run
 from lesionlab.training import loop
-from lesionlab.training.loop import derive_seed, is_better
+from lesionlab.training.progress import derive_seed, is_better
 from lesionlab.training.recipe import Recipe, load_recipe
 from lesionlab.training.rundir import TIMING_COLUMNS
 from lesionlab.training.runner import summary_rows, train_run

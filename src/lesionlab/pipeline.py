@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from lesionlab.data.readers import SampleTable, read_dataset
+from lesionlab.data.readers import read_dataset
+from lesionlab.data.readers.samples import SampleTable
 from lesionlab.data.split import Split, make_split
 from lesionlab.errors import CheckpointError, ConfigError
 from lesionlab.evaluation.evaluate import EvaluationOptions, EvaluationResult, evaluate_run

@@ -13,7 +13,8 @@ import warnings
 from lesionlab.classes import CLASS_CODES
 from lesionlab.data.convert import REFERENCE_SIZE, TARGETS, convert_to_prefix_gray
 from lesionlab.data.inspect import InspectionReport, inspect_dataset
-from lesionlab.data.readers import FORMATS, class_counts, read_dataset
+from lesionlab.data.readers import FORMATS, read_dataset
+from lesionlab.data.readers.samples import class_counts
 from lesionlab.data.split import (
     DATASET_GROUPING,
     GROUPINGS,

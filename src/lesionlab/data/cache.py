@@ -30,7 +30,7 @@ from typing import BinaryIO
 import numpy as np
 
 from lesionlab.data.imageio import load_resized_array, map_images
-from lesionlab.data.readers import Sample
+from lesionlab.data.readers.samples import Sample
 from lesionlab.errors import DataError, DiskWriteError
 from lesionlab.io_utils import atomic_write_json, atomic_writer
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lesionlab.data.imageio import load_rgb, map_images, resize_square
-from lesionlab.data.readers import Sample, SampleTable, class_counts
+from lesionlab.data.readers.samples import Sample, SampleTable, class_counts
 from lesionlab.errors import DataError
 from lesionlab.io_utils import atomic_write_bytes
 

@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 
 from lesionlab.data.cache import DecodedImageCache
 from lesionlab.data.imageio import load_resized_array
-from lesionlab.data.readers import Sample
+from lesionlab.data.readers.samples import Sample
 from lesionlab.errors import DataError
 
 ImageTransform = Callable[[torch.Tensor], torch.Tensor]

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from lesionlab.classes import CLASS_CODES
 from lesionlab.data.imageio import load_rgb, map_images, read_image_size
-from lesionlab.data.readers import Sample, class_counts, read_dataset
+from lesionlab.data.readers import read_dataset
+from lesionlab.data.readers.samples import Sample, class_counts
 from lesionlab.errors import ImageDecodeError
 
 COMMON_SIZES_SHOWN = 5

@@ -38,7 +38,7 @@ import numpy as np
 
 from lesionlab.classes import CLASS_CODES, NUM_CLASSES
 from lesionlab.data.imageio import parse_npz_member
-from lesionlab.data.readers import Sample, SampleTable, compute_fingerprint
+from lesionlab.data.readers.samples import Sample, SampleTable, compute_fingerprint
 from lesionlab.errors import ConfigError, DataError
 from lesionlab.io_utils import atomic_write_text
 

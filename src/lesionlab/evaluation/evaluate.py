@@ -20,7 +20,7 @@ from torch import nn
 
 from lesionlab.data.cache import DecodedImageCache
 from lesionlab.data.dataset import LesionDataset
-from lesionlab.data.readers import Sample, SampleTable
+from lesionlab.data.readers.samples import Sample, SampleTable
 from lesionlab.data.split import Split
 from lesionlab.data.transforms import eval_transform
 from lesionlab.device import pick_device

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from lesionlab.classes import CLASS_CODES
-from lesionlab.data.readers import Sample, SampleTable, read_dataset
+from lesionlab.data.readers import read_dataset
+from lesionlab.data.readers.samples import Sample, SampleTable
 from lesionlab.data.split import PARTS, Split, read_split, split_samples_table
 from lesionlab.errors import CheckpointError, DataError
 from lesionlab.run_json import read_run_json

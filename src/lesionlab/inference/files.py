@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from lesionlab.data.imageio import load_rgb
 from lesionlab.data.metadata import PatientMetadata
-from lesionlab.data.readers import IMAGE_SUFFIXES
+from lesionlab.data.readers.files import IMAGE_SUFFIXES
 from lesionlab.errors import LesionlabError
 from lesionlab.inference.base import Predictor
 from lesionlab.inference.prediction import Prediction

@@ -17,7 +17,8 @@ import numpy as np
 from tqdm import tqdm
 
 from lesionlab.data.imageio import load_rgb
-from lesionlab.data.readers import Sample, read_dataset
+from lesionlab.data.readers import read_dataset
+from lesionlab.data.readers.samples import Sample
 from lesionlab.data.split import read_split
 from lesionlab.errors import DataError
 from lesionlab.inference.base import Preprocessing

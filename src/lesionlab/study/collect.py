@@ -14,7 +14,8 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from lesionlab.data.readers import SampleTable, read_dataset
+from lesionlab.data.readers import read_dataset
+from lesionlab.data.readers.samples import SampleTable
 from lesionlab.data.split import Split, read_split
 from lesionlab.errors import ConfigError
 from lesionlab.study.budget import Budget, check_budget, recorded_budget, run_recipe

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lesionlab.data.readers import SampleTable, read_dataset
+from lesionlab.data.readers import read_dataset
+from lesionlab.data.readers.samples import SampleTable
 from lesionlab.data.split import Split, read_split, write_split
 from lesionlab.errors import ConfigError
 from lesionlab.pipeline import new_run_split

@@ -19,6 +19,7 @@ of a write cut short). A new run that fails before its first commit holds nothin
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -29,14 +30,31 @@ from typing import Any
 import torch
 from torch import nn
 
+from lesionlab.classes import CLASS_CODES, NUM_CLASSES
 from lesionlab.errors import CheckpointError
 from lesionlab.io_utils import atomic_write_bytes, atomic_write_json, atomic_write_text
-from lesionlab.models.checkpoint import BEST_STEM, stage_best_stem
+from lesionlab.models.checkpoint import BEST_STEM, ModelCard, save_checkpoint, stage_best_stem
+from lesionlab.models.registry import architecture, head_config
+from lesionlab.training.recipe import Recipe
 
 HISTORY_COLUMNS: tuple[str, ...] = (
-    "stage", "epoch", "lr", "image_size", "train_loss", "val_loss", "val_accuracy", "val_balanced_accuracy",
-    "val_macro_f1", "ema_val_loss", "ema_val_accuracy", "ema_val_balanced_accuracy", "ema_val_macro_f1",
-    "weights", "seconds", "cache_seconds", "images_per_s",
+    "stage",
+    "epoch",
+    "lr",
+    "image_size",
+    "train_loss",
+    "val_loss",
+    "val_accuracy",
+    "val_balanced_accuracy",
+    "val_macro_f1",
+    "ema_val_loss",
+    "ema_val_accuracy",
+    "ema_val_balanced_accuracy",
+    "ema_val_macro_f1",
+    "weights",
+    "seconds",
+    "cache_seconds",
+    "images_per_s",
 )
 TIMING_COLUMNS: tuple[str, ...] = ("seconds", "cache_seconds", "images_per_s")
 """The history columns that measure time, not training: they differ between two runs of the same recipe."""
@@ -74,6 +92,16 @@ class RunDirectory:
         """`stage<k>-best` (no suffix)."""
         return stage_best_stem(self.path, stage)
 
+    def save_epoch(self, stage: int, epoch: int, model: nn.Module, card: ModelCard, improved: bool) -> None:
+        """The epoch's checkpoint, and `stage<k>-best` and `best` when it beats the stage's best so far.
+
+        Written before the resume state is committed: an epoch replayed after a stop rewrites them alike.
+        """
+        save_checkpoint(self.epoch_stem(stage, epoch), model, card)
+        if improved:
+            save_checkpoint(self.stage_best(stage), model, card)
+            save_checkpoint(self.best, model, card)
+
     def write_history(self, rows: list[dict[str, Any]]) -> None:
         """Rewrite `history.csv` from the full list of epoch rows."""
         buffer = io.StringIO()
@@ -90,8 +118,13 @@ class RunDirectory:
                 weights.unlink(missing_ok=True)
                 weights.with_suffix(".json").unlink(missing_ok=True)
 
-    def save_state(self, state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
-                   average: nn.Module | None = None) -> None:
+    def save_state(
+        self,
+        state: dict[str, Any],
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        average: nn.Module | None = None,
+    ) -> None:
         """Commit the resume state: one atomic `state.safetensors`, then its readable `state.json` copy.
 
         `average` is the stage's moving average of the weights, when it keeps one: resuming without it
@@ -101,12 +134,18 @@ class RunDirectory:
 
         optimizer_json, optimizer_tensors = encode_optimizer(optimizer)
         payload = {**state, "optimizer": optimizer_json}
-        tensors = {f"{MODEL_PREFIX}{name}": tensor.detach().cpu().contiguous()
-                   for name, tensor in model.state_dict().items()}
+        tensors = {
+            f"{MODEL_PREFIX}{name}": tensor.detach().cpu().contiguous()
+            for name, tensor in model.state_dict().items()
+        }
         tensors.update({f"{OPTIMIZER_PREFIX}{name}": tensor for name, tensor in optimizer_tensors.items()})
         if average is not None:
-            tensors.update({f"{AVERAGE_PREFIX}{name}": tensor.detach().cpu().contiguous()
-                            for name, tensor in average.state_dict().items()})
+            tensors.update(
+                {
+                    f"{AVERAGE_PREFIX}{name}": tensor.detach().cpu().contiguous()
+                    for name, tensor in average.state_dict().items()
+                }
+            )
         atomic_write_bytes(self.state_tensors, save(tensors, metadata={STATE_KEY: json.dumps(payload)}))
         atomic_write_json(self.state_json, payload)
 
@@ -146,29 +185,65 @@ class RunDirectory:
         for leftover in self.path.glob(".*.tmp"):
             leftover.unlink(missing_ok=True)
 
-    def load_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, torch.Tensor],
-                                  dict[str, torch.Tensor]]:
+    def load_state(
+        self,
+    ) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Read the resume state: (JSON state, model state dict, optimizer tensors, weight-average state)."""
         from safetensors import SafetensorError, safe_open
 
         if not self.state_tensors.is_file():
-            raise CheckpointError(f"{self.state_tensors}: no resume state in {self.path}; the run never "
-                                  f"finished an epoch. Start it again without --resume.")
+            raise CheckpointError(
+                f"{self.state_tensors}: no resume state in {self.path}; the run never "
+                f"finished an epoch. Start it again without --resume."
+            )
         try:
             with safe_open(self.state_tensors, framework="pt") as handle:
                 payload = json.loads((handle.metadata() or {})[STATE_KEY])
                 names = handle.keys()
                 tensors = {name: handle.get_tensor(name) for name in names}
         except (SafetensorError, KeyError, ValueError, OSError) as error:
-            raise CheckpointError(f"{self.state_tensors}: unreadable resume state ({error}); the file is "
-                                  f"damaged. Start a new run.") from error
-        model_state = {name[len(MODEL_PREFIX):]: tensor for name, tensor in tensors.items()
-                       if name.startswith(MODEL_PREFIX)}
-        optimizer_tensors = {name[len(OPTIMIZER_PREFIX):]: tensor for name, tensor in tensors.items()
-                             if name.startswith(OPTIMIZER_PREFIX)}
-        average_state = {name[len(AVERAGE_PREFIX):]: tensor for name, tensor in tensors.items()
-                         if name.startswith(AVERAGE_PREFIX)}
+            raise CheckpointError(
+                f"{self.state_tensors}: unreadable resume state ({error}); the file is "
+                f"damaged. Start a new run."
+            ) from error
+        model_state = {
+            name[len(MODEL_PREFIX) :]: tensor
+            for name, tensor in tensors.items()
+            if name.startswith(MODEL_PREFIX)
+        }
+        optimizer_tensors = {
+            name[len(OPTIMIZER_PREFIX) :]: tensor
+            for name, tensor in tensors.items()
+            if name.startswith(OPTIMIZER_PREFIX)
+        }
+        average_state = {
+            name[len(AVERAGE_PREFIX) :]: tensor
+            for name, tensor in tensors.items()
+            if name.startswith(AVERAGE_PREFIX)
+        }
         return payload, model_state, optimizer_tensors, average_state
+
+
+def model_card(recipe: Recipe, stage: int, epoch: int, metrics: dict[str, float], run_name: str) -> ModelCard:
+    """The card saved beside every checkpoint of this run: what a reader of the weights needs to use them."""
+    spec = architecture(recipe.arch)
+    head_hidden, dropout = head_config(recipe.arch, recipe.head_hidden, recipe.dropout)
+    return ModelCard(
+        arch=recipe.arch,
+        num_classes=NUM_CLASSES,
+        classes=list(CLASS_CODES),
+        input_size=recipe.image_size,
+        mean=list(spec.mean),
+        std=list(spec.std),
+        grayscale=recipe.grayscale,
+        head_hidden=head_hidden,
+        dropout=dropout,
+        stage=stage,
+        epoch=epoch,
+        metrics=metrics,
+        run_name=run_name,
+        metadata=dataclasses.asdict(recipe.metadata) if recipe.metadata is not None else None,
+    )
 
 
 def epoch_seconds(row: dict[str, Any]) -> float:
@@ -197,8 +272,9 @@ def encode_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Any], 
 
 def decode_optimizer(encoded: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
     """Rebuild the optimizer state dict written by `encode_optimizer` (integer parameter ids restored)."""
-    state: dict[int, dict[str, Any]] = {int(param_id): dict(values)
-                                        for param_id, values in encoded["state"].items()}
+    state: dict[int, dict[str, Any]] = {
+        int(param_id): dict(values) for param_id, values in encoded["state"].items()
+    }
     for name, tensor in tensors.items():
         param_id, key = name.split("/", 1)
         state.setdefault(int(param_id), {})[key] = tensor

@@ -1,8 +1,9 @@
 """A training run end to end: recipe + dataset + split in, a complete run directory out.
 
-`train_run` prepares the run folder (resolved config, split copy, run.json), builds data and model, and runs
-the recipe's stages in order, each from the previous stage's best checkpoint. With `resume=True` it continues
-a run from its last completed epoch, mid-recipe included. Only the split's `train` and `val` parts are read.
+`train_run` prepares the run folder (resolved config, split copy, run.json), builds the data (with the
+teachers' logits of a distilled run), and hands them to the stage loop (`training.loop.run_stages`). With
+`resume=True` it continues a run from its last completed epoch, mid-recipe included. Only the split's `train`
+and `val` parts are read. This module keeps the run's session bookkeeping in run.json and its summary table.
 SIGINT and SIGTERM stop a run cleanly (`training.interrupt`); a new run that fails before completing an
 epoch removes what it created, as it holds nothing to resume.
 """
@@ -25,21 +26,18 @@ import numpy as np
 import torch
 
 from lesionlab.classes import NUM_CLASSES
-from lesionlab.data.cache import DecodedImageCache
-from lesionlab.data.dataset import ImageTransform, LesionDataset
-from lesionlab.data.readers import SampleTable, compute_fingerprint
-from lesionlab.data.split import Split, assign_groups, read_split, split_samples_table, write_split
-from lesionlab.data.transforms import eval_transform, train_transform
+from lesionlab.data.readers.samples import SampleTable, compute_fingerprint
+from lesionlab.data.split import Split, assign_groups, read_split, write_split
+from lesionlab.data.transforms import train_transform
 from lesionlab.device import pick_device
-from lesionlab.errors import CheckpointError, ConfigError, DataError, DiskWriteError
+from lesionlab.errors import CheckpointError, ConfigError, DiskWriteError
 from lesionlab.io_utils import atomic_write_json, atomic_write_text
 from lesionlab.model_card import write_model_card
-from lesionlab.models.metadata_model import MetadataDataset, MetadataSpec, with_metadata
-from lesionlab.models.registry import architecture, build_model
 from lesionlab.precision import forward_precision
 from lesionlab.run_json import read_run_json
 from lesionlab.tables import Table, format_table
 from lesionlab.training import distributed
+from lesionlab.training.batches import StageData, stage_data
 from lesionlab.training.distill import (
     AugmentedViews,
     TeacherCache,
@@ -49,17 +47,12 @@ from lesionlab.training.distill import (
     teacher_key,
 )
 from lesionlab.training.interrupt import stop_on_signals
-from lesionlab.training.loop import (
-    RunProgress,
-    StageData,
-    load_stage_start,
-    stage_is_complete,
-    stage_precision,
-    train_stage,
-)
+from lesionlab.training.loop import run_stages
+from lesionlab.training.progress import RunProgress
 from lesionlab.training.recipe import Recipe, load_recipe
 from lesionlab.training.release import ReleasePlan
-from lesionlab.training.rundir import RunDirectory, decode_optimizer, epoch_seconds
+from lesionlab.training.rundir import RunDirectory, epoch_seconds
+from lesionlab.training.validation import stage_precision
 
 log = logging.getLogger("lesionlab")
 
@@ -122,8 +115,10 @@ def torch_settings(recipe: Recipe) -> Any:
 def _refuse_existing_run(run: RunDirectory) -> None:
     """A new run never reuses a run folder."""
     if run.config.exists() or run.state_tensors.exists():
-        raise CheckpointError(f"{run.path}: a run already exists here; choose another --name, or continue it "
-                              f"with `lesionlab train --resume {run.path}`.")
+        raise CheckpointError(
+            f"{run.path}: a run already exists here; choose another --name, or continue it "
+            f"with `lesionlab train --resume {run.path}`."
+        )
 
 
 def _prepare_new_run(run: RunDirectory, recipe: Recipe, table: SampleTable, split: Split) -> Split:
@@ -136,19 +131,30 @@ def _prepare_new_run(run: RunDirectory, recipe: Recipe, table: SampleTable, spli
     atomic_write_text(run.config, recipe.to_yaml())
     write_split(run.split, split)
     split = read_split(run.split, table)
-    atomic_write_json(run.run_json, {
-        "name": run.name,
-        "status": "created",
-        "created": now(),
-        "sessions": [],
-        "train_seconds": 0.0,
-        "versions": {package: version(package) for package in ("lesionlab", "torch", "torchvision")},
-        "host": {"platform": platform.platform(), "cpus": os.cpu_count()},
-        "dataset": {"root": str(table.root), "format": table.format, "fingerprint": table.fingerprint,
-                    "images": len(table)},
-        "split": {"fingerprint": split.fingerprint, "seed": split.seed, "group": split.group,
-                  **{f"{part}_images": len(samples) for part, samples in split.parts.items()}},
-    })
+    atomic_write_json(
+        run.run_json,
+        {
+            "name": run.name,
+            "status": "created",
+            "created": now(),
+            "sessions": [],
+            "train_seconds": 0.0,
+            "versions": {package: version(package) for package in ("lesionlab", "torch", "torchvision")},
+            "host": {"platform": platform.platform(), "cpus": os.cpu_count()},
+            "dataset": {
+                "root": str(table.root),
+                "format": table.format,
+                "fingerprint": table.fingerprint,
+                "images": len(table),
+            },
+            "split": {
+                "fingerprint": split.fingerprint,
+                "seed": split.seed,
+                "group": split.group,
+                **{f"{part}_images": len(samples) for part, samples in split.parts.items()},
+            },
+        },
+    )
     return split
 
 
@@ -168,52 +174,33 @@ def _check_resumable(run: RunDirectory, recipe: Recipe) -> None:
     that file, takes its default there as it does in `recipe`: a run from an older version resumes.
     """
     if not run.config.is_file():
-        raise CheckpointError(f"{run.path}: not a lesionlab run directory (no config.yaml); pass the folder "
-                              f"of a run started with `lesionlab train`.")
+        raise CheckpointError(
+            f"{run.path}: not a lesionlab run directory (no config.yaml); pass the folder "
+            f"of a run started with `lesionlab train`."
+        )
     try:
         started_with = load_recipe(run.config)
     except ConfigError as error:
-        raise ConfigError(f"{run.config}: this run's recipe no longer reads ({error}); resume it with the "
-                          f"lesionlab version that started it, or start a new run.") from error
+        raise ConfigError(
+            f"{run.config}: this run's recipe no longer reads ({error}); resume it with the "
+            f"lesionlab version that started it, or start a new run."
+        ) from error
     if started_with.to_dict() != recipe.to_dict():
-        raise ConfigError(f"{run.config}: the recipe differs from the one this run started with; a resumed "
-                          f"run keeps its recipe. Start a new run to change it.")
+        raise ConfigError(
+            f"{run.config}: the recipe differs from the one this run started with; a resumed "
+            f"run keeps its recipe. Start a new run to change it."
+        )
 
 
-def _stage_data(recipe: Recipe, table: SampleTable, split: Split, device: torch.device,
-                needs_validation: bool = True) -> StageData:
-    """Datasets for the train and val parts, reading pixels from the decoded-image cache when enabled.
-
-    Only a release fit (`needs_validation=False`) trains without a validation part.
-    """
-    if not split.parts.get("train") or (needs_validation and not split.parts.get("val")):
-        raise DataError(f"the split of {table.root} needs non-empty train and val parts (it has "
-                        f"{len(split.parts.get('train', []))} train, {len(split.parts.get('val', []))} val); "
-                        f"make a split with a validation fraction above 0.")
-    spec = architecture(recipe.arch)
-    cache = None
-    if recipe.cache:
-        covered = split_samples_table(table, split)
-        cache = DecodedImageCache(covered.fingerprint, recipe.image_size)
-        with distributed.main_first():
-            cache.ensure(covered.samples, workers=max(recipe.workers, 2))
-    size, gray = recipe.image_size, recipe.grayscale
-
-    def augment(train_size: int) -> ImageTransform:
-        return train_transform(recipe.augment, train_size, gray, spec.mean, spec.std)
-
-    train_set = LesionDataset(split.parts["train"], size, augment(size), cache)
-    val_set = LesionDataset(split.parts.get("val", []), size, eval_transform(size, gray, spec.mean, spec.std),
-                            cache)
-    if recipe.metadata is not None:
-        train_set = MetadataDataset(train_set, recipe.metadata.fields)
-        val_set = MetadataDataset(val_set, recipe.metadata.fields)
-    return StageData(train_set=train_set, val_set=val_set, workers=recipe.workers, device=device,
-                     channels_last=recipe.channels_last, augment=augment)
-
-
-def train_run(recipe: Recipe, table: SampleTable, split: Split, run_dir: str | os.PathLike[str], *,
-              resume: bool = False, release: ReleasePlan | None = None) -> Path:
+def train_run(
+    recipe: Recipe,
+    table: SampleTable,
+    split: Split,
+    run_dir: str | os.PathLike[str],
+    *,
+    resume: bool = False,
+    release: ReleasePlan | None = None,
+) -> Path:
     """Train every stage of `recipe` into `run_dir` (or continue it with `resume=True`); return the folder.
 
     `release` makes a new run a release fit (`lesionlab.training.release`): its split has no validation
@@ -235,13 +222,14 @@ def train_run(recipe: Recipe, table: SampleTable, split: Split, run_dir: str | o
     with run_logging(run), torch_settings(recipe):
         try:
             with stop_on_signals(run.path), distributed.collective("training", failures=()):
-                progress = _run_stages(recipe, table, split, run, resume, release)
+                progress = _train(recipe, table, split, run, resume, release)
         except BaseException as error:
             stopped = isinstance(error, KeyboardInterrupt)
             session.update(ended=now(), error=f"{type(error).__name__}: {error}")
             try:
-                _update_run_json(run, status="stopped" if stopped else "failed",
-                                 sessions=[*sessions, session])
+                _update_run_json(
+                    run, status="stopped" if stopped else "failed", sessions=[*sessions, session]
+                )
             except DiskWriteError as unrecorded:  # the disk that failed the run may refuse this too
                 log.error("run.json not updated: %s", unrecorded)
             log.error("run stopped: %s: %s", type(error).__name__, error)
@@ -252,16 +240,28 @@ def train_run(recipe: Recipe, table: SampleTable, split: Split, run_dir: str | o
             raise
     session.update(ended=now(), wall_seconds=round(time.perf_counter() - wall_start, 1))
     sessions = [*sessions, session]
-    _update_run_json(run, status="finished", sessions=sessions, started=sessions[0]["started"],
-                     ended=session["ended"], train_seconds=round(progress.train_seconds, 1),
-                     precision=progress.precision)
+    _update_run_json(
+        run,
+        status="finished",
+        sessions=sessions,
+        started=sessions[0]["started"],
+        ended=session["ended"],
+        train_seconds=round(progress.train_seconds, 1),
+        precision=progress.precision,
+    )
     if distributed.is_main():
         write_model_card(run.path)
     return run.path
 
 
-def _start_new_run(run: RunDirectory, recipe: Recipe, table: SampleTable, split: Split,
-                   release: ReleasePlan | None, created_folder: bool) -> Split:
+def _start_new_run(
+    run: RunDirectory,
+    recipe: Recipe,
+    table: SampleTable,
+    split: Split,
+    release: ReleasePlan | None,
+    created_folder: bool,
+) -> Split:
     """Rank 0 creates the run folder (removing it again if that fails); the others read its split back."""
     if not distributed.is_main():
         return read_split(run.split, table)
@@ -276,48 +276,21 @@ def _start_new_run(run: RunDirectory, recipe: Recipe, table: SampleTable, split:
     return split
 
 
-def _run_stages(recipe: Recipe, table: SampleTable, split: Split, run: RunDirectory,
-                resume: bool, release: ReleasePlan | None) -> RunProgress:
+def _train(
+    recipe: Recipe,
+    table: SampleTable,
+    split: Split,
+    run: RunDirectory,
+    resume: bool,
+    release: ReleasePlan | None,
+) -> RunProgress:
+    """Build the run's data (and its teachers' logits, when distilling), then run the stage loop."""
     device = distributed.setup(pick_device(recipe.device))
-    data = _stage_data(recipe, table, split, device, needs_validation=release is None)
+    data = stage_data(recipe, table, split, device, needs_validation=release is None)
     if recipe.teacher_runs():
         with distributed.main_first():
             data = _with_teachers(recipe, data, split, run)
-    torch.manual_seed(recipe.seed)
-    if resume and not run.state_tensors.exists():
-        log.info("%s never completed an epoch; starting it from its first epoch", run.path)
-        resume = False
-    model = build_model(recipe.arch, pretrained="none" if resume else recipe.pretrained,
-                        head_hidden=recipe.head_hidden, dropout=recipe.dropout,
-                        weights_dir=recipe.weights_dir, weights_sha256=recipe.weights_sha256,
-                        pretrained_head=recipe.pretrained_head)
-    if recipe.metadata is not None:
-        model = with_metadata(model, MetadataSpec.from_dict(dataclasses.asdict(recipe.metadata), "recipe"))
-    progress = RunProgress()
-    optimizer_state = None
-    average_state: dict[str, torch.Tensor] = {}
-    if resume:
-        payload, model_state, optimizer_tensors, average_state = run.load_state()
-        if distributed.is_main():
-            run.recover(payload)
-        optimizer_state = decode_optimizer(payload.pop("optimizer"), optimizer_tensors)
-        progress = RunProgress.from_dict(payload)
-        model.load_state_dict(model_state, strict=True)
-        log.info("resuming %s after stage %d epoch %d", run.path, progress.stage, progress.epoch)
-    model.to(device)
-    if recipe.channels_last:
-        model.to(memory_format=torch.channels_last)
-    model = distributed.sync_batchnorm(model, recipe.sync_bn)
-    for stage_index in range(1, len(recipe.stages) + 1):
-        choice = release.choice(stage_index) if release is not None else None
-        if stage_is_complete(recipe, progress, stage_index, choice):
-            continue
-        inside = progress.stage == stage_index and progress.epoch > 0
-        if not inside and stage_index > 1:
-            load_stage_start(model, run, stage_index - 1)
-        progress = train_stage(model, recipe, stage_index, data, run, progress,
-                               optimizer_state if inside else None, average_state if inside else {}, choice)
-    return progress
+    return run_stages(recipe, data, run, resume, release)
 
 
 def _with_teachers(recipe: Recipe, data: StageData, split: Split, run: RunDirectory) -> StageData:
@@ -332,32 +305,63 @@ def _with_teachers(recipe: Recipe, data: StageData, split: Split, run: RunDirect
     teachers = load_teachers(run_dirs)
     precision = stage_precision(teachers[0].model, recipe, data)
     view_count = recipe.distill.views
-    cache = TeacherCache(teacher_key(teachers, data.train_set, view_count, recipe.seed, recipe.augment,
-                                     precision["precision"]))
+    cache = TeacherCache(
+        teacher_key(teachers, data.train_set, view_count, recipe.seed, recipe.augment, precision["precision"])
+    )
     logits = cache.load()
     computed = logits is None
     start = time.perf_counter()
     if logits is None:
-        teacher_views = [AugmentedViews(data.train_set, recipe.seed, train_transform(
-            recipe.augment, teacher.card.input_size, teacher.card.grayscale, teacher.card.mean,
-            teacher.card.std)) for teacher in teachers]
+        teacher_views = [
+            AugmentedViews(
+                data.train_set,
+                recipe.seed,
+                train_transform(
+                    recipe.augment,
+                    teacher.card.input_size,
+                    teacher.card.grayscale,
+                    teacher.card.mean,
+                    teacher.card.std,
+                ),
+            )
+            for teacher in teachers
+        ]
         with forward_precision(precision["precision"], data.device):
-            logits = compute_teacher_logits(teachers, teacher_views, view_count,
-                                            recipe.stages[0].eval_batch_size, data.workers, data.device,
-                                            data.channels_last)
+            logits = compute_teacher_logits(
+                teachers,
+                teacher_views,
+                view_count,
+                recipe.stages[0].eval_batch_size,
+                data.workers,
+                data.device,
+                data.channels_last,
+            )
         cache.save(logits)
     seconds = time.perf_counter() - start
     log.info("teacher logits %s: %s (%.1f s)", tuple(logits.shape), cache.path, seconds)
     source = "computed into" if computed else "read from"
-    print(f"distilling from {len(teachers)} teacher(s): logits of {view_count} views x "
-          f"{len(data.train_set)} images {source} {cache.path} ({seconds:.0f} s)")
-    _update_run_json(run, distill={
-        "teachers": [{"run": str(teacher.run_dir), "weights_sha256": teacher.weights_sha256}
-                     for teacher in teachers],
-        "views": view_count, "alpha": recipe.distill.alpha, "temperature": recipe.distill.temperature,
-        "precision": precision, "cache": str(cache.path), "seconds": round(seconds, 1)})
-    return dataclasses.replace(data, views=AugmentedViews(data.train_set, recipe.seed, teacher_logits=logits),
-                               view_count=view_count)
+    print(
+        f"distilling from {len(teachers)} teacher(s): logits of {view_count} views x "
+        f"{len(data.train_set)} images {source} {cache.path} ({seconds:.0f} s)"
+    )
+    _update_run_json(
+        run,
+        distill={
+            "teachers": [
+                {"run": str(teacher.run_dir), "weights_sha256": teacher.weights_sha256}
+                for teacher in teachers
+            ],
+            "views": view_count,
+            "alpha": recipe.distill.alpha,
+            "temperature": recipe.distill.temperature,
+            "precision": precision,
+            "cache": str(cache.path),
+            "seconds": round(seconds, 1),
+        },
+    )
+    return dataclasses.replace(
+        data, views=AugmentedViews(data.train_set, recipe.seed, teacher_logits=logits), view_count=view_count
+    )
 
 
 def summary_rows(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -370,20 +374,32 @@ def summary_rows(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     rows = []
     for stage, best in sorted(state["stage_bests"].items(), key=lambda item: int(item[0])):
         seconds = sum(epoch_seconds(row) for row in state["history"] if str(row["stage"]) == stage)
-        rows.append({"stage": int(stage), "best_epoch": best["epoch"],
-                     "val_accuracy": best.get("val_accuracy"),
-                     "val_balanced_accuracy": best.get("val_balanced_accuracy"),
-                     "val_macro_f1": best.get("val_macro_f1"), "seconds": seconds})
+        rows.append(
+            {
+                "stage": int(stage),
+                "best_epoch": best["epoch"],
+                "val_accuracy": best.get("val_accuracy"),
+                "val_balanced_accuracy": best.get("val_balanced_accuracy"),
+                "val_macro_f1": best.get("val_macro_f1"),
+                "seconds": seconds,
+            }
+        )
     return rows
 
 
 def summary_table(run_dir: str | os.PathLike[str]) -> str:
     """The table `lesionlab train` ends with; `-` where a release fit had no validation part."""
     rows = tuple(
-        (str(row["stage"]), str(row["best_epoch"]),
-         *("-" if row[key] is None else f"{row[key]:.4f}"
-           for key in ("val_accuracy", "val_balanced_accuracy", "val_macro_f1")),
-         f"{row['seconds'] / 60:.1f} m")
-        for row in summary_rows(run_dir))
+        (
+            str(row["stage"]),
+            str(row["best_epoch"]),
+            *(
+                "-" if row[key] is None else f"{row[key]:.4f}"
+                for key in ("val_accuracy", "val_balanced_accuracy", "val_macro_f1")
+            ),
+            f"{row['seconds'] / 60:.1f} m",
+        )
+        for row in summary_rows(run_dir)
+    )
     headers = ("stage", "best epoch", "val acc", "bal acc", "macro F1", "time")
     return format_table(Table(headers, rows, numeric_from=0))
