@@ -14,7 +14,7 @@ from PIL import Image
 
 from lesionlab.classes import CLASS_CODES
 from lesionlab.cli import main
-from lesionlab.errors import CheckpointError, ImageDecodeError
+from lesionlab.errors import SOME_INPUTS_BAD, CheckpointError, ImageDecodeError
 from lesionlab.explain import LEGEND_WIDTH, TITLE_HEIGHT
 from lesionlab.inference import ExplainUnavailableError, Prediction, load_predictor
 from lesionlab.inference.files import expand_image_paths
@@ -109,7 +109,7 @@ def test_expanding_folders_and_globs(image_folder: Path) -> None:
 
 def test_predict_command_text_reports_bad_files_and_keeps_going(
         tiny_run_dir: Path, image_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["predict", str(tiny_run_dir), str(image_folder)]) == 2
+    assert main(["predict", str(tiny_run_dir), str(image_folder)]) == SOME_INPUTS_BAD
     captured = capsys.readouterr()
     names = sorted(path.name for path in image_folder.glob("ISIC_*.jpg"))
     assert all(name in captured.out for name in names)
@@ -134,7 +134,7 @@ def test_predict_command_json_from_onnx(tiny_onnx_file: Path, image_folder: Path
 
 def test_predict_command_json_lists_failures(tiny_run_dir: Path, image_folder: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["predict", str(tiny_run_dir), str(image_folder), "--json"]) == 2
+    assert main(["predict", str(tiny_run_dir), str(image_folder), "--json"]) == SOME_INPUTS_BAD
     document = json.loads(capsys.readouterr().out)
     assert len(document["predictions"]) == 3
     assert [failure["image"] for failure in document["failures"]] == [str(image_folder / "broken.jpg")]

@@ -1,10 +1,12 @@
 """The `lesionlab` command: one argparse parser whose verbs live in `lesionlab.commands.<verb>`.
 
 The CLI holds no logic of its own: each verb module adds its sub-parser and a handler calling the library.
-Exit codes: 0 success; 1 a bug (an unexpected exception, with its traceback); 2 a user error
-(`LesionlabError`, printed as one clear message, never a traceback; argparse uses 2 for bad arguments too);
-130 or 143 training stopped by SIGINT or SIGTERM (128 + the signal number), with the command that resumes it.
-A run stopped by a failed write (disk full, folder read-only) exits 2 and prints that command too.
+Exit codes (`lesionlab.errors`): 0 success; 1 some inputs bad, the rest done (the handler returns it); 2 a
+user error (`LesionlabError`, printed as one clear message, never a traceback; argparse uses 2 for bad
+arguments too); 3 a result refused by its quality check (the handler returns it); 4 a bug (any other
+exception: its traceback and a request to report it); 130 or 143 training stopped by SIGINT or SIGTERM
+(128 + the signal number), with the command that resumes it. A run stopped by a failed write (disk full,
+folder read-only) exits 2 and prints that command too.
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
 from lesionlab import __version__
-from lesionlab.errors import USER_ERROR, DiskWriteError, LesionlabError
+from lesionlab.errors import INTERNAL_ERROR, USER_ERROR, DiskWriteError, LesionlabError
 from lesionlab.training.interrupt import TrainingStopped, resume_command
 
 COMMAND_MODULES: tuple[str, ...] = (
@@ -29,6 +32,12 @@ COMMAND_MODULES: tuple[str, ...] = (
     "export",
     "bench",
     "serve",
+)
+
+
+BUG_REPORT = (
+    "lesionlab {command}: internal error: this is a bug in lesionlab {version}, not a problem with your "
+    "input. Please report it with the traceback above and the command that gave it."
 )
 
 
@@ -53,7 +62,7 @@ def print_resume_command(verb: str, argv: Sequence[str] | None, run_dir: Path) -
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse arguments, run the chosen verb's handler, and turn user errors into a message and exit code 2."""
+    """Parse arguments, run the chosen verb's handler, and map how it ended to the exit codes above."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -71,6 +80,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"lesionlab {args.command}: interrupted; completed work is saved.", file=sys.stderr)
         return 130
+    except Exception:
+        traceback.print_exc()
+        print(BUG_REPORT.format(command=args.command, version=__version__), file=sys.stderr)
+        return INTERNAL_ERROR
     return int(result or 0)
 
 

@@ -1,15 +1,19 @@
-"""User-facing errors: each says what went wrong, on which file, and what to do about it.
+"""User-facing errors: each says what went wrong, on which file, and what to do about it; and the exit codes
+of every verb, in one place.
 
-The CLI prints these without a traceback and exits with `USER_ERROR`; anything else is a bug, keeps its
-traceback and exits with `INTERNAL_ERROR` (Python's own code for an uncaught exception).
+The CLI prints these errors without a traceback and exits with `USER_ERROR`; anything else is a bug: the CLI
+prints its traceback with a request to report it and exits with `INTERNAL_ERROR`, a code of its own, so a
+script can tell a bug from bad input (Python would exit 1 for both, and 1 here means "some inputs bad").
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-INTERNAL_ERROR = 1
-USER_ERROR = 2
+SOME_INPUTS_BAD = 1  # every good input was processed and each bad one named (predict, data inspect)
+USER_ERROR = 2  # bad arguments or unusable data or environment, reported as one message; nothing was done
+REFUSED = 3  # the work ran, but its result failed a quality check and was not kept (export --int8)
+INTERNAL_ERROR = 4  # a bug in lesionlab: the traceback and a request to report it
 
 
 class LesionlabError(Exception):

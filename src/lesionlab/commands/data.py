@@ -23,7 +23,7 @@ from lesionlab.data.split import (
     shared_lesions,
     write_split,
 )
-from lesionlab.errors import USER_ERROR
+from lesionlab.errors import SOME_INPUTS_BAD
 from lesionlab.tables import Table, format_table
 
 DATASET_HELP = "dataset folder, or its CSV (HAM10000 metadata / ISIC ground truth) or MedMNIST .npz"
@@ -87,13 +87,14 @@ def _count(value: int | None) -> str:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    """Print the inspection report; exit 2 (a user error) if an image is bad or missing, unless --skip-bad."""
+    """Print the inspection report over every image; exit 1 (some inputs bad) if an image is bad or missing,
+    unless --skip-bad."""
     report = inspect_dataset(args.path, args.fmt, decode=not args.no_decode, progress=not args.json)
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:
         print(_describe(report))
-    return USER_ERROR if report.problems and not args.skip_bad else 0
+    return SOME_INPUTS_BAD if report.problems and not args.skip_bad else 0
 
 
 def _describe(report: InspectionReport) -> str:

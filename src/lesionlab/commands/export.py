@@ -2,8 +2,9 @@
 and show how each follows PyTorch on the run's validation images.
 
 With `--int8` the exit status tells a script whether the int8 model can be used: 0 when it passed (within
-`--max-accuracy-drop` of fp32 and faster at batch 1 and 32), 3 when it was refused. A refused model is not
-written; `<stem>-int8-report.json` beside the fp32 file records the figures and `status: failed` either way.
+`--max-accuracy-drop` of fp32 and faster at batch 1 and 32), 3 (`errors.REFUSED`) when it was refused. A
+refused model is not written; `<stem>-int8-report.json` beside the fp32 file records the figures and
+`status: failed` either way.
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from lesionlab.export import ExportReport
     from lesionlab.quantize import Int8Report
-
-INT8_REFUSED = 3  # distinct from 1 (a bug) and 2 (a user error)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -54,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     """Export, check, and print the comparison table; 3 when the int8 model was refused."""
-    from lesionlab.errors import ConfigError
+    from lesionlab.errors import REFUSED, ConfigError
     from lesionlab.export import export_run
 
     if (args.max_images is not None and args.max_images < 1) or args.calibration_images < 1:
@@ -82,7 +81,7 @@ def run_export(args: argparse.Namespace) -> int:
         print(summary_table(report))
         if report.int8 is not None:
             print(f"\n{int8_summary(report.int8)}")
-            status = status or (0 if report.int8.passed else INT8_REFUSED)
+            status = status or (0 if report.int8.passed else REFUSED)
     if model is not None:
         written = exported_model_file(model, [exported_fp32_path(run) for run in model.members])
         print(f"\nmodel file over the exported members: {written}")

@@ -49,9 +49,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    """Predict every image; list failures as `file: reason` and exit 2 (a user error) if there were any."""
+    """Predict every image and list failures as `file: reason`; exit 1 when some images failed and the
+    others were predicted, 2 when none could be."""
     from lesionlab.data.metadata import PatientMetadata
-    from lesionlab.errors import USER_ERROR, ConfigError
+    from lesionlab.errors import SOME_INPUTS_BAD, USER_ERROR, ConfigError
     from lesionlab.inference.files import expand_image_paths, predict_files
 
     if args.top < 1:
@@ -81,7 +82,9 @@ def run_predict(args: argparse.Namespace) -> int:
               f"{predictor.malignancy.description}. A research tool, not a diagnosis.")
     for path, reason in failures:
         print(f"{path}: {reason}", file=sys.stderr)
-    return USER_ERROR if failures else 0
+    if not failures:
+        return 0
+    return SOME_INPUTS_BAD if outcome.predictions else USER_ERROR
 
 
 def _patient_metadata(args: argparse.Namespace) -> PatientMetadata | dict[Path, PatientMetadata] | None:
