@@ -55,7 +55,6 @@ from lesionlab.data.readers.samples import Sample, compute_fingerprint
 from lesionlab.data.transforms import PRESETS, eval_transform, train_transform
 from lesionlab.evaluation.evaluate import EvaluationOptions, evaluate_run
 from lesionlab.evaluation.inference import InferenceSettings, infer_view_logits
-from lesionlab.evaluation.tta import DEFAULT_VIEWS
 from lesionlab.models.checkpoint import load_run
 from lesionlab.models.fold import fold_batchnorm
 from lesionlab.models.freeze import resolve_plan, set_train_mode
@@ -64,6 +63,7 @@ from lesionlab.precision import ParityCheck, check_parity, forward_precision, na
 from lesionlab.scoring import Scoring
 from lesionlab.tables import Table, format_table
 from lesionlab.training.features import FeatureCache
+from lesionlab.views import DEFAULT_VIEWS
 
 ARCH = "mobilenet_v3_small"
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")

@@ -6,9 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from lesionlab.errors import ConfigError
 from lesionlab.evaluation.calibration import (
     TEMPERATURE_RANGE,
     fit_temperature,
@@ -17,7 +15,6 @@ from lesionlab.evaluation.calibration import (
     save_temperature,
 )
 from lesionlab.evaluation.metrics import expected_calibration_error, negative_log_likelihood
-from lesionlab.evaluation.tta import DEFAULT_VIEWS, apply_view, parse_views
 from lesionlab.scoring import Scoring, softmax
 
 
@@ -59,24 +56,6 @@ def test_temperature_file_is_ignored_when_the_checkpoint_changes(tmp_path: Path)
     checkpoint.write_bytes(b"weights v2")
     assert load_temperature(tmp_path / "temperature.json", checkpoint) is None
     assert load_temperature(tmp_path / "absent.json", checkpoint) is None
-
-
-def test_views_are_exact_rearrangements_of_the_pixels() -> None:
-    batch = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
-    for name in DEFAULT_VIEWS:
-        view = apply_view(name, batch)
-        assert view.shape == batch.shape
-        assert torch.equal(view.sort(dim=-1).values.sum(), batch.sort(dim=-1).values.sum())
-    assert torch.equal(apply_view("hflip", batch)[..., 0], batch[..., -1])
-    assert torch.equal(apply_view("rot180", batch), apply_view("hflip", apply_view("vflip", batch)))
-    assert torch.equal(apply_view("rot90", apply_view("rot270", batch)), batch)
-
-
-def test_parse_views_starts_with_identity_and_rejects_unknown_names() -> None:
-    assert parse_views(None) == DEFAULT_VIEWS
-    assert parse_views("hflip, rot90,hflip") == ("identity", "hflip", "rot90")
-    with pytest.raises(ConfigError, match="unknown TTA view"):
-        parse_views("hflip,mirror")
 
 
 def test_tta_averages_probabilities_of_the_views() -> None:

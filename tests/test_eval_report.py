@@ -18,7 +18,7 @@ from lesionlab.evaluation.metrics import expected_calibration_error
 from lesionlab.evaluation.plots import plot_study
 from lesionlab.evaluation.predictions import Predictions, read_predictions
 from lesionlab.evaluation.summary import data_summary
-from lesionlab.evaluation.tta import DEFAULT_VIEWS
+from lesionlab.views import DEFAULT_VIEWS
 
 
 def synthetic_view_logits(count: int, seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:

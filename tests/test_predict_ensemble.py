@@ -8,18 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from lesionlab.cli import main
 from lesionlab.data.imageio import load_rgb
 from lesionlab.errors import ConfigError
-from lesionlab.evaluation.tta import VIEWS, apply_view
 from lesionlab.inference import ExplainUnavailableError, load_predictor
 from lesionlab.inference.scored import ScoredPredictor
 from lesionlab.serve.app import create_app
-from lesionlab.views import DEFAULT_VIEWS, NUMPY_VIEWS, VIEW_NAMES, parse_views, view_batch
+from lesionlab.views import DEFAULT_VIEWS, apply_view
 
 pytestmark = pytest.mark.integration
 
@@ -35,24 +33,11 @@ def plain_image(path: Path) -> Image.Image:
     return load_rgb(path)
 
 
-def test_numpy_views_match_the_torch_views_of_evaluation() -> None:
-    batch = np.random.default_rng(0).normal(size=(2, 3, 5, 5)).astype(np.float32)
-    assert tuple(VIEWS) == VIEW_NAMES
-    for name in VIEW_NAMES:
-        expected = apply_view(name, torch.from_numpy(batch)).numpy()
-        assert np.array_equal(NUMPY_VIEWS[name](batch), expected), name
-    stacked = view_batch(batch, ("identity", "rot90"))
-    assert stacked.shape == (4, 3, 5, 5) and stacked.flags.c_contiguous
-    assert parse_views("rot90,hflip") == ("identity", "rot90", "hflip")
-    with pytest.raises(ConfigError, match="unknown TTA view"):
-        parse_views("rot45")
-
-
 def test_tta_averages_the_views_of_one_image(tiny_run_dir: Path, image_path: Path) -> None:
     plain = load_predictor(tiny_run_dir)
     tta = load_predictor(tiny_run_dir, views=DEFAULT_VIEWS)
     batch = plain.preprocessing.to_batch(plain_image(image_path))
-    per_view = [plain.predict_batch(np.ascontiguousarray(NUMPY_VIEWS[name](batch)))[0]
+    per_view = [plain.predict_batch(np.ascontiguousarray(apply_view(name, batch)))[0]
                 for name in DEFAULT_VIEWS]
     expected = np.mean(per_view, axis=0)
     probabilities = np.array(list(tta.predict_file(image_path).probabilities.values()))

@@ -20,7 +20,7 @@ from lesionlab.inference.base import Preprocessing
 from lesionlab.inference.torch_backend import fold_temperature
 from lesionlab.models.checkpoint import load_run
 from lesionlab.scoring import Scoring, graph_logits, softmax
-from lesionlab.views import DEFAULT_VIEWS, NUMPY_VIEWS
+from lesionlab.views import DEFAULT_VIEWS, apply_view
 from test_model_file import offsets_file
 
 
@@ -55,7 +55,7 @@ def old_rule(run_dirs: list[Path], image_path: Path, views: tuple[str, ...],
         if fit is not None:
             fold_temperature(model, fit.temperature)
         batch = Preprocessing.from_card(card).to_batch(load_rgb(image_path))
-        inputs = [torch.from_numpy(np.ascontiguousarray(NUMPY_VIEWS[view](batch))) for view in views]
+        inputs = [torch.from_numpy(np.ascontiguousarray(apply_view(view, batch))) for view in views]
         with torch.inference_mode():
             per_view = [torch.softmax(model.eval()(view), dim=1).numpy()[0] for view in inputs]
         members.append(np.mean(per_view, axis=0))

@@ -26,7 +26,7 @@ from lesionlab.inference.base import Explanation
 from lesionlab.inference.prediction import Prediction
 from lesionlab.models.checkpoint import ModelCard
 from lesionlab.models.registry import architecture
-from lesionlab.views import IDENTITY, NUMPY_VIEWS, view_batch
+from lesionlab.views import IDENTITY, undo_view, view_batch
 
 OVERLAY_MAX_SIDE = 512
 COLOUR_MAP = "jet"
@@ -35,18 +35,6 @@ COLOUR_BAR_WIDTH = 16
 LEGEND_WIDTH = 64
 TITLE_HEIGHT = 24
 FONT_SIZE = 13
-
-# The view that undoes each view: flips and the transpose are their own inverse, rotations turn back.
-INVERSE_VIEWS: dict[str, str] = {
-    IDENTITY: IDENTITY,
-    "hflip": "hflip",
-    "vflip": "vflip",
-    "rot90": "rot270",
-    "rot180": "rot180",
-    "rot270": "rot90",
-    "transpose": "transpose",
-}
-
 
 def target_layer(model: nn.Module, arch: str) -> nn.Module:
     """The last feature block (`features.N`) of the backbone, as the registry lists it."""
@@ -85,8 +73,7 @@ def view_averaged_heatmap(model: nn.Module, arch: str, batch: np.ndarray, class_
     """The Grad-CAM map `(size, size)` of one image (`batch` of 1) averaged over `views`, every view's map
     turned back into the image's frame first; rescaled to 0..1 like a single map."""
     maps = class_heatmaps(model, arch, view_batch(batch, views), class_index, metadata)
-    aligned = np.stack([NUMPY_VIEWS[INVERSE_VIEWS[name]](heat)
-                        for name, heat in zip(views, maps, strict=True)])
+    aligned = np.stack([undo_view(name, heat) for name, heat in zip(views, maps, strict=True)])
     mean = aligned.mean(axis=0)
     peak = float(mean.max())
     return (mean / peak if peak > 0 else mean).astype(np.float32)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from lesionlab.explain import view_averaged_heatmap
-from lesionlab.views import IDENTITY, NUMPY_VIEWS
+from lesionlab.views import IDENTITY, apply_view
 
 OCCLUSION_FRACTION = 0.25
 
@@ -45,9 +45,9 @@ def flip_check(model: nn.Module, arch: str, batch: np.ndarray, class_index: int,
                views: tuple[str, ...] = (IDENTITY,), flip: str = "hflip") -> FlipCheck:
     """Grad-CAM of one pre-processed image and of its mirror image, compared both ways."""
     original = view_averaged_heatmap(model, arch, batch, class_index, views)
-    mirrored_input = np.ascontiguousarray(NUMPY_VIEWS[flip](batch))
+    mirrored_input = np.ascontiguousarray(apply_view(flip, batch))
     mirrored = view_averaged_heatmap(model, arch, mirrored_input, class_index, views)
-    return FlipCheck(follows=map_correlation(mirrored, NUMPY_VIEWS[flip](original)),
+    return FlipCheck(follows=map_correlation(mirrored, apply_view(flip, original)),
                      stays=map_correlation(mirrored, original))
 
 

@@ -49,7 +49,6 @@ from lesionlab.evaluation.sources import (
     select_evaluation_data,
 )
 from lesionlab.evaluation.summary import data_summary, model_summary
-from lesionlab.evaluation.tta import IDENTITY
 from lesionlab.evaluation.view_logits import LOGITS_FILE, ViewLogits, write_view_logits
 from lesionlab.io_utils import atomic_write_json, atomic_write_text, file_sha256
 from lesionlab.malignancy import (
@@ -77,6 +76,7 @@ from lesionlab.precision import PARITY_IMAGES, ParityCheck, parity_from_logits, 
 from lesionlab.run_json import read_run_json
 from lesionlab.scoring import Scoring, softmax
 from lesionlab.training.recipe import Recipe
+from lesionlab.views import IDENTITY
 
 FIGURES_DIR = "figures"
 

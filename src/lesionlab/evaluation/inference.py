@@ -17,9 +17,9 @@ from tqdm import tqdm
 
 from lesionlab.data.dataset import LesionDataset
 from lesionlab.device import to_device
-from lesionlab.evaluation.tta import IDENTITY, apply_view
 from lesionlab.models.fold import fold_for
 from lesionlab.precision import forward_precision
+from lesionlab.views import IDENTITY, apply_view
 
 
 @dataclass(frozen=True)

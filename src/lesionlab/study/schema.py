@@ -10,8 +10,8 @@ from typing import Any
 import yaml
 
 from lesionlab.errors import ConfigError
-from lesionlab.evaluation.tta import DEFAULT_VIEWS
 from lesionlab.training.recipe import load_recipe, resolve_config_path, shipped_config_names
+from lesionlab.views import DEFAULT_VIEWS
 
 STUDY_KEYS = frozenset(
     {"name", "description", "base", "set", "stages", "split", "evaluate", "runs", "ensembles"}
