@@ -31,8 +31,8 @@ def test_default_recipe_is_default_yaml() -> None:
     assert recipe.stages[0].trainable == "head" and recipe.stages[0].feature_cache == FeatureCacheConfig(2)
     assert recipe.stages[1].trainable == "all"
     assert recipe.stages[1].batch_size == raw["stage_defaults"]["batch_size"]
-    assert (recipe.pretrained_head, recipe.image_size) == (True, 224)
-    assert recipe.stages[1].image_size == [160, 192, 224]
+    assert (recipe.pretrained_head, recipe.image_size) == (True, 225)
+    assert recipe.stages[1].image_size == [161, 193, 225]
     assert (recipe.stages[1].loss, recipe.stages[1].ema_decay) == ("logit-adjusted", 0.998)
 
 
