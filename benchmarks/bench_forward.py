@@ -1,10 +1,11 @@
-"""Forward-only passes in fp32 and under bf16 autocast, with and without BatchNorm folding: the stage-1
-feature cache, TTA inference, and optionally `lesionlab evaluate --tta` end to end.
+"""Forward-only passes in fp32 and under bf16 autocast, with and without BatchNorm folding, eager or on ONNX
+Runtime: the stage-1 feature cache, TTA inference, and optionally `lesionlab evaluate --tta` end to end.
 
-These are the passes `precision: auto | bf16` moves to bf16 (see `lesionlab.precision`) and that run a
-BatchNorm-folded copy of the model (`lesionlab.models.fold`), timed through lesionlab's own functions on the
-same N real images, in one process run. The baseline of every row is fp32 without folding, the way these
-passes ran before folding existed: the same code with `fold_batchnorm` replaced by the identity.
+These are the passes `precision: auto | bf16` moves to bf16 (see `lesionlab.precision`), that run a
+BatchNorm-folded copy of the model (`lesionlab.models.fold`), and that `forward_backend: auto` runs on ONNX
+Runtime in fp32 (`lesionlab.forward_backend`), timed through lesionlab's own functions on the same N real
+images, in one process run. The baseline of every row is eager fp32 without folding, the way these passes
+ran before folding existed: the same code with `fold_batchnorm` replaced by the identity.
 - the stage-1 feature cache: `FeatureCache.build` (pooled backbone features of `--cache-views` augmented
   views of every image, the backbone frozen as in a head-only stage) inside `forward_precision`, as
   `train_stage` runs it;
@@ -15,9 +16,10 @@ processes hurts all alike and the first pass's kernel set-up does not count. ima
 image is 6 forward passes).
 
 With `--evaluate`, `lesionlab evaluate RUN --tta` on the run's test part (needs `--run`) is timed whole,
-fp32 unfolded (the baseline) against lesionlab as it is with the run's recipe precision (`auto`: a parity
-check, then bf16 where it passes) and with `--precision fp32`, alternating, its output written to a
-temporary folder.
+eager fp32 unfolded (the baseline) against lesionlab as it is (the recipe's `forward_backend: auto`: ONNX
+Runtime in fp32), with `--forward-backend torch` (the recipe's `precision: auto`: a parity check, then bf16
+where it passes) and with `--forward-backend torch --precision fp32` (eager, folded), alternating, its
+output written to a temporary folder.
 
 Parity on the same images: `lesionlab.precision.check_parity` on the plain (identity) view, the same judgement
 applied to the TTA-averaged probabilities, and how far the cached features move. Top-1 agreement is only
@@ -55,6 +57,7 @@ from lesionlab.data.readers.samples import Sample, compute_fingerprint
 from lesionlab.data.transforms import PRESETS, eval_transform, train_transform
 from lesionlab.evaluation.evaluate import EvaluationOptions, evaluate_run
 from lesionlab.evaluation.inference import InferenceSettings, infer_view_logits
+from lesionlab.forward_backend import ONNXRUNTIME, TORCH
 from lesionlab.models.checkpoint import load_run
 from lesionlab.models.fold import fold_batchnorm
 from lesionlab.models.freeze import resolve_plan, set_train_mode
@@ -67,10 +70,19 @@ from lesionlab.views import DEFAULT_VIEWS
 
 ARCH = "mobilenet_v3_small"
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
-VARIANTS: tuple[tuple[str, bool], ...] = (("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True))
+VARIANTS: tuple[tuple[str, bool, str], ...] = (("fp32", False, TORCH), ("fp32", True, TORCH),
+                                               ("fp32", True, ONNXRUNTIME), ("bf16", False, TORCH),
+                                               ("bf16", True, TORCH))
+BASELINE = VARIANTS[0]
 FOLDING_USERS = ("lesionlab.evaluation.inference", "lesionlab.training.features", "lesionlab.precision")
 DEFAULT_SIZE = 224
 CACHE_SEED = 0
+EVALUATIONS: dict[str, tuple[str | None, bool | None, str | None]] = {
+    "eager fp32 unfolded": ("fp32", False, TORCH),
+    "lesionlab": (None, None, None),
+    "recipe, torch": (None, None, TORCH),
+    "fp32, torch": ("fp32", None, TORCH),
+}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -102,10 +114,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def variant_name(precision: str, fold: bool) -> str:
+def variant_name(precision: str, fold: bool, engine: str = TORCH) -> str:
     """A variant's key and label, e.g. `bf16 folded`; lesionlab's own choice for the precision is marked."""
-    ours = " (lesionlab)" if fold == (precision == "fp32") else ""
-    return f"{precision} {'folded' if fold else 'unfolded'}{ours}"
+    fp32 = precision == "fp32"
+    ours = " (lesionlab)" if fold == fp32 and (engine == ONNXRUNTIME) == fp32 else ""
+    on = ", onnxruntime" if engine == ONNXRUNTIME else ""
+    return f"{precision} {'folded' if fold else 'unfolded'}{on}{ours}"
 
 
 @contextlib.contextmanager
@@ -185,34 +199,30 @@ def main(argv: Sequence[str] | None = None) -> None:
         features: dict[str, torch.Tensor] = {}
         logits: dict[str, np.ndarray] = {}
 
-        def build_cache(precision: str, fold: bool) -> None:
+        def build_cache(precision: str, fold: bool, engine: str) -> None:
             set_train_mode(model, spec, head_plan)
             with folding(fold), forward_precision(precision, device):
-                features[variant_name(precision, fold)] = FeatureCache.build(
+                features[variant_name(precision, fold, engine)] = FeatureCache.build(
                     model, train_set, args.cache_views, args.batch_size, args.workers, CACHE_SEED, device,
-                    True).views
+                    True, forward_backend=engine).views
 
-        def tta(precision: str, fold: bool) -> None:
-            settings = InferenceSettings(device, args.batch_size, args.workers, True, precision)
+        def tta(precision: str, fold: bool, engine: str) -> None:
+            settings = InferenceSettings(device, args.batch_size, args.workers, True, precision, engine)
             with folding(fold):
-                logits[variant_name(precision, fold)] = infer_view_logits(
-                    model, eval_set, settings, DEFAULT_VIEWS, f"TTA {variant_name(precision, fold)}")
+                logits[variant_name(precision, fold, engine)] = infer_view_logits(
+                    model, eval_set, settings, DEFAULT_VIEWS, f"TTA {variant_name(precision, fold, engine)}")
 
         measures: dict[str, Callable[[], object]] = {}
-        for precision, fold in VARIANTS:
-            measures[f"cache/{variant_name(precision, fold)}"] = (
-                lambda precision=precision, fold=fold: build_cache(precision, fold))
-        for precision, fold in VARIANTS:
-            measures[f"tta/{variant_name(precision, fold)}"] = (
-                lambda precision=precision, fold=fold: tta(precision, fold))
+        for key, run_pass in (("cache", build_cache), ("tta", tta)):
+            for variant in VARIANTS:
+                measures[f"{key}/{variant_name(*variant)}"] = (
+                    lambda run_pass=run_pass, variant=variant: run_pass(*variant))
         evaluation_root = Path(cache_root) / "evaluate"
         if args.evaluate:
-            measures["evaluate/fp32 unfolded"] = lambda: evaluate_tta(args.run, evaluation_root, "fp32",
-                                                                      False)
-            measures["evaluate/recipe folded"] = lambda: evaluate_tta(args.run, evaluation_root, None,
-                                                                      None)
-            measures["evaluate/fp32 folded"] = lambda: evaluate_tta(args.run, evaluation_root, "fp32",
-                                                                    None)
+            for name, (precision, fold, backend) in EVALUATIONS.items():
+                measures[f"evaluate/{name}"] = (
+                    lambda name=name, precision=precision, fold=fold, backend=backend: evaluate_tta(
+                        args.run, evaluation_root / name, precision, fold, backend))
         progress = tqdm(total=len(measures) * args.repeats + 1, desc="bench_forward", unit="pass")
         seconds = fastest(measures, args.repeats, progress)
         progress.set_postfix_str("parity")
@@ -222,7 +232,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                                      for images, labels in loader), device)
         progress.update()
         progress.close()
-        evaluated = evaluation_precision(evaluation_root) if args.evaluate else ""
+        evaluated = (evaluation_precision(evaluation_root / "recipe, torch") if args.evaluate else "")
+        engine_checks = (evaluation_engine(evaluation_root / "lesionlab") if args.evaluate else "")
 
     count = len(samples)
     load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
@@ -234,20 +245,23 @@ def main(argv: Sequence[str] | None = None) -> None:
               (f"TTA inference, {len(DEFAULT_VIEWS)} views (infer_view_logits)", "tta", count))
     speed_rows = []
     for name, key, images in passes:
-        baseline = seconds[f"{key}/{variant_name('fp32', False)}"]
-        for precision, fold in VARIANTS:
-            taken = seconds[f"{key}/{variant_name(precision, fold)}"]
-            speed_rows.append((name, variant_name(precision, fold), f"{images / taken:,.1f}",
+        baseline = seconds[f"{key}/{variant_name(*BASELINE)}"]
+        for variant in VARIANTS:
+            taken = seconds[f"{key}/{variant_name(*variant)}"]
+            speed_rows.append((name, variant_name(*variant), f"{images / taken:,.1f}",
                                f"{baseline / taken:.2f}x"))
             name = ""
     if args.evaluate:
-        baseline, now = seconds["evaluate/fp32 unfolded"], seconds["evaluate/recipe folded"]
-        fp32_now = seconds["evaluate/fp32 folded"]
-        speed_rows += [("evaluate --tta, test part (s)", "fp32 unfolded", f"{baseline:.1f} s", "1.00x"),
-                       ("", f"recipe's auto: {evaluated} (lesionlab)", f"{now:.1f} s",
-                        f"{baseline / now:.2f}x"),
-                       ("", "--precision fp32: folded (lesionlab)", f"{fp32_now:.1f} s",
-                        f"{baseline / fp32_now:.2f}x")]
+        baseline = seconds["evaluate/eager fp32 unfolded"]
+        labels = {"eager fp32 unfolded": "eager fp32 unfolded",
+                  "lesionlab": f"recipe's auto: {engine_checks} (lesionlab)",
+                  "recipe, torch": f"--forward-backend torch: {evaluated} (lesionlab)",
+                  "fp32, torch": "--forward-backend torch --precision fp32: folded (lesionlab)"}
+        name = "evaluate --tta, test part (s)"
+        for key, label in labels.items():
+            speed_rows.append((name, label, f"{seconds[f'evaluate/{key}']:.1f} s",
+                               f"{baseline / seconds[f'evaluate/{key}']:.2f}x"))
+            name = ""
     print(format_table(Table(("forward-only pass", "variant", "img/s", "vs fp32 unfolded"), tuple(speed_rows),
                              numeric_from=2)))
 
@@ -272,7 +286,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                                          parity_from_logits(tta_log(fp32_key),
                                                             tta_log(bf16_folded_key), labels))))))
     unfolded_fp32 = variant_name("fp32", False)
+    engine_key = variant_name("fp32", True, ONNXRUNTIME)
     for name, (first, second) in (("folded fp32 against unfolded fp32", (unfolded_fp32, fp32_key)),
+                                  ("onnxruntime fp32 against folded fp32", (fp32_key, engine_key)),
                                   ("bf16 unfolded against folded fp32", (fp32_key, bf16_key)),
                                   ("bf16 folded against folded fp32", (fp32_key, bf16_folded_key))):
         cosine, relative = feature_parity(features[first], features[second])
@@ -281,21 +297,36 @@ def main(argv: Sequence[str] | None = None) -> None:
     folded_tta = np.abs(tta_probabilities(logits[fp32_key])
                         - tta_probabilities(logits[variant_name("fp32", False)])).max()
     print(f"TTA probabilities, folded fp32 against unfolded fp32: largest difference {folded_tta:.1e}")
+    engine_tta = np.abs(tta_probabilities(logits[engine_key]) - tta_probabilities(logits[fp32_key])).max()
+    engine_top1 = (tta_probabilities(logits[engine_key]).argmax(1)
+                   == tta_probabilities(logits[fp32_key]).argmax(1)).mean()
+    print(f"TTA probabilities, onnxruntime fp32 against eager folded fp32: largest difference "
+          f"{engine_tta:.1e}, top-1 agreement {engine_top1:.4f}")
 
 
-def evaluate_tta(run: str, root: Path, precision: str | None, fold: bool | None) -> None:
-    """`lesionlab evaluate RUN --tta` on the run's test part, written under `root`; `precision=None` is the
-    recipe's own."""
-    options = EvaluationOptions(tta_views=tuple(DEFAULT_VIEWS), out_dir=root / f"{precision}-{fold}",
-                                precision=precision)
+def evaluate_tta(run: str, out: Path, precision: str | None, fold: bool | None, backend: str | None) -> None:
+    """`lesionlab evaluate RUN --tta` on the run's test part, written to `out`; `precision=None` and
+    `backend=None` are the recipe's own."""
+    options = EvaluationOptions(tta_views=tuple(DEFAULT_VIEWS), out_dir=out, precision=precision,
+                                forward_backend=backend)
     with folding(fold), contextlib.redirect_stdout(io.StringIO()):
         evaluate_run(run, options)
 
 
-def evaluation_precision(root: Path) -> str:
-    """The precision the recipe's evaluation chose (its metrics.json), for the table."""
-    metrics = json.loads((root / "None-None" / "metrics.json").read_text())
-    return str(metrics["evaluation"]["precision"]["precision"])
+def evaluation_facts(out: Path) -> dict[str, object]:
+    """The `evaluation` section of an evaluation's metrics.json."""
+    return dict(json.loads((out / "metrics.json").read_text())["evaluation"])
+
+
+def evaluation_precision(out: Path) -> str:
+    """The precision an evaluation chose, for the table."""
+    return str(evaluation_facts(out)["precision"]["precision"])
+
+
+def evaluation_engine(out: Path) -> str:
+    """The engine each pass of an evaluation ran on, e.g. `onnxruntime x2`, for the table."""
+    passes = [check["engine"] for check in evaluation_facts(out)["forward_backend"]["passes"]]
+    return ", ".join(f"{engine} x{passes.count(engine)}" for engine in dict.fromkeys(passes)) or "torch"
 
 if __name__ == "__main__":
     main()

@@ -248,3 +248,21 @@ def test_nncf_quantizes_everything_but_the_output_layer(tiny_onnx_file: Path, va
     assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
     expected = OpenVinoPredictor(tiny_onnx_file).predict_many(validation_batch.images)
     assert np.abs(probabilities - expected).max() < 0.3
+
+
+def test_forward_passes_run_on_openvino_as_eager_does() -> None:
+    import torch
+
+    from lesionlab.forward_backend import EngineForward
+    from lesionlab.models.fold import fold_batchnorm
+    from lesionlab.models.registry import build_model
+
+    torch.manual_seed(0)
+    model = fold_batchnorm(build_model("mobilenet_v3_small", pretrained="none").eval())
+    images = torch.rand(5, 3, 32, 32)
+    forward = EngineForward(model, OPENVINO, "test", logits=True)
+    with torch.inference_mode():
+        outputs, expected = [forward(images), forward(images[:2])], model(images)
+    assert forward.check is not None and (forward.check.engine, forward.check.fallback) == (OPENVINO, None)
+    assert torch.allclose(outputs[0], expected, atol=1e-4)
+    assert torch.allclose(outputs[1], expected[:2], atol=1e-4)

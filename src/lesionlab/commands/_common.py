@@ -64,6 +64,16 @@ def add_precision_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_forward_backend_argument(parser: argparse.ArgumentParser) -> None:
+    """`--forward-backend` for fp32 forward-only passes (the recipe key `forward_backend`)."""
+    parser.add_argument(
+        "--forward-backend",
+        choices=("auto", "torch", "onnxruntime", "openvino"),
+        help="engine of the fp32 inference passes: auto (the recipe's default) runs them on ONNX Runtime on "
+        "a CPU, checked against PyTorch on the first batch; torch runs eager PyTorch",
+    )
+
+
 def add_tta_arguments(parser: argparse.ArgumentParser) -> None:
     """`--tta` and `--tta-views`."""
     parser.add_argument(

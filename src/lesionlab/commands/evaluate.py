@@ -7,6 +7,7 @@ from pathlib import Path
 
 from lesionlab.commands._common import (
     add_data_arguments,
+    add_forward_backend_argument,
     add_precision_argument,
     add_tta_arguments,
     tta_views,
@@ -63,6 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "sex or site); written to RUN/eval/<data>-<split>-no-metadata/ unless --out",
     )
     add_precision_argument(parser)
+    add_forward_backend_argument(parser)
     parser.set_defaults(handler=run_evaluate)
 
 
@@ -85,6 +87,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         out_dir=args.out,
         device=args.device,
         precision=args.precision,
+        forward_backend=args.forward_backend,
         malignant_sensitivity=args.malignant_sensitivity,
         metadata=not args.no_metadata,
     )

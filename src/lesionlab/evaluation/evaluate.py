@@ -50,6 +50,7 @@ from lesionlab.evaluation.sources import (
 )
 from lesionlab.evaluation.summary import data_summary, model_summary
 from lesionlab.evaluation.view_logits import LOGITS_FILE, ViewLogits, write_view_logits
+from lesionlab.forward_backend import TORCH, EngineCheck, forward_engine
 from lesionlab.io_utils import atomic_write_json, atomic_write_text, file_sha256
 from lesionlab.malignancy import (
     DEFAULT_TARGET_SENSITIVITY,
@@ -184,6 +185,8 @@ class EvaluationOptions:
     device: str | None = None
     checkpoint: Path | None = None
     precision: str | None = None
+    forward_backend: str | None = None
+    """The engine of the fp32 passes (`lesionlab.forward_backend`); None: the run's recipe's."""
     malignant_sensitivity: float = DEFAULT_TARGET_SENSITIVITY
     metadata: bool = True
     """False scores a metadata model with every patient field withheld (encoded as missing)."""
@@ -227,9 +230,11 @@ def validation_logits(
     selection: EvaluationData,
     settings: InferenceSettings,
     use_cache: bool,
+    checks: list[EngineCheck] | None = None,
 ) -> ValidationLogits:
     """Single-view logits and labels of the run's validation part, inferred on first use and then kept, so
-    the fits made on validation (temperature, malignancy threshold) share one pass."""
+    the fits made on validation (temperature, malignancy threshold) share one pass (its engine check
+    appended to `checks`)."""
 
     @functools.cache
     def infer() -> tuple[np.ndarray, np.ndarray]:
@@ -237,7 +242,7 @@ def validation_logits(
         if not validation:
             return np.zeros((0, len(card.classes))), np.zeros(0, dtype=np.int64)
         dataset = image_dataset(validation, selection.run_table, card, use_cache)
-        logits = infer_view_logits(model, dataset, settings, (IDENTITY,), "fits on val")[:, 0]
+        logits = infer_view_logits(model, dataset, settings, (IDENTITY,), "fits on val", checks)[:, 0]
         return logits, model_labels(validation, card.classes, run_dir / "split.csv")
 
     return infer
@@ -393,18 +398,23 @@ def evaluate_run(run_dir: str | Path, options: EvaluationOptions | None = None) 
         workers=recipe.workers,
         channels_last=recipe.channels_last,
     )
-    precision, parity = resolve_precision(
-        options.precision or recipe.precision, settings.device,
+    backend = options.forward_backend or recipe.forward_backend
+    precision_choice = options.precision or recipe.precision
+    engine = forward_engine(backend, precision_choice, settings.device)
+    # A graph engine's fp32 is faster than eager bf16 on a CPU and exact, so `auto` needs no bf16 check there.
+    precision, parity = ("fp32", None) if engine != TORCH else resolve_precision(
+        precision_choice, settings.device,
         lambda: validation_parity(model, card, selection, settings, recipe.cache),
     )
-    settings = replace(settings, precision=precision)
+    settings = replace(settings, precision=precision, engine=engine)
+    checks: list[EngineCheck] = []
     views = options.tta_views or (IDENTITY,)
     dataset = image_dataset(selection.samples, selection.table, card, recipe.cache,
                             withhold=not options.metadata)
     view_logits = infer_view_logits(
-        model, dataset, settings, views, f"evaluate {selection.name}-{selection.split}"
+        model, dataset, settings, views, f"evaluate {selection.name}-{selection.split}", checks
     )
-    validation = validation_logits(run_dir, model, card, selection, settings, recipe.cache)
+    validation = validation_logits(run_dir, model, card, selection, settings, recipe.cache, checks)
     calibrate = options.calibrate and bool(selection.run_split.parts["val"])
     fit = ensure_temperature(stem, validation) if calibrate else None
     malignancy = ensure_malignancy_rule(stem, validation, tuple(card.classes),
@@ -430,6 +440,8 @@ def evaluate_run(run_dir: str | Path, options: EvaluationOptions | None = None) 
                      else {"fields": card.metadata["fields"], "withheld": not options.metadata}),
         "temperature": asdict(fit) if fit else None,
         "precision": {"precision": precision, "parity": parity.to_dict() if parity else None},
+        "forward_backend": {"choice": backend, "engine": engine,
+                            "passes": [check.to_dict() for check in checks]},
         "training_overlap": training_overlap(selection.samples, selection.run_split),
         "variant_description": describe_variant(views, fit),
         "calibration_note": calibration_note(views, fit, selection.split, own_data),

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from lesionlab.data.dataset import LesionDataset
 from lesionlab.device import to_device
+from lesionlab.forward_backend import TORCH, EngineCheck, EngineForward
 from lesionlab.models.fold import fold_for
 from lesionlab.precision import forward_precision
 from lesionlab.views import IDENTITY, apply_view
@@ -24,13 +25,15 @@ from lesionlab.views import IDENTITY, apply_view
 
 @dataclass(frozen=True)
 class InferenceSettings:
-    """Where and how batches run: device, batch size, loader workers, memory layout, resolved precision."""
+    """Where and how batches run: device, batch size, loader workers, memory layout, resolved precision, and
+    the engine of an fp32 pass (`lesionlab.forward_backend.forward_engine`)."""
 
     device: torch.device
     batch_size: int
     workers: int
     channels_last: bool
     precision: str = "fp32"
+    engine: str = TORCH
 
 
 @torch.inference_mode()
@@ -40,16 +43,19 @@ def infer_view_logits(
     settings: InferenceSettings,
     views: Sequence[str] = (IDENTITY,),
     description: str = "inference",
+    checks: list[EngineCheck] | None = None,
 ) -> np.ndarray:
     """Logits of every item under every view, shape (items, views, classes), in dataset order.
 
     In fp32 the batches run through a copy of the model with its BatchNorms folded into their convolutions
-    (`lesionlab.models.fold`): the same function, much faster on a CPU.
+    (`lesionlab.models.fold`): the same function, much faster on a CPU; on `settings.engine` where its first
+    batch agrees with eager (`lesionlab.forward_backend`), the pass's check appended to `checks`.
     """
     model.eval().to(settings.device)
     if settings.channels_last:
         model.to(memory_format=torch.channels_last)
-    model = fold_for(model, settings.precision)
+    engine = settings.engine if settings.precision == "fp32" else TORCH
+    model = EngineForward(fold_for(model, settings.precision), engine, description, logits=True)
     loader = DataLoader(
         dataset,
         batch_size=settings.batch_size,
@@ -64,4 +70,6 @@ def infer_view_logits(
         with forward_precision(settings.precision, settings.device):
             per_view = [model(apply_view(view, pixels), *metadata).float().cpu() for view in views]
         batches.append(torch.stack(per_view, dim=1).numpy())
+    if checks is not None and model.check is not None:
+        checks.append(model.check)
     return np.concatenate(batches).astype(np.float64)

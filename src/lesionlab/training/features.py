@@ -9,11 +9,14 @@ forward+backward pass through it is wasted work. Two shortcuts follow:
   the head on vectors. `views: 1` with `augment: none` is exact: the same features the image path computes.
 Dropout and everything else in the head still run in train mode. In fp32, feature extraction and a frozen
 prefix run a copy of the model with its (eval-mode) BatchNorms folded into their convolutions
-(`lesionlab.models.fold`), which is the same function at a fraction of the cost on a CPU.
+(`lesionlab.models.fold`), which is the same function at a fraction of the cost on a CPU, and the cache runs
+that copy on ONNX Runtime where `forward_backend` allows (`lesionlab.forward_backend`), checked against eager
+on its first batch.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -23,6 +26,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from tqdm import tqdm
 
 from lesionlab.device import to_device
+from lesionlab.forward_backend import AUTO, EngineForward, forward_engine
 from lesionlab.models.fold import fold_for
 from lesionlab.models.freeze import FreezePlan
 from lesionlab.models.registry import pooled_features
@@ -31,6 +35,7 @@ from lesionlab.training import distributed
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 Forward = Callable[[torch.Tensor], torch.Tensor]
+log = logging.getLogger(__name__)
 
 
 def frozen_prefix_length(model: nn.Module, plan: FreezePlan) -> int:
@@ -68,18 +73,36 @@ def frozen_prefix_forward(model: nn.Module, plan: FreezePlan, precision: str) ->
     return forward
 
 
+class PooledFeatures(nn.Module):
+    """`pooled_features` of a backbone as a module of its own, so a graph engine can trace it."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor, metadata: torch.Tensor | None = None) -> torch.Tensor:
+        return pooled_features(self.model, images if metadata is None else (images, metadata))
+
+
 @torch.inference_mode()
 def extract_features(model: nn.Module, loader: DataLoader, device: torch.device, channels_last: bool,
-                     description: str) -> Batch:
+                     description: str, forward_backend: str = AUTO) -> Batch:
     """Pooled backbone features and labels of every item a loader yields, in order, in the precision the
-    caller's autocast sets (in fp32 through the model's BatchNorm-folded copy)."""
-    backbone = fold_for(model, "bf16" if torch.is_autocast_enabled(device.type) else "fp32")
+    caller's autocast sets: in fp32 through the model's BatchNorm-folded copy, on the engine
+    `forward_backend` resolves to (`lesionlab.forward_backend`, checked against eager on the first batch)."""
+    precision = "bf16" if torch.is_autocast_enabled(device.type) else "fp32"
+    engine = forward_engine(forward_backend, precision, device)
+    backbone = EngineForward(PooledFeatures(fold_for(model, precision)), engine, description, logits=False,
+                             asked=forward_backend)
     features: list[torch.Tensor] = []
     labels: list[torch.Tensor] = []
     for images, batch_targets in tqdm(loader, desc=description, unit="batch", leave=False,
                                           disable=not distributed.show_progress()):
-        features.append(pooled_features(backbone, to_device(images, device, channels_last)).float().cpu())
+        inputs = to_device(images, device, channels_last)
+        features.append(backbone(*(inputs if isinstance(inputs, (tuple, list)) else (inputs,))).float().cpu())
         labels.append(batch_targets[0] if isinstance(batch_targets, (tuple, list)) else batch_targets)
+    if backbone.check is not None:
+        log.info("%s: %s", description, backbone.check.to_dict())
     return torch.cat(features), torch.cat(labels)
 
 
@@ -98,12 +121,13 @@ class FeatureCache:
     @classmethod
     def build(cls, model: nn.Module, dataset: Dataset, view_count: int, batch_size: int, workers: int,
               seed: int, device: torch.device, channels_last: bool,
-              passes: Dataset | None = None) -> FeatureCache:
+              passes: Dataset | None = None, forward_backend: str = AUTO) -> FeatureCache:
         """Run the frozen backbone over `view_count` passes of the (augmenting) training set.
 
         One sequential loader over the passes back to back (so workers start once), seeded, so the cache is
         reproducible; `torch.manual_seed(seed)` also covers augmentation drawn in the main process.
         `passes` replaces the repeated dataset with fixed views (view-major, `distill.ViewPasses`).
+        `forward_backend` picks the engine of an fp32 cache (`extract_features`).
         """
         torch.manual_seed(seed)
         passes = passes if passes is not None else ConcatDataset([dataset] * view_count)
@@ -111,7 +135,7 @@ class FeatureCache:
                             num_workers=workers, generator=torch.Generator().manual_seed(seed),
                             pin_memory=device.type == "cuda")
         features, labels = extract_features(model, loader, device, channels_last,
-                                            f"feature cache ({view_count} view(s))")
+                                            f"feature cache ({view_count} view(s))", forward_backend)
         return cls(views=features.reshape(view_count, len(dataset), -1), labels=labels[:len(dataset)])
 
     def batches(self, order: torch.Tensor, batch_size: int, generator: torch.Generator,

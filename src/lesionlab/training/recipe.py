@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from lesionlab.errors import ConfigError
+from lesionlab.forward_backend import check_backend_choice
 from lesionlab.precision import PRECISIONS
 
 # Shipped inside the package so a wheel install finds them too; `configs/` at the repository root links here.
@@ -143,6 +144,7 @@ class Recipe:
     device: str
     sync_bn: bool
     precision: str
+    forward_backend: str
     teacher: list[str] | str | None
     distill: DistillConfig
     metadata: MetadataConfig | None
@@ -242,6 +244,8 @@ def _validate(recipe: Recipe) -> None:
     """Checks that types alone cannot express: choices, positive sizes, at least one stage."""
     _check_choice(recipe.select, SELECT_RULES, "select")
     _check_choice(recipe.precision, PRECISIONS, "precision")
+    if isinstance(recipe.forward_backend, str) and isinstance(recipe.precision, str):
+        check_backend_choice(recipe.forward_backend, recipe.precision)
     if recipe.image_size < 16:
         raise ConfigError(f"recipe key 'image_size': {recipe.image_size} is too small (use 16 or more)")
     if not recipe.stages:

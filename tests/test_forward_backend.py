@@ -1,0 +1,151 @@
+"""The engine of forward-only passes: its choice, its check against eager, its fallback, and that the passes
+it runs (the feature cache, evaluation inference) give eager's results. OpenVINO's engine is tested in
+tests/test_deploy.py (OpenVINO must not be loaded in this process before tests that fork loader workers)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from lesionlab.errors import ConfigError
+from lesionlab.evaluation.inference import InferenceSettings, infer_view_logits
+from lesionlab.forward_backend import (
+    AUTO,
+    ENGINE_RUNS,
+    ONNXRUNTIME,
+    OPENVINO,
+    PROBABILITY_TOLERANCE,
+    TORCH,
+    EngineForward,
+    check_backend_choice,
+    forward_engine,
+)
+from lesionlab.models.fold import fold_batchnorm
+from lesionlab.models.registry import build_model
+from lesionlab.training.features import FeatureCache
+from lesionlab.training.recipe import load_recipe
+
+CPU = torch.device("cpu")
+SIZE = 32
+
+
+class Images(Dataset):
+    """Fixed random images with labels, as a loader yields them."""
+
+    def __init__(self, count: int) -> None:
+        generator = torch.Generator().manual_seed(0)
+        self.images = torch.rand(count, 3, SIZE, SIZE, generator=generator)
+        self.labels = torch.arange(count) % 7
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[index], self.labels[index]
+
+
+@pytest.fixture(scope="module")
+def model() -> nn.Module:
+    torch.manual_seed(0)
+    network = build_model("mobilenet_v3_small", pretrained="none").eval()
+    for module in network.modules():  # non-trivial BatchNorm statistics, so folding is exercised
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    return network
+
+
+def test_choice() -> None:
+    assert forward_engine(AUTO, "auto", CPU) == ONNXRUNTIME
+    assert forward_engine(AUTO, "fp32", CPU) == ONNXRUNTIME
+    assert forward_engine(AUTO, "bf16", CPU) == TORCH  # bf16 runs eager under autocast
+    assert forward_engine(TORCH, "fp32", CPU) == TORCH
+    assert forward_engine(OPENVINO, "fp32", CPU) == OPENVINO
+    assert forward_engine(AUTO, "fp32", torch.device("cuda")) == TORCH
+    with pytest.raises(ConfigError, match="runs on a CPU"):
+        forward_engine(ONNXRUNTIME, "fp32", torch.device("cuda"))
+    with pytest.raises(ConfigError, match="fp32 only"):
+        check_backend_choice(ONNXRUNTIME, "bf16")
+    with pytest.raises(ConfigError, match="choose one of"):
+        check_backend_choice("tensorrt", "fp32")
+
+
+def test_recipe_key() -> None:
+    assert load_recipe().forward_backend == AUTO
+    with pytest.raises(ConfigError, match="fp32 only"):
+        load_recipe(overrides=["forward_backend=onnxruntime", "precision=bf16"])
+
+
+@torch.inference_mode()
+def test_engine_matches_eager_and_is_kept(model: nn.Module) -> None:
+    folded = fold_batchnorm(model)
+    images = torch.rand(6, 3, SIZE, SIZE).contiguous(memory_format=torch.channels_last)
+    forward = EngineForward(folded, ONNXRUNTIME, "test", logits=True)
+    first, second = forward(images), forward(images[:3])  # a smaller batch: the graph's batch is dynamic
+    assert forward.check is not None and forward.check.engine == ONNXRUNTIME
+    assert forward.check.fallback is None
+    assert forward.check.max_difference <= PROBABILITY_TOLERANCE and forward.check.top1_agreement == 1.0
+    expected = folded(images)
+    assert torch.allclose(first, expected, atol=1e-4) and torch.allclose(second, expected[:3], atol=1e-4)
+
+
+@torch.inference_mode()
+def test_disagreement_falls_back_to_eager(model: nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = ENGINE_RUNS[ONNXRUNTIME]
+
+    def skewed(graph: bytes, threads: int) -> Callable[[tuple[torch.Tensor, ...]], torch.Tensor]:
+        run = real(graph, threads)
+        return lambda inputs: run(inputs) + torch.linspace(0, 1, 7)
+
+    monkeypatch.setitem(ENGINE_RUNS, ONNXRUNTIME, skewed)
+    folded = fold_batchnorm(model)
+    images = torch.rand(4, 3, SIZE, SIZE)
+    forward = EngineForward(folded, ONNXRUNTIME, "test", logits=True)
+    outputs = [forward(images), forward(images)]
+    assert forward.check is not None and forward.check.engine == TORCH
+    assert "disagreed" in (forward.check.fallback or "")
+    assert forward.check.max_difference > PROBABILITY_TOLERANCE
+    for output in outputs:
+        assert torch.equal(output, folded(images))
+
+
+@torch.inference_mode()
+def test_engine_failure_falls_back_to_eager(model: nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(graph: bytes, threads: int) -> Callable[[tuple[torch.Tensor, ...]], torch.Tensor]:
+        raise RuntimeError("no kernel for this node")
+
+    monkeypatch.setitem(ENGINE_RUNS, ONNXRUNTIME, broken)
+    folded = fold_batchnorm(model)
+    images = torch.rand(2, 3, SIZE, SIZE)
+    forward = EngineForward(folded, ONNXRUNTIME, "test", logits=True)
+    assert torch.equal(forward(images), folded(images))
+    assert forward.check is not None and forward.check.engine == TORCH
+    assert "no kernel for this node" in (forward.check.fallback or "")
+
+
+def test_feature_cache_same_on_every_engine(model: nn.Module) -> None:
+    dataset = Images(20)
+    caches = {
+        backend: FeatureCache.build(model, dataset, 2, 8, 0, 0, CPU, True, forward_backend=backend)
+        for backend in (TORCH, ONNXRUNTIME)
+    }
+    eager, engine = caches[TORCH].views, caches[ONNXRUNTIME].views
+    assert engine.shape == eager.shape == (2, 20, 576)
+    assert float((engine - eager).abs().max() / eager.abs().max()) < 1e-4
+    assert torch.equal(caches[TORCH].labels, caches[ONNXRUNTIME].labels)
+
+
+def test_inference_same_on_every_engine(model: nn.Module) -> None:
+    dataset = Images(10)
+    views = ("identity", "hflip", "rot90")
+    logits, checks = {}, []
+    for engine in (TORCH, ONNXRUNTIME):
+        settings = InferenceSettings(CPU, 4, 0, True, "fp32", engine)
+        logits[engine] = infer_view_logits(model, dataset, settings, views, engine, checks)
+    assert logits[TORCH].shape == (10, 3, 7)
+    assert abs(logits[TORCH] - logits[ONNXRUNTIME]).max() < 1e-4
+    assert [check.engine for check in checks] == [ONNXRUNTIME]
