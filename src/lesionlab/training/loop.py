@@ -236,7 +236,14 @@ def _train_stage(
             cache = shared_feature_cache(lambda: stage_feature_cache(model, recipe, stage_index, stage, data))
             model.eval()
             val_features = (
-                extract_features(model, validation, data.device, data.channels_last, "validation features")
+                extract_features(
+                    model,
+                    validation,
+                    data.device,
+                    data.channels_last,
+                    "validation features",
+                    recipe.forward_backend,
+                )
                 if len(data.val_set)
                 else None
             )
@@ -443,6 +450,7 @@ def stage_feature_cache(
         data.device,
         data.channels_last,
         passes,
+        recipe.forward_backend,
     )
     if data.views is not None and data.views.teacher_logits is not None:
         cache.teacher_logits = data.views.teacher_logits[:, :views]
