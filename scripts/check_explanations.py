@@ -52,8 +52,7 @@ REGIONS = ("top-left", "top-right", "bottom-left", "bottom-right", "centre")
 def measure(model, random_model, predictor: TorchPredictor, path: Path, size: int) -> dict[str, float | str]:
     """Every check on one image at `size` x `size`, for the class the model predicts."""
     arch = predictor.card.arch
-    rule = predictor.preprocessing
-    batch = preprocess_array(np.asarray(load_rgb(path)), size, rule.grayscale, rule.mean, rule.std)
+    batch = preprocess_array(np.asarray(load_rgb(path)), size)
     probabilities = predictor.predict_batch(batch)[0]
     class_index = int(np.argmax(probabilities))
     heatmap = view_averaged_heatmap(model, arch, batch, class_index)
@@ -99,7 +98,7 @@ def main() -> None:
 
     predictor = TorchPredictor.from_path(args.run)
     size = args.input_size or predictor.preprocessing.input_size
-    model = copy.deepcopy(predictor.model).requires_grad_(True)
+    model = copy.deepcopy(predictor.pixel_model).requires_grad_(True)
     random_model = randomised_copy(model).requires_grad_(True)
     root = resolve_data_path(args.data or None)
     by_id = {sample.image_id: Path(sample.path) for sample in read_dataset(root).samples}

@@ -73,9 +73,8 @@ def peak(heatmap: np.ndarray) -> tuple[int, int]:
 
 def measure(model, predictor: TorchPredictor, path: Path, size: int) -> dict:
     """Mask, maps (plain, of the mirror image, mirror-averaged) and their hits for one image."""
-    rule = predictor.preprocessing
     rgb = load_resized_array(path, size)
-    batch = preprocess_array(rgb, size, rule.grayscale, rule.mean, rule.std)
+    batch = preprocess_array(rgb, size)
     probabilities = predictor.predict_batch(batch)[0]
     class_index = int(np.argmax(probabilities))
     maps = class_heatmaps(model, predictor.card.arch, np.concatenate([batch, batch[..., ::-1].copy()]),
@@ -135,7 +134,7 @@ def main() -> None:
 
     predictor = TorchPredictor.from_path(args.run)
     size = args.input_size or predictor.preprocessing.input_size
-    model = copy.deepcopy(predictor.model).requires_grad_(True)
+    model = copy.deepcopy(predictor.pixel_model).requires_grad_(True)
     samples = split_samples(args.run, "test", args.data, args.sample)
     rows = [measure(model, predictor, Path(sample.path), size) for sample in samples]
     count = len(rows)

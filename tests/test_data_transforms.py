@@ -1,4 +1,5 @@
-"""Augmentation presets produce normalised float tensors; the numpy preprocessing equals eval_transform."""
+"""Augmentation presets produce normalised float tensors; the numpy resize followed by the deployed model's
+own normalisation (`PixelInput`) equals eval_transform."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 from lesionlab.data.preprocess_np import preprocess_array
 from lesionlab.data.transforms import PRESETS, eval_transform, train_transform
 from lesionlab.errors import ConfigError
+from lesionlab.models.pixel_input import PixelInput
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -58,18 +60,22 @@ def test_unknown_preset_names_the_choices() -> None:
 
 
 @pytest.mark.parametrize("grayscale", [False, True])
-def test_numpy_preprocessing_matches_eval_transform(grayscale: bool) -> None:
+def test_resized_pixels_through_the_deployed_input_equal_eval_transform(grayscale: bool) -> None:
     transform = eval_transform(SIZE, grayscale, MEAN, STD)
+    normalise = PixelInput(torch.nn.Identity(), MEAN, STD, grayscale)
     for seed in range(5):
         pixels = random_image(seed)
         expected = transform(as_chw(pixels)).unsqueeze(0).numpy()
-        actual = preprocess_array(pixels, SIZE, grayscale, MEAN, STD)
-        assert actual.dtype == np.float32 and actual.shape == (1, 3, SIZE, SIZE)
-        np.testing.assert_allclose(actual, expected, atol=1e-5)
+        batch = preprocess_array(pixels, SIZE)
+        assert batch.dtype == np.float32 and batch.shape == (1, 3, SIZE, SIZE)
+        np.testing.assert_array_equal(batch[0], pixels.transpose(2, 0, 1))
+        np.testing.assert_allclose(normalise(torch.from_numpy(batch)).numpy(), expected, atol=1e-5)
+        np.testing.assert_array_equal(normalise(torch.from_numpy(batch.astype(np.uint8))).numpy(),
+                                      normalise(torch.from_numpy(batch)).numpy())
 
 
 def test_numpy_preprocessing_squashes_other_sizes() -> None:
-    batch = preprocess_array(random_image(0, size=50)[:, :40], SIZE, False, MEAN, STD)
+    batch = preprocess_array(random_image(0, size=50)[:, :40], SIZE)
     assert batch.shape == (1, 3, SIZE, SIZE)
     with pytest.raises(ValueError, match="uint8 RGB array"):
-        preprocess_array(np.zeros((4, 4), np.uint8), SIZE, False, MEAN, STD)
+        preprocess_array(np.zeros((4, 4), np.uint8), SIZE)

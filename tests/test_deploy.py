@@ -87,7 +87,7 @@ def test_tta_and_ensembles_work_the_same_on_openvino(tiny_onnx_file: Path, calib
     from lesionlab.inference.torch_backend import TorchPredictor
 
     member = TorchPredictor.from_path(calibrated_run_dir)
-    member_onnx = export_onnx(member.calibrated_model(), member.card, tmp_path / "calibrated.onnx",
+    member_onnx = export_onnx(member.model, member.card, tmp_path / "calibrated.onnx",
                               member.temperature)
     image = sorted((shared_data_dir / "images").glob("ISIC_*.jpg"))[0]
     options = {"views": ("identity", "hflip", "rot90"), "ensemble": [member_onnx]}
@@ -130,6 +130,17 @@ def test_an_ir_without_its_weights_is_a_clear_error(openvino_ir: Path, tmp_path:
     damaged.write_bytes(b"not a model")
     with pytest.raises(CheckpointError, match=r"damaged\.onnx"):
         load_predictor(damaged, backend="openvino")
+
+
+@pytest.mark.integration
+def test_a_file_exported_before_the_graph_normalised_is_refused_on_openvino(tiny_onnx_file: Path,
+                                                                             tmp_path: Path) -> None:
+    model = ov.Core().read_model(tiny_onnx_file)
+    set_openvino_metadata(model, {"lesionlab.input_pixels": "normalised"})
+    old = tmp_path / "old.xml"
+    ov.save_model(model, old)
+    with pytest.raises(CheckpointError, match=r"old\.xml: lesionlab\.input_pixels is 'normalised'"):
+        OpenVinoPredictor(old)
 
 
 TORCH_FREE_SCRIPT = """

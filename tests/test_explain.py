@@ -170,7 +170,7 @@ def test_real_map_of_a_mirrored_photo_is_the_mirrored_map(tiny_run_dir: Path,
 def test_real_map_of_a_randomised_model_differs(tiny_run_dir: Path, real_photo: Image.Image) -> None:
     predictor = load_predictor(tiny_run_dir)
     batch = predictor.preprocessing.to_batch(real_photo)
-    trained = predictor.model.requires_grad_(True)
+    trained = predictor.pixel_model.requires_grad_(True)
     class_index = int(np.argmax(predictor.predict_batch(batch)[0]))
     trained_map = view_averaged_heatmap(trained, predictor.card.arch, batch, class_index)
     random_map = view_averaged_heatmap(randomised_copy(trained).requires_grad_(True), predictor.card.arch,
@@ -182,7 +182,7 @@ def test_real_map_of_a_randomised_model_differs(tiny_run_dir: Path, real_photo: 
 def test_real_flip_check_reports_both_correlations(tiny_run_dir: Path, real_photo: Image.Image) -> None:
     predictor = load_predictor(tiny_run_dir)
     batch = predictor.preprocessing.to_batch(real_photo)
-    model = predictor.model.requires_grad_(True)
+    model = predictor.pixel_model.requires_grad_(True)
     check = flip_check(model, predictor.card.arch, batch, 4, MIRROR_VIEWS)
     assert check.follows == pytest.approx(1.0, abs=1e-4)
     assert -1.0 <= check.stays <= 1.0

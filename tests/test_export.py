@@ -15,7 +15,7 @@ import pytest
 
 from lesionlab.classes import CLASS_CODES
 from lesionlab.cli import main
-from lesionlab.errors import ConfigError, DataError
+from lesionlab.errors import CheckpointError, ConfigError, DataError
 from lesionlab.export import export_run
 from lesionlab.inference.onnx_backend import OnnxPredictor
 from lesionlab.inference.run_samples import load_batch, split_samples
@@ -79,9 +79,30 @@ def test_metadata_describes_the_preprocessing(tiny_run_dir: Path, tiny_onnx_file
     assert json.loads(metadata["lesionlab.std"]) == card.std
     assert json.loads(metadata["lesionlab.grayscale"]) is False
     assert "squash" in metadata["lesionlab.resize"]
+    assert metadata["lesionlab.input_pixels"] == "rgb-0-255" and "0..255" in metadata["lesionlab.input"]
     assert metadata["lesionlab.run_name"] == "tiny-run"
     assert json.loads(metadata["lesionlab.model_card"]) == card.to_dict()
     assert OnnxPredictor(tiny_onnx_file).card == card
+
+
+def test_the_graph_takes_resized_pixels_and_a_file_exported_before_is_refused(
+        tmp_path: Path, tiny_onnx_file: Path, validation_images: np.ndarray) -> None:
+    session = ort.InferenceSession(str(tiny_onnx_file), providers=["CPUExecutionProvider"])
+    assert validation_images.max() > 1 and validation_images.dtype == np.float32
+    predictor = OnnxPredictor(tiny_onnx_file)
+    assert np.allclose(session.run(None, {"image": validation_images[:2]})[0],
+                       predictor.predict_batch(validation_images[:2]), atol=1e-6)
+    assert np.allclose(predictor.predict_batch(validation_images[:2].astype(np.uint8)),
+                       predictor.predict_batch(validation_images[:2]), atol=1e-7)
+    old = onnx.load(str(tiny_onnx_file))
+    kept = [entry for entry in old.metadata_props if entry.key != "lesionlab.input_pixels"]
+    del old.metadata_props[:]
+    old.metadata_props.extend(kept)
+    old_path = tmp_path / "old.onnx"
+    onnx.save(old, str(old_path))
+    with pytest.raises(CheckpointError, match=r"old\.onnx: this file was exported by an older lesionlab.*"
+                                              r"Re-export it"):
+        OnnxPredictor(old_path)
 
 
 def test_fitted_temperature_reaches_predictions_and_the_onnx_file(

@@ -58,7 +58,7 @@ def test_an_exported_file_flags_as_its_run_does(tmp_path: Path, calibrated_run_d
     save_threshold(run_dir / "best.malignancy.json", fit(2.0, file_sha256(run_dir / "best.safetensors")))
     reference = TorchPredictor.from_path(run_dir)
     assert reference.malignancy.fitted
-    path = export_onnx(reference.calibrated_model(), reference.card, tmp_path / "model.onnx",
+    path = export_onnx(reference.model, reference.card, tmp_path / "model.onnx",
                        reference.temperature, reference.malignancy)
     for predictor in (OnnxPredictor(path), OpenVinoPredictor(path)):
         assert predictor.malignancy == reference.malignancy

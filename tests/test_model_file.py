@@ -136,28 +136,44 @@ def test_malformed_model_files_name_the_file(tmp_path: Path) -> None:
         load_predictor(tmp_path / "absent.json")
 
 
-def test_export_writes_each_member_and_a_model_file_over_the_exported_files(
-        calibrated_run_dir: Path, image_path: Path, tmp_path: Path,
+def test_export_writes_one_graph_that_predicts_as_the_model_file(
+        tiny_run_dir: Path, calibrated_run_dir: Path, shared_data_dir: Path, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
-    member = copy_run(calibrated_run_dir, tmp_path / "member")
-    model_file = lesionlab.load(member, tta=True).save(tmp_path / "model.json")
-    assert main(["export", str(model_file), "--max-images", "4"]) == 0
-    exported = tmp_path / "model-onnx.json"
-    assert str(exported) in capsys.readouterr().out
-    recorded = read_model_file(exported)
-    assert recorded.members[0].ref.path == "member/export/model.onnx"
-    assert recorded.members[0].temperature == 2.0 and recorded.views == read_model_file(model_file).views
-    by_torch = lesionlab.load(model_file).predict(image_path).probabilities
-    by_onnx = lesionlab.load(exported).predict(image_path).probabilities
-    assert by_onnx == pytest.approx(by_torch, abs=1e-5)
-    assert main(["export", str(model_file), "--out", str(tmp_path / "x.onnx")]) == 2
-    assert "drop --out" in capsys.readouterr().err
+    offsets = offsets_file(tmp_path)
+    model_file = lesionlab.load(tiny_run_dir, tta=True, ensemble=[calibrated_run_dir],
+                                class_offsets=offsets).save(tmp_path / "deploy" / "model.json")
+    assert main(["export", str(model_file), "--max-images", "6"]) == 0
+    printed = capsys.readouterr().out
+    exported = tmp_path / "deploy" / "model.onnx"
+    assert exported.is_file() and sorted(path.name for path in exported.parent.iterdir()) == [
+        "model.json", "model.onnx"]
+    rows = [line for line in printed.splitlines() if line.startswith(("onnxruntime fp32", "openvino fp32"))]
+    assert len(rows) == 2 and all("100.0%" in row for row in rows)
+
+    images = sorted((shared_data_dir / "images").glob("ISIC_*.jpg"))[:4]
+    arguments = [str(path) for path in images]
+    assert main(["predict", str(model_file), *arguments, "--json"]) == 0
+    by_file = json.loads(capsys.readouterr().out)["predictions"]
+    assert main(["predict", str(exported), *arguments, "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    by_graph = document["predictions"]
+    for expected, actual in zip(by_file, by_graph, strict=True):
+        assert actual["probabilities"] == pytest.approx(expected["probabilities"], abs=1e-5)
+        assert actual["top_class"] == expected["top_class"]
+    assert "inside the graph: mean of 2 member(s)" in document["calibration"]
+    assert "class offsets" in document["calibration"]
+    assert not load_predictor(exported).calibrated
+
+    assert main(["predict", str(exported), arguments[0], "--tta"]) == 2
+    assert "averages its views inside the graph" in capsys.readouterr().err
+    assert main(["export", str(model_file), "--int8"]) == 2
+    assert "--int8 quantizes one run's model" in capsys.readouterr().err
 
 
 def test_export_bench_and_evaluate_refuse_members_that_are_not_runs(
         tiny_onnx_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     model_file = lesionlab.load(tiny_onnx_file).save(tmp_path / "model.json")
-    for verb, message in (("export", "export works on run directories"),
+    for verb, message in (("export", "is an exported file"),
                           ("bench", "bench works on run directories"),
                           ("evaluate", "is an exported file")):
         assert main([verb, str(model_file)]) == 2

@@ -70,8 +70,10 @@ def test_ensemble_averages_its_members(tiny_run_dir: Path, calibrated_run_dir: P
     assert not ensemble.can_explain
     with pytest.raises(ExplainUnavailableError, match="single member"):
         ensemble.explain(plain_image(image_path))
-    with pytest.raises(ConfigError, match="not pre-processed batches"):
-        ensemble.predict_batch(np.zeros((1, 3, 96, 96), dtype=np.float32))
+    batch = members[0].preprocessing.to_batch(plain_image(image_path))
+    assert np.abs(ensemble.predict_batch(batch)[0] - expected).max() < 1e-5
+    with pytest.raises(ConfigError, match="no logits of its own"):
+        ensemble.batch_logits(batch)
 
 
 def test_ensemble_members_must_share_classes(tiny_run_dir: Path) -> None:

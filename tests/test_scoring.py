@@ -17,7 +17,6 @@ from lesionlab.data.imageio import load_rgb
 from lesionlab.evaluation.calibration import load_temperature, temperature_path
 from lesionlab.inference import load_predictor
 from lesionlab.inference.base import Preprocessing
-from lesionlab.inference.torch_backend import fold_temperature
 from lesionlab.models.checkpoint import load_run
 from lesionlab.scoring import Scoring, graph_logits, softmax
 from lesionlab.views import DEFAULT_VIEWS, apply_view
@@ -44,20 +43,29 @@ def test_graph_logits_score_as_the_graph_they_came_from() -> None:
         assert np.allclose(recovered, graph_output, atol=1e-6)
 
 
+def old_normalisation(pixels: np.ndarray, mean: list[float], std: list[float]) -> np.ndarray:
+    """What the numpy preprocessing did before the normalisation moved into the models: 0..255 pixels
+    scaled to [0, 1], then (x - mean) / std per channel."""
+    centre = np.asarray(mean, dtype=np.float32)[:, None, None]
+    spread = np.asarray(std, dtype=np.float32)[:, None, None]
+    return ((pixels * np.float32(1.0 / 255) - centre) / spread).astype(np.float32)
+
+
 def old_rule(run_dirs: list[Path], image_path: Path, views: tuple[str, ...],
              offsets: np.ndarray | None) -> np.ndarray:
-    """The rule the deployed paths applied before `lesionlab.scoring`: the temperature folded into the
-    output layer, softmax per view averaged, members averaged, offsets on the mean."""
+    """The rule the deployed paths applied before `lesionlab.scoring` and the in-model normalisation: the
+    image normalised in numpy, the temperature dividing the logits, softmax per view averaged, members
+    averaged, offsets on the mean."""
     members = []
     for run_dir in run_dirs:
         model, card = load_run(run_dir)
         fit = load_temperature(temperature_path(run_dir / "best"), run_dir / "best.safetensors")
-        if fit is not None:
-            fold_temperature(model, fit.temperature)
-        batch = Preprocessing.from_card(card).to_batch(load_rgb(image_path))
+        temperature = fit.temperature if fit is not None else 1.0
+        pixels = Preprocessing.from_card(card).to_batch(load_rgb(image_path))
+        batch = old_normalisation(pixels, card.mean, card.std)
         inputs = [torch.from_numpy(np.ascontiguousarray(apply_view(view, batch))) for view in views]
         with torch.inference_mode():
-            per_view = [torch.softmax(model.eval()(view), dim=1).numpy()[0] for view in inputs]
+            per_view = [torch.softmax(model.eval()(view) / temperature, dim=1).numpy()[0] for view in inputs]
         members.append(np.mean(per_view, axis=0))
     mean = np.mean(members, axis=0)
     return mean if offsets is None else apply_class_offsets(mean, offsets)
@@ -88,4 +96,21 @@ def test_predict_scores_as_the_old_rule_on_a_real_image(tiny_run_dir: Path, cali
     onnx_probabilities = session.run(None, {session.get_inputs()[0].name: batch})[0][0]
     assert np.allclose(load_predictor(tiny_onnx_file).image_probabilities(image), onnx_probabilities,
                        atol=1e-6)
+    assert np.allclose(onnx_probabilities, old_rule([tiny_run_dir], image_path, ("identity",), None),
+                       atol=1e-5)
     assert len(onnx_probabilities) == len(CLASS_CODES)
+
+
+def test_the_normalisation_inside_the_models_gives_the_old_logits(tiny_run_dir: Path,
+                                                                  shared_data_dir: Path) -> None:
+    from lesionlab.inference.torch_backend import TorchPredictor
+
+    predictor = TorchPredictor.from_path(tiny_run_dir)
+    card = predictor.card
+    paths = sorted((shared_data_dir / "images").glob("*.jpg"))[:4]
+    pixels = np.concatenate([predictor.preprocessing.to_batch(load_rgb(path)) for path in paths])
+    assert pixels.min() >= 0 and pixels.max() > 1 and np.array_equal(pixels, np.round(pixels))
+    with torch.inference_mode():
+        old = predictor.model(torch.from_numpy(old_normalisation(pixels, card.mean, card.std))).numpy()
+    assert np.abs(predictor.batch_logits(pixels) - old).max() < 1e-4
+    assert np.abs(predictor.batch_logits(pixels.astype(np.uint8)) - old).max() < 1e-4

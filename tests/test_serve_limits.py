@@ -21,7 +21,7 @@ from lesionlab.serve.limits import WorkLimits
 
 INPUT_SIZE = 64
 DECODE_MIN = 2 * INPUT_SIZE
-PREPROCESSING = Preprocessing(INPUT_SIZE, (0.5,) * 3, (0.5,) * 3, False)
+PREPROCESSING = Preprocessing(INPUT_SIZE)
 
 
 @dataclass

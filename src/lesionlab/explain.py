@@ -25,6 +25,7 @@ from torch import nn
 from lesionlab.inference.base import Explanation
 from lesionlab.inference.prediction import Prediction
 from lesionlab.models.checkpoint import ModelCard
+from lesionlab.models.pixel_input import PixelInput
 from lesionlab.models.registry import architecture
 from lesionlab.views import IDENTITY, undo_view, view_batch
 
@@ -37,9 +38,10 @@ TITLE_HEIGHT = 24
 FONT_SIZE = 13
 
 def target_layer(model: nn.Module, arch: str) -> nn.Module:
-    """The last feature block (`features.N`) of the backbone, as the registry lists it."""
-    last_feature_block = architecture(arch).blocks[-2]
-    return model.get_submodule(last_feature_block)
+    """The last feature block (`features.N`) of the backbone, as the registry lists it (of the network behind
+    a `PixelInput`, when given the deployed model)."""
+    network = model.network if isinstance(model, PixelInput) else model
+    return network.get_submodule(architecture(arch).blocks[-2])
 
 
 class WithFields(nn.Module):
@@ -57,9 +59,10 @@ class WithFields(nn.Module):
 
 def class_heatmaps(model: nn.Module, arch: str, batch: np.ndarray, class_index: int,
                    metadata: np.ndarray | None = None) -> np.ndarray:
-    """Grad-CAM maps `(N, size, size)` in 0..1 of one class for every image of a pre-processed batch, each in
-    its own input's frame; `metadata` (one encoded row) gives a metadata model the patient's fields. `model`
-    must not run a forward pass for anyone else meanwhile: Grad-CAM hooks into it."""
+    """Grad-CAM maps `(N, size, size)` in 0..1 of one class for every image of a batch `model` takes (resized
+    pixels for a `PixelInput`, normalised input for the bare network), each in its own input's frame;
+    `metadata` (one encoded row) gives a metadata model the patient's fields. `model` must not run a forward
+    pass for anyone else meanwhile: Grad-CAM hooks into it."""
     inputs = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
     targets = [ClassifierOutputTarget(class_index)] * len(inputs)
     network = model if metadata is None else WithFields(model, metadata.reshape(1, -1))

@@ -2,9 +2,10 @@
 OpenVINO where that keeps accuracy (`lesionlab.quantize`).
 
 Export uses `torch.onnx.export(dynamo=True)` (the exporter PyTorch maintains; the TorchScript one is
-deprecated) with a dynamic batch dimension, and puts the softmax inside the graph so every consumer gets
-probabilities. The file's `metadata_props` carry the classes and the exact pre-processing (see
-`inference.onnx_metadata`).
+deprecated) with a dynamic batch dimension. The graph takes resized RGB pixels 0..255 and holds the rest: the
+model's normalisation (`models.pixel_input.PixelInput`), the temperature and the softmax, so every consumer
+gets calibrated probabilities from the one resize. The file's `metadata_props` carry the classes, the input
+convention and the resize rule (see `inference.onnx_metadata`).
 
 The fp32 file is checked against PyTorch on real validation images of the run's own split, on both engines
 that run it (ONNX Runtime and OpenVINO): it must agree to float rounding; a metadata model's file takes the
@@ -16,7 +17,8 @@ matters, balanced accuracy next to fp32's on the same images, and by speed.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,18 +27,29 @@ import onnx
 import torch
 from torch import nn
 
+from lesionlab.class_offsets import PROBABILITY_FLOOR, load_class_offsets
 from lesionlab.data.metadata import encoded_values
 from lesionlab.errors import ConfigError
 from lesionlab.export_checks import ExportedFile, balanced_accuracy, check_file
 from lesionlab.inference.backends import EXPORT_DIR, FP32_NAME, ONNX_SUFFIX, OPENVINO_SUFFIX
+from lesionlab.inference.base import Predictor
+from lesionlab.inference.model_file import ResolvedModel
 from lesionlab.inference.onnx_backend import OnnxPredictor
-from lesionlab.inference.onnx_metadata import INPUT_NAME, METADATA_INPUT_NAME, OUTPUT_NAME, metadata_for
+from lesionlab.inference.onnx_metadata import (
+    INPUT_NAME,
+    METADATA_INPUT_NAME,
+    OUTPUT_NAME,
+    metadata_for,
+    scoring_metadata,
+)
 from lesionlab.inference.openvino_backend import OpenVinoPredictor
 from lesionlab.inference.run_samples import load_batch, split_samples
 from lesionlab.inference.torch_backend import TorchPredictor
 from lesionlab.io_utils import atomic_write_bytes
 from lesionlab.malignancy import FALLBACK_RULE, MalignancyRule
 from lesionlab.models.checkpoint import ModelCard
+from lesionlab.models.pixel_input import PixelInput
+from lesionlab.views import IDENTITY, apply_view
 
 if TYPE_CHECKING:
     from lesionlab.quantize import Int8Report
@@ -65,23 +78,44 @@ def default_paths(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] |
     return fp32, fp32.with_name(f"{fp32.stem}{INT8_SUFFIX}{OPENVINO_SUFFIX}")
 
 
-class WithSoftmax(nn.Module):
-    """`softmax(model(image[, metadata]))`: the exported graph's output is probabilities, for an image model
-    and for a metadata model alike."""
+class ScoredGraph(nn.Module):
+    """`lesionlab.scoring` as one graph, its output the model's probabilities: each member (a network behind
+    its own input normalisation, `PixelInput`) runs every view of the batch, its logits divided by its
+    temperature, softmax per view, the mean over the views, then the mean over the members, then the class
+    offsets, softmax(log p + offsets). One member with the identity view alone is a run's exported model:
+    `softmax(network(pixels) / temperature)`."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, members: Sequence[tuple[nn.Module, ModelCard, float | None]],
+                 views: Sequence[str] = (IDENTITY,), class_offsets: Sequence[float] | None = None) -> None:
         super().__init__()
-        self.model = model
+        self.members = nn.ModuleList([PixelInput.for_card(network, card) for network, card, _ in members])
+        self.temperatures = [1.0 if temperature is None else float(temperature)
+                             for _, _, temperature in members]
+        self.views = tuple(views)
+        self.offsets: torch.Tensor | None
+        if class_offsets is None:
+            self.offsets = None
+        else:
+            self.register_buffer("offsets", torch.tensor(list(class_offsets), dtype=torch.float32))
 
     def forward(self, image: torch.Tensor, metadata: torch.Tensor | None = None) -> torch.Tensor:
-        logits = self.model(image) if metadata is None else self.model(image, metadata)
-        return torch.softmax(logits, dim=1)
+        viewed = torch.cat([apply_view(name, image) for name in self.views]) if len(self.views) > 1 else image
+        extra = () if metadata is None else (metadata.repeat(len(self.views), 1),)
+        total = None
+        for member, temperature in zip(self.members, self.temperatures, strict=True):
+            logits = member(viewed, *extra) / temperature
+            per_view = torch.softmax(logits, dim=1).reshape(len(self.views), -1, logits.shape[1])
+            total = per_view.mean(dim=0) if total is None else total + per_view.mean(dim=0)
+        mean = total / len(self.members)
+        if self.offsets is None:
+            return mean
+        return torch.softmax(torch.log(torch.clamp(mean, min=PROBABILITY_FLOOR)) + self.offsets, dim=1)
 
 
-def onnx_model(model: nn.Module, card: ModelCard) -> onnx.ModelProto:
-    """Trace `softmax(model(image))` into an ONNX graph whose batch dimension is dynamic; a metadata model's
-    graph takes the encoded patient fields as a second input, `metadata` (its layout is in the file's
-    metadata_props)."""
+def onnx_model(graph: nn.Module, card: ModelCard) -> onnx.ModelProto:
+    """Trace `graph` (pixels `[batch, 3, size, size]`, and a metadata model's encoded fields) into an ONNX
+    graph whose batch dimension is dynamic; a metadata model's graph takes the encoded patient fields as a
+    second input, `metadata` (its layout is in the file's metadata_props)."""
     examples = [torch.zeros(2, 3, card.input_size, card.input_size)]
     names = [INPUT_NAME]
     if card.metadata is not None:
@@ -90,7 +124,7 @@ def onnx_model(model: nn.Module, card: ModelCard) -> onnx.ModelProto:
         names.append(METADATA_INPUT_NAME)
     batch = torch.export.Dim("batch")
     program = torch.onnx.export(
-        WithSoftmax(model).eval(), tuple(examples), dynamo=True, opset_version=OPSET, verbose=False,
+        graph.eval(), tuple(examples), dynamo=True, opset_version=OPSET, verbose=False,
         input_names=names, output_names=[OUTPUT_NAME],
         dynamic_shapes=tuple({0: batch} for _ in examples),
     )
@@ -108,12 +142,22 @@ def set_metadata(model: onnx.ModelProto, metadata: dict[str, str]) -> None:
 
 def export_onnx(model: nn.Module, card: ModelCard, path: str | os.PathLike[str],
                 temperature: float | None = None, malignancy: MalignancyRule = FALLBACK_RULE) -> Path:
-    """Write the fp32 ONNX file (single file, weights inside) with its metadata, atomically; `temperature`
-    records the one already folded into `model`, `malignancy` the run's malignant-flag rule."""
-    proto = onnx_model(model, card)
-    set_metadata(proto, metadata_for(card, FP32_QUANTIZATION, temperature, malignancy))
+    """Write the fp32 ONNX file (single file, weights inside) of the network `model` with its metadata,
+    atomically; the graph applies `temperature` (None: uncalibrated), and `malignancy` is the run's
+    malignant-flag rule."""
     run = card.run_name or "unnamed"
-    proto.doc_string = f"lesionlab {card.arch} for {len(card.classes)} classes (run {run})"
+    return write_onnx(ScoredGraph([(model, card, temperature)]), card, path,
+                      metadata_for(card, FP32_QUANTIZATION, temperature, malignancy),
+                      f"lesionlab {card.arch} for {len(card.classes)} classes (run {run})")
+
+
+def write_onnx(graph: nn.Module, card: ModelCard, path: str | os.PathLike[str], metadata: dict[str, str],
+               description: str) -> Path:
+    """Trace `graph`, attach `metadata`, check the proto and write it atomically (one file, weights
+    inside)."""
+    proto = onnx_model(graph, card)
+    set_metadata(proto, metadata)
+    proto.doc_string = description
     onnx.checker.check_model(proto)
     return atomic_write_bytes(path, proto.SerializeToString())
 
@@ -133,8 +177,7 @@ def export_run(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | No
     samples = split_samples(run_dir, "val", data, max_images, seed)
     validation = load_batch(samples, reference.preprocessing, "validation images")
     reference_probabilities = reference.predict_many(validation.images)
-    export_onnx(reference.calibrated_model(), reference.card, fp32_path, reference.temperature,
-                reference.malignancy)
+    export_onnx(reference.model, reference.card, fp32_path, reference.temperature, reference.malignancy)
     engines = (("onnxruntime fp32", OnnxPredictor(fp32_path, threads=threads)),
                ("openvino fp32", OpenVinoPredictor(fp32_path, threads=threads)))
     missing = "" if reference.card.metadata is None else ", fields missing"
@@ -158,3 +201,62 @@ def export_run(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | No
                              threads)
     accuracy = balanced_accuracy(reference.classes, reference_probabilities, validation.labels)
     return ExportReport(torch_balanced_accuracy=accuracy, files=files, int8=report)
+
+
+def model_file_graph(model: ResolvedModel) -> tuple[Predictor, ScoredGraph]:
+    """The predictor a `model.json` loads and the one graph that scores as it does: its PyTorch members,
+    each with the temperature the file recorded, its views and its class offsets. Members that are exported
+    files, read patient metadata or take different input sizes cannot share one graph of pixels and are
+    refused, naming the model file."""
+    from lesionlab.inference import load_model_file
+
+    predictor = load_model_file(model)
+    for member in predictor.members:
+        if not isinstance(member, TorchPredictor):
+            raise ConfigError(f"{model.source}: {member.source} is an exported file; one graph is built from "
+                              f"the PyTorch members, so write the model file from the run directories.")
+        if member.card.metadata is not None:
+            raise ConfigError(f"{model.source}: {member.source} reads patient metadata, and one graph for "
+                              f"the whole model file takes images only; export that run alone (`lesionlab "
+                              f"export RUN`), or drop it from the model file.")
+    sizes = {member.card.input_size for member in predictor.members}
+    if len(sizes) > 1:
+        raise ConfigError(f"{model.source}: its members take different input sizes "
+                          f"({', '.join(map(str, sorted(sizes)))}), and one graph takes one size of pixels; "
+                          f"export the member runs one by one instead.")
+    offsets = None if model.class_offsets is None else load_class_offsets(model.class_offsets).offsets
+    graph = ScoredGraph([(member.model, member.card, member.temperature) for member in predictor.members],
+                        model.views, offsets)
+    return predictor, graph
+
+
+def export_model_file(model: ResolvedModel, out: str | os.PathLike[str] | None = None,
+                      data: str | os.PathLike[str] | None = None, max_images: int | None = None,
+                      seed: int = 0, threads: int | None = None) -> ExportReport:
+    """Export a whole `model.json` as one ONNX file (`out`, else `<model file stem>.onnx` beside it): every
+    member with its temperature, the views and the class offsets inside the graph, the model file's
+    malignancy rule in its metadata. It is checked on both engines against the model file run by PyTorch on
+    the first member's validation images."""
+    path = Path(out) if out is not None else model.source.with_suffix(ONNX_SUFFIX)
+    if path.suffix.lower() != ONNX_SUFFIX:
+        raise ConfigError(f"{path}: the output file must end in {ONNX_SUFFIX}")
+    reference, graph = model_file_graph(model)
+    first = reference.members[0]
+    card = replace(first.card, run_name=" + ".join(member.card.run_name or str(member.source)
+                                                   for member in reference.members))
+    metadata = {**metadata_for(card, FP32_QUANTIZATION, None, reference.malignancy),
+                **scoring_metadata([(member.card.run_name, member.temperature)
+                                    for member in reference.members], model.views, graph.offsets is not None)}
+    write_onnx(graph, card, path, metadata,
+               f"lesionlab model file {model.source.name}: {len(reference.members)} member(s), "
+               f"{len(model.views)} view(s){', class offsets' if model.class_offsets else ''}")
+    run_dir = first.source if first.source.is_dir() else first.source.parent
+    validation = load_batch(split_samples(run_dir, "val", data, max_images, seed), first.preprocessing,
+                            "validation images")
+    reference_probabilities = reference.predict_many(validation.images)
+    engines = (("onnxruntime fp32", OnnxPredictor(path, threads=threads)),
+               ("openvino fp32", OpenVinoPredictor(path, threads=threads)))
+    files = tuple(check_file(label, predictor, reference_probabilities, validation)
+                  for label, predictor in engines)
+    accuracy = balanced_accuracy(reference.classes, reference_probabilities, validation.labels)
+    return ExportReport(torch_balanced_accuracy=accuracy, files=files)

@@ -96,7 +96,7 @@ def bench_run(run_dir: str | os.PathLike[str], threads: int, iterations: int = 5
     with tempfile.TemporaryDirectory(prefix="lesionlab-bench-") as work:
         exported = fp32.is_file()
         if not exported:
-            fp32 = export_onnx(reference.calibrated_model(), reference.card,
+            fp32 = export_onnx(reference.model, reference.card,
                                Path(work) / EXPORT_DIR / FP32_NAME, reference.temperature)
         int8_file = int8 if int8.is_file() else None
         predictors = engines(run, fp32, int8_file, threads)

@@ -1,5 +1,6 @@
 """`lesionlab export RUN [--int8]`: write the ONNX file (and an int8 OpenVINO model where it keeps accuracy)
-and show how each follows PyTorch on the run's validation images.
+and show how each follows PyTorch on the run's validation images; `lesionlab export MODEL.json` writes one
+graph for the whole model file, checked the same way.
 
 With `--int8` the exit status tells a script whether the int8 model can be used: 0 when it passed (within
 `--max-accuracy-drop` of fp32 and faster at batch 1 and 32), 3 (`errors.REFUSED`) when it was refused. A
@@ -22,16 +23,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `export` verb."""
     parser = subparsers.add_parser(
         "export", help="export a run's model to ONNX (and int8 for OpenVINO) and check it against PyTorch",
-        description="Write RUN/export/model.onnx (dynamic batch, softmax output, pre-processing in its "
-                    "metadata) and check it on ONNX Runtime and OpenVINO against PyTorch on the run's "
+        description="Write RUN/export/model.onnx (dynamic batch, resized 0..255 pixels in, the model's "
+                    "normalisation, temperature and softmax inside, the resize rule in its metadata) and "
+                    "check it on ONNX Runtime and OpenVINO against PyTorch on the run's "
                     "validation images. With --int8, also quantize it for OpenVINO (NNCF, accuracy control, "
                     "calibrated on training images) into model-int8.xml/.bin, kept only if it loses at most "
                     "--max-accuracy-drop balanced accuracy and is faster than fp32; exit status 3 when not.",
     )
     parser.add_argument("run", metavar="RUN",
-                        help="run directory from `lesionlab train`, or a model.json: each member run is "
-                             "exported to its RUN/export/model.onnx, and <name>-onnx.json beside the model "
-                             "file names the exported files (same views, temperatures and class offsets)")
+                        help="run directory from `lesionlab train`, or a model.json: its members (each with "
+                             "its temperature), TTA views and class offsets become one ONNX graph, "
+                             "<name>.onnx beside the model file (or --out), checked against the model file")
     parser.add_argument("--format", choices=("onnx",), default="onnx", help="export format (onnx)")
     parser.add_argument("--int8", action="store_true",
                         help="also write an int8 OpenVINO model where it keeps accuracy and is faster")
@@ -60,42 +62,37 @@ def run_export(args: argparse.Namespace) -> int:
         raise ConfigError("--max-images and --calibration-images must be at least 1")
     if not 0 <= args.max_accuracy_drop <= 1:
         raise ConfigError(f"--max-accuracy-drop {args.max_accuracy_drop}: give a fraction between 0 and 1")
-    from lesionlab.inference.backends import exported_fp32_path
-    from lesionlab.inference.model_file import (
-        exported_model_file,
-        is_model_file,
-        member_runs,
-        resolve_model_file,
-    )
+    from lesionlab.inference.model_file import is_model_file, resolve_model_file
 
-    model = resolve_model_file(args.run) if is_model_file(args.run) else None
-    if model is not None and args.out is not None:
-        raise ConfigError(f"{args.run}: each member exports into its own RUN/export/; drop --out")
-    status = 0
-    for run in member_runs(model, "export") if model is not None else (args.run,):
-        report = export_run(run, out=args.out, int8=args.int8, data=args.data, max_images=args.max_images,
-                            calibration_images=args.calibration_images, max_drop=args.max_accuracy_drop,
-                            threads=args.threads)
-        if model is not None:
-            print(f"\n{run}:")
-        print(summary_table(report))
-        if report.int8 is not None:
-            print(f"\n{int8_summary(report.int8)}")
-            status = status or (0 if report.int8.passed else REFUSED)
-    if model is not None:
-        written = exported_model_file(model, [exported_fp32_path(run) for run in model.members])
-        print(f"\nmodel file over the exported members: {written}")
-    return status
+    if is_model_file(args.run):
+        from lesionlab.export import export_model_file
+
+        if args.int8:
+            raise ConfigError(f"{args.run}: --int8 quantizes one run's model; export the member runs with "
+                              f"--int8 one by one, or drop --int8")
+        report = export_model_file(resolve_model_file(args.run), out=args.out, data=args.data,
+                                   max_images=args.max_images, threads=args.threads)
+        print(summary_table(report, "pytorch (model file)"))
+        return 0
+    report = export_run(args.run, out=args.out, int8=args.int8, data=args.data, max_images=args.max_images,
+                        calibration_images=args.calibration_images, max_drop=args.max_accuracy_drop,
+                        threads=args.threads)
+    print(summary_table(report))
+    if report.int8 is not None:
+        print(f"\n{int8_summary(report.int8)}")
+        return 0 if report.int8.passed else REFUSED
+    return 0
 
 
-def summary_table(report: ExportReport) -> str:
-    """PyTorch first, then each file on each engine: size, agreement with PyTorch, balanced accuracy on the
-    same images."""
+def summary_table(report: ExportReport, reference: str = "pytorch") -> str:
+    """PyTorch (`reference`) first, then each file on each engine: size, agreement with PyTorch, balanced
+    accuracy on the same images."""
     from lesionlab.tables import Table, format_table
 
     images = report.files[0].agreement.images
     files = [*report.files, *([report.int8.model] if report.int8 else [])]
-    rows = [("pytorch", "(run checkpoint)", "", "", "", f"{report.torch_balanced_accuracy:.4f}")]
+    source = "(run checkpoint)" if reference == "pytorch" else "(its members)"
+    rows = [(reference, source, "", "", "", f"{report.torch_balanced_accuracy:.4f}")]
     for exported in files:
         refused = report.int8 is not None and exported is report.int8.model and not report.int8.passed
         rows.append((

@@ -1,25 +1,21 @@
-"""Evaluation preprocessing in numpy alone, for ONNX serving where PyTorch is not installed.
+"""Deployment preprocessing in numpy alone, for exported models served where PyTorch is not installed.
 
-It reproduces `transforms.eval_transform` step by step on the same squashed input: torchvision's grayscale
-weights (0.2989, 0.587, 0.114, truncated back to uint8 as torchvision does), division by 255, then mean/std.
+It is only lesionlab's one resize: the image squashed to `size x size` by `imageio.resize_square`, as the
+decoded-image cache and the dataset do, laid out as the `(1, 3, size, size)` RGB pixels 0..255 every engine
+takes. The grayscale mode and the normalisation are the model's (`models.pixel_input.PixelInput`), inside
+the exported graph and the PyTorch predictor, so no twin of them lives here.
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
 
 from lesionlab.data.imageio import resize_square
 
-GRAY_WEIGHTS = (np.float32(0.2989), np.float32(0.587), np.float32(0.114))
 
-
-def preprocess_array(
-    rgb: np.ndarray, size: int, grayscale: bool, mean: Sequence[float], std: Sequence[float]
-) -> np.ndarray:
-    """Turn one uint8 RGB image `(H, W, 3)` into a float32 batch `(1, 3, size, size)` ready for the model.
+def preprocess_array(rgb: np.ndarray, size: int) -> np.ndarray:
+    """One uint8 RGB image `(H, W, 3)` as a float32 batch of pixels 0..255 `(1, 3, size, size)`.
 
     An image not yet `size x size` is squashed with the loader's own resize, so it matches training input.
     """
@@ -27,11 +23,4 @@ def preprocess_array(
         raise ValueError(f"expected a uint8 RGB array of shape (H, W, 3), got {rgb.dtype} {rgb.shape}")
     if rgb.shape[:2] != (size, size):
         rgb = np.asarray(resize_square(Image.fromarray(rgb), size))
-    pixels = rgb.astype(np.float32)
-    if grayscale:
-        red, green, blue = (pixels[..., channel] for channel in range(3))
-        gray = (red * GRAY_WEIGHTS[0] + green * GRAY_WEIGHTS[1] + blue * GRAY_WEIGHTS[2]).astype(np.uint8)
-        pixels = np.repeat(gray[..., None], 3, axis=2).astype(np.float32)
-    scaled = pixels * np.float32(1.0 / 255)
-    normalised = (scaled - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
-    return np.ascontiguousarray(normalised.transpose(2, 0, 1)[None], dtype=np.float32)
+    return np.ascontiguousarray(rgb.transpose(2, 0, 1)[None], dtype=np.float32)

@@ -48,6 +48,9 @@ def load_predictor(path: str | os.PathLike[str], threads: int | None = None,
     members = [load_model(member, threads, backend, precision) for member in (path, *ensemble)]
     if views:
         for member in members:
+            if member.graph_scoring is not None:
+                raise ConfigError(f"{member.source}: this file was exported from a model file and averages "
+                                  f"its views inside the graph; drop --tta.")
             member.views = tuple(views)
     if len(members) == 1 and class_offsets is None:
         return members[0]

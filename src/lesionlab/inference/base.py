@@ -28,6 +28,7 @@ from lesionlab.views import IDENTITY, view_batch
 
 if TYPE_CHECKING:  # the metadata encoder needs torch; ONNX and OpenVINO predictors must run without it
     from lesionlab.data.metadata import PatientMetadata
+    from lesionlab.inference.onnx_metadata import GraphScoring
 
 
 class ExplainUnavailableError(LesionlabError):
@@ -36,22 +37,20 @@ class ExplainUnavailableError(LesionlabError):
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """How an image becomes the network's input; taken from the model card so training and inference agree."""
+    """How an image becomes the pixels every engine takes: lesionlab's one resize to the model's input size.
+    The grayscale mode and the normalisation are the model's own, inside the exported graph and the PyTorch
+    predictor (`models.pixel_input`), so this side is the same for every backend."""
 
     input_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    grayscale: bool
 
     @classmethod
     def from_card(cls, card: ModelCard) -> Preprocessing:
-        """Read the input size, normalisation and colour mode a model was trained with."""
-        return cls(int(card.input_size), tuple(card.mean), tuple(card.std), bool(card.grayscale))
+        """Read the input size a model was trained with."""
+        return cls(int(card.input_size))
 
     def to_batch(self, image: Image.Image) -> np.ndarray:
-        """One RGB image as a float32 `(1, 3, size, size)` batch."""
-        rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
-        return preprocess_array(rgb, self.input_size, self.grayscale, self.mean, self.std)
+        """One RGB image as float32 pixels 0..255, `(1, 3, size, size)`."""
+        return preprocess_array(np.asarray(image.convert("RGB"), dtype=np.uint8), self.input_size)
 
 
 @dataclass(frozen=True)
@@ -80,6 +79,9 @@ class Predictor(ABC):
     precision: str = "fp32"
     temperature: float | None = None
     malignancy: MalignancyRule = FALLBACK_RULE
+    graph_scoring: GraphScoring | None = None
+    """What a graph exported from a `model.json` scores inside itself (members, views, offsets); None
+    elsewhere."""
 
     def __init__(self, card: ModelCard, source: Path, weights_sha256: str) -> None:
         self.views: tuple[str, ...] = (IDENTITY,)
@@ -92,9 +94,10 @@ class Predictor(ABC):
 
     @abstractmethod
     def batch_logits(self, batch: np.ndarray, metadata: np.ndarray | None = None) -> np.ndarray:
-        """The network's logits `(N, classes)` for a pre-processed float32 batch `(N, 3, size, size)`, on the
-        scale `temperature` divides (`metadata`: each image's encoded patient fields, for a metadata
-        model). Backends produce logits only; `lesionlab.scoring` makes every probability from them."""
+        """The network's logits `(N, classes)` for a batch of resized RGB pixels 0..255 `(N, 3, size, size)`
+        (float32 or uint8; `Preprocessing.to_batch`), on the scale `temperature` divides (`metadata`: each
+        image's encoded patient fields, for a metadata model). Backends produce logits only;
+        `lesionlab.scoring` makes every probability from them."""
 
     @property
     def members(self) -> tuple[Predictor, ...]:
@@ -107,10 +110,11 @@ class Predictor(ABC):
         return Scoring((self.temperature,))
 
     def predict_batch(self, batch: np.ndarray, metadata: np.ndarray | None = None) -> np.ndarray:
-        """Probabilities `(N, classes)` of a pre-processed batch, each image one view, under this model's
-        scoring (what export checks and benchmarks compare); `metadata`: a metadata model's encoded fields
-        per image."""
-        return self.scoring.probabilities([self.batch_logits(batch, metadata)[:, None]])
+        """Probabilities `(N, classes)` of a batch of resized pixels under this model's scoring: each
+        member's views of the batch, as `image_probabilities` scores one image (what export checks and
+        benchmarks compare); `metadata`: a metadata model's encoded fields per image."""
+        return self.scoring.probabilities([member.batch_view_logits(batch, metadata)
+                                           for member in self.members])
 
     def predict_many(self, images: np.ndarray, batch_size: int = 32,
                      metadata: np.ndarray | None = None) -> np.ndarray:
@@ -130,22 +134,32 @@ class Predictor(ABC):
     @property
     def calibrated(self) -> bool:
         """Whether the probabilities are scaled by a temperature fitted on validation data."""
+        if self.graph_scoring is not None:
+            return self.graph_scoring.calibrated
         return self.temperature is not None
 
     @property
     def calibration(self) -> str:
         """How the probabilities are scaled, for people: the fitted temperature, or plain softmax."""
+        if self.graph_scoring is not None:
+            return self.graph_scoring.description()
         if self.temperature is None:
             return "uncalibrated softmax (no temperature fitted; `lesionlab evaluate RUN` fits one on val)"
         return f"temperature {self.temperature:.3f}, fitted on the validation part"
 
+    def batch_view_logits(self, batch: np.ndarray, metadata: np.ndarray | None = None) -> np.ndarray:
+        """This model's logits `(N, views, classes)` of a batch of resized pixels under each of `views`, all
+        run as one batch (`metadata`: each image's encoded fields)."""
+        viewed = view_batch(batch, self.views)
+        encoded = None if metadata is None else np.tile(metadata, (len(self.views), 1))
+        logits = self.batch_logits(viewed, encoded)
+        return logits.reshape(len(self.views), len(batch), -1).transpose(1, 0, 2)
+
     def view_logits(self, image: Image.Image, metadata: PatientMetadata | None = None) -> np.ndarray:
-        """This model's logits `(1, views, classes)` of one decoded image under each of `views`, all run
-        as one batch; `metadata` gives a metadata model the patient's fields (without it, every field is
-        missing)."""
-        batch = view_batch(self.preprocessing.to_batch(image), self.views)
-        encoded = None if metadata is None else self.encode_metadata(metadata, len(batch))
-        return self.batch_logits(batch, encoded)[None]
+        """This model's logits `(1, views, classes)` of one decoded image under each of `views`; `metadata`
+        gives a metadata model the patient's fields (without it, every field is missing)."""
+        encoded = None if metadata is None else self.encode_metadata(metadata, 1)
+        return self.batch_view_logits(self.preprocessing.to_batch(image), encoded)
 
     def image_probabilities(self, image: Image.Image, metadata: PatientMetadata | None = None) -> np.ndarray:
         """Class probabilities of one decoded image: the members' view logits through `scoring` (test-time

@@ -189,12 +189,3 @@ def member_runs(model: ResolvedModel, verb: str) -> tuple[Path, ...]:
             raise ConfigError(f"{model.source}: {verb} works on run directories, and {member} is not one; "
                               f"{verb} that member's run directory instead.")
     return model.members
-
-
-def exported_model_file(model: ResolvedModel, exported: Sequence[Path]) -> Path:
-    """Write `<stem>-onnx.json` beside a `model.json` whose members were exported: the same views,
-    temperatures (already folded into each file) and class offsets over the exported files, so the same
-    model runs on ONNX Runtime or OpenVINO without PyTorch."""
-    target = model.source.with_name(f"{model.source.stem}-onnx{MODEL_FILE_SUFFIX}")
-    return write_model_file(target, list(zip(exported, model.temperatures, strict=True)), model.views,
-                            model.class_offsets)

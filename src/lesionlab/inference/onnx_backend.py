@@ -13,6 +13,8 @@ from lesionlab.inference.base import Predictor
 from lesionlab.inference.onnx_metadata import (
     QUANTIZATION_KEY,
     card_from_metadata,
+    check_input_pixels,
+    graph_scoring,
     malignancy_from_metadata,
     metadata_input,
     temperature_from_metadata,
@@ -50,18 +52,20 @@ class OnnxPredictor(Predictor):
                                   f"truncated or not an ONNX model. Re-export it with `lesionlab export`."
                                   ) from error
         metadata = self.session.get_modelmeta().custom_metadata_map
+        card = card_from_metadata(metadata, model_path)
+        check_input_pixels(metadata, model_path)
         self.quantization = metadata.get(QUANTIZATION_KEY, "unknown")
+        self.graph_scoring = graph_scoring(metadata, model_path)
         self.temperature = temperature_from_metadata(metadata, model_path)
         self.malignancy = malignancy_from_metadata(metadata, model_path, self.temperature)
         self.input_name = self.session.get_inputs()[0].name
-        card = card_from_metadata(metadata, model_path)
         self.metadata_input = metadata_input(metadata, card, [entry.name for entry in
                                                               self.session.get_inputs()], model_path)
         super().__init__(card, model_path, file_sha256(model_path))
 
     def batch_logits(self, batch: np.ndarray, metadata: np.ndarray | None = None) -> np.ndarray:
-        """Logits recovered from the exported graph's probabilities (`graph_logits`); a metadata graph gets
-        the encoded fields, every field missing when none are given."""
+        """Logits recovered from the exported graph's probabilities (`graph_logits`) for resized pixels
+        0..255; a metadata graph gets the encoded fields, every field missing when none are given."""
         inputs = {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)}
         if self.metadata_input is not None:
             inputs[self.metadata_input] = self.metadata_rows(metadata, len(batch))

@@ -1,7 +1,9 @@
 """What an exported `.onnx` file says about itself, in its `metadata_props`.
 
 An ONNX file travels alone, so it carries everything needed to use it correctly: the class order, the input
-size, the normalisation, the colour mode and the resize rule, the malignancy threshold fitted on the run's
+size and the resize rule, the input convention (`lesionlab.input_pixels`: the graph takes resized RGB pixels
+0..255 and normalises them itself; files exported before it did lack the key and are refused with what to
+do), the normalisation and colour mode it applies, the malignancy threshold fitted on the run's
 validation part, for a metadata model the layout of its second input (the encoded patient fields), plus the
 full model card. `lesionlab.export`
 writes these keys and `OnnxPredictor` reads them back; both sides use this module, so the names cannot drift
@@ -13,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 from lesionlab.errors import CheckpointError
 from lesionlab.malignancy import (
@@ -36,10 +38,14 @@ METADATA_INPUT_NAME = "metadata"
 METADATA_LAYOUT_KEY = f"{PREFIX}metadata_layout"
 METADATA_MISSING_KEY = f"{PREFIX}metadata_missing"
 OUTPUT_NAME = "probabilities"
+SCORING_KEY = f"{PREFIX}scoring"
+INPUT_PIXELS_KEY = f"{PREFIX}input_pixels"
+INPUT_PIXELS = "rgb-0-255"
 RESIZE_RULE = (
     "decode to RGB (EXIF orientation applied), squash to input_size x input_size (aspect ratio not kept, "
-    "Pillow bilinear with antialiasing), scale to [0, 1], then (x - mean) / std per channel; with grayscale "
-    "true, luminance (0.2989 R + 0.587 G + 0.114 B, truncated to uint8) is repeated over the 3 channels first"
+    "Pillow bilinear with antialiasing) and feed the pixels 0..255 as they are, channels first; the graph "
+    "itself applies the rest: with grayscale true, luminance (0.2989 R + 0.587 G + 0.114 B, truncated to a "
+    "whole value) repeated over the 3 channels, then x / 255 and (x - mean) / std per channel"
 )
 
 
@@ -61,8 +67,9 @@ def metadata_for(card: ModelCard, quantization: str, temperature: float | None,
         f"{PREFIX}std": json.dumps(list(card.std)),
         f"{PREFIX}grayscale": json.dumps(bool(card.grayscale)),
         f"{PREFIX}resize": RESIZE_RULE,
-        f"{PREFIX}input": f"{INPUT_NAME}: float32 [batch, 3, {card.input_size}, {card.input_size}], "
-                          f"pre-processed as {PREFIX}resize says",
+        INPUT_PIXELS_KEY: INPUT_PIXELS,
+        f"{PREFIX}input": f"{INPUT_NAME}: float32 [batch, 3, {card.input_size}, {card.input_size}], RGB "
+                          f"pixels 0..255 resized as {PREFIX}resize says (normalised inside the graph)",
         f"{PREFIX}output": f"{OUTPUT_NAME}: float32 [batch, {card.num_classes}], softmax probabilities in "
                            f"{PREFIX}classes order{calibration}",
         TEMPERATURE_KEY: repr(temperature) if calibrated else UNCALIBRATED,
@@ -111,6 +118,69 @@ def metadata_input(metadata: Mapping[str, str], card: ModelCard, input_names: li
                               f"encoding of {', '.join(card.metadata['fields'])} ({expected}); re-export it "
                               f"with this version (`lesionlab export RUN`).")
     return METADATA_INPUT_NAME
+
+
+@dataclass(frozen=True)
+class GraphScoring:
+    """What a graph exported from a `model.json` does inside itself, from its `lesionlab.scoring` entry:
+    its members (run name, temperature), the views it averages and whether class offsets follow."""
+
+    members: tuple[tuple[str, float | None], ...]
+    views: tuple[str, ...]
+    class_offsets: bool
+
+    @property
+    def calibrated(self) -> bool:
+        """Calibrated when every member applies a fitted temperature and no offsets move the mean."""
+        return not self.class_offsets and all(temperature is not None for _, temperature in self.members)
+
+    def description(self) -> str:
+        """The scoring in words, for `/health` and `predict --json`."""
+        members = "; ".join(f"{name}: " + (f"temperature {temperature:.3f}" if temperature is not None
+                                           else "uncalibrated softmax") for name, temperature in self.members)
+        views = f"mean over {len(self.views)} views ({', '.join(self.views)})" if len(self.views) > 1 else ""
+        parts = [f"inside the graph: mean of {len(self.members)} member(s) ({members})", views,
+                 "then class offsets for balanced decisions: read the probabilities as scores, they lean "
+                 "towards the rarer classes" if self.class_offsets else ""]
+        return ", ".join(part for part in parts if part)
+
+
+def scoring_metadata(members: list[tuple[str, float | None]], views: tuple[str, ...],
+                     class_offsets: bool) -> dict[str, str]:
+    """The `lesionlab.scoring` entry of a graph that scores a whole `model.json` inside itself."""
+    return {SCORING_KEY: json.dumps({"members": [{"run_name": name, "temperature": temperature}
+                                                 for name, temperature in members],
+                                     "views": list(views), "class_offsets": class_offsets})}
+
+
+def graph_scoring(metadata: Mapping[str, str], path: str | os.PathLike[str]) -> GraphScoring | None:
+    """The scoring inside a graph exported from a `model.json`; None for a run's own export."""
+    value = metadata.get(SCORING_KEY)
+    if value is None:
+        return None
+    try:
+        raw = json.loads(value)
+        return GraphScoring(tuple((str(entry["run_name"]), entry["temperature"]) for entry in raw["members"]),
+                            tuple(raw["views"]), bool(raw["class_offsets"]))
+    except (ValueError, KeyError, TypeError) as error:
+        raise CheckpointError(f"{path}: {SCORING_KEY} metadata is unreadable ({error}); re-export the model "
+                              f"file with `lesionlab export MODEL.json`.") from error
+
+
+def check_input_pixels(metadata: Mapping[str, str], path: str | os.PathLike[str]) -> None:
+    """Refuse a file whose graph does not take resized 0..255 pixels: one exported before the normalisation
+    moved into the graph expects normalised input, and fed pixels would give confident nonsense."""
+    value = metadata.get(INPUT_PIXELS_KEY)
+    if value == INPUT_PIXELS:
+        return
+    if value is None:
+        raise CheckpointError(f"{path}: this file was exported by an older lesionlab whose graph expects "
+                              f"pre-normalised input; this version feeds resized 0..255 pixels and "
+                              f"normalises inside the graph. Re-export it from its run: `lesionlab export "
+                              f"RUN`.")
+    raise CheckpointError(f"{path}: {INPUT_PIXELS_KEY} is {value!r}, an input convention this lesionlab does "
+                          f"not know ({INPUT_PIXELS!r}); re-export it with this version (`lesionlab export "
+                          f"RUN`).")
 
 
 def temperature_from_metadata(metadata: Mapping[str, str], path: str | os.PathLike[str]) -> float | None:

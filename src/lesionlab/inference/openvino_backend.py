@@ -25,6 +25,8 @@ from lesionlab.inference.onnx_metadata import (
     INPUT_NAME,
     QUANTIZATION_KEY,
     card_from_metadata,
+    check_input_pixels,
+    graph_scoring,
     malignancy_from_metadata,
     metadata_input,
     temperature_from_metadata,
@@ -92,8 +94,10 @@ class OpenVinoPredictor(Predictor):
         model = read_openvino_model(model_path)
         metadata = openvino_metadata(model)
         card = card_from_metadata(metadata, model_path)
+        check_input_pixels(metadata, model_path)
         self.precision = precision
         self.quantization = metadata.get(QUANTIZATION_KEY, "unknown")
+        self.graph_scoring = graph_scoring(metadata, model_path)
         self.temperature = temperature_from_metadata(metadata, model_path)
         self.malignancy = malignancy_from_metadata(metadata, model_path, self.temperature)
         self.metadata_input = metadata_input(metadata, card, [name for entry in model.inputs
@@ -111,8 +115,8 @@ class OpenVinoPredictor(Predictor):
         return request
 
     def batch_logits(self, batch: np.ndarray, metadata: np.ndarray | None = None) -> np.ndarray:
-        """Logits recovered from the exported graph's probabilities (`graph_logits`); a metadata graph gets
-        the encoded fields, every field missing when none are given."""
+        """Logits recovered from the exported graph's probabilities (`graph_logits`) for resized pixels
+        0..255; a metadata graph gets the encoded fields, every field missing when none are given."""
         images = np.ascontiguousarray(batch, dtype=np.float32)
         if self.metadata_input is None and metadata is not None:
             raise self.metadata_unavailable_error()

@@ -72,12 +72,21 @@ class ScoredPredictor(Predictor):
                        None if self.offsets is None else self.offsets.offsets)
 
     def batch_logits(self, batch: np.ndarray, metadata: np.ndarray | None = None) -> np.ndarray:
-        """The single member's logits (so `predict_batch` applies the offsets too); not available for an
-        ensemble, whose members may expect different input sizes, so only whole images can be shared."""
+        """The single member's logits; an ensemble has no logits of its own (its members are scored by
+        `predict_batch` and `image_probabilities`)."""
         if len(self.members) == 1:
             return self.members[0].batch_logits(batch, metadata)
-        raise ConfigError("an ensemble takes images, not pre-processed batches (its members may differ in "
-                          "input size); use predict_image or predict_file, or pass a single model.")
+        raise ConfigError("an ensemble has no logits of its own; score it with predict_batch, predict_image "
+                          "or predict_file.")
+
+    def predict_batch(self, batch: np.ndarray, metadata: np.ndarray | None = None) -> np.ndarray:
+        """The members' scoring of one batch of resized pixels, where they share an input size (otherwise
+        only whole images can be shared)."""
+        sizes = {member.preprocessing.input_size for member in self.members}
+        if len(sizes) > 1:
+            raise ConfigError(f"the members take different input sizes ({', '.join(map(str, sorted(sizes)))}"
+                              f"), so one batch of pixels fits only some; use predict_image or predict_file.")
+        return super().predict_batch(batch, metadata)
 
     @property
     def calibrated(self) -> bool:

@@ -1,8 +1,9 @@
 """A `Predictor` over a PyTorch checkpoint (run directory or checkpoint file); the one that can explain.
 
-Where the checkpoint has a temperature fitted on its validation part (`<stem>.temperature.json`, written by
-`lesionlab evaluate` and `lesionlab run`), `lesionlab.scoring` divides the logits by it, as evaluation does;
-`calibrated_model` folds it into the output layer of a copy for the exported graph.
+It takes the resized pixels every engine takes and runs the network behind `PixelInput`, the model's own
+grayscale mode and normalisation, the module the exported graph also holds. Where the checkpoint has a
+temperature fitted on its validation part (`<stem>.temperature.json`, written by `lesionlab evaluate` and
+`lesionlab run`), `lesionlab.scoring` divides the logits by it, as evaluation does.
 """
 
 from __future__ import annotations
@@ -25,22 +26,13 @@ from lesionlab.inference.prediction import Prediction
 from lesionlab.io_utils import file_sha256
 from lesionlab.malignancy import rule_for, threshold_path
 from lesionlab.models.checkpoint import ModelCard, checkpoint_stem, load_checkpoint
-from lesionlab.models.registry import output_layer
+from lesionlab.models.pixel_input import PixelInput
 from lesionlab.precision import forward_precision
 
 
-def fold_temperature(model: nn.Module, temperature: float) -> nn.Module:
-    """Divide the output layer's weights and bias by `temperature`: exactly logits / T, free per image."""
-    layer = output_layer(model)
-    with torch.no_grad():
-        layer.weight.div_(temperature)
-        if layer.bias is not None:
-            layer.bias.div_(temperature)
-    return model
-
-
 class TorchPredictor(Predictor):
-    """Runs the PyTorch model in eval mode.
+    """Runs the PyTorch model in eval mode: `model` is the network, `pixel_model` the same network behind its
+    input normalisation (what `batch_logits` and Grad-CAM run).
 
     Grad-CAM hooks into the network it explains, so it works on a private copy under a lock: a prediction
     running in another thread at the same moment never feeds its activations into someone else's heat map.
@@ -54,6 +46,7 @@ class TorchPredictor(Predictor):
             torch.set_num_threads(threads)  # process-wide: PyTorch has one intra-op pool
         self.precision = precision
         self.model = model.eval()
+        self.pixel_model = PixelInput.for_card(self.model, card).eval()
         self.temperature = temperature
         self._explain_lock = threading.Lock()
         self._explain_model: nn.Module | None = None
@@ -80,21 +73,14 @@ class TorchPredictor(Predictor):
         """Gradients are available, so Grad-CAM works."""
         return True
 
-    def calibrated_model(self) -> nn.Module:
-        """A copy of the network with the temperature folded into its output layer (logits / T): what an
-        exported graph carries, so the file scores as this predictor does."""
-        if self.temperature is None:
-            return self.model
-        return fold_temperature(copy.deepcopy(self.model), self.temperature)
-
     def batch_logits(self, batch: np.ndarray, metadata: np.ndarray | None = None) -> np.ndarray:
-        """Logits from the eager model (fp32 even under bf16 autocast), with a metadata model's encoded
-        fields when given."""
+        """Logits from the eager model behind its input normalisation (fp32 even under bf16 autocast), with a
+        metadata model's encoded fields when given."""
         inputs = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
         fields = () if metadata is None else (torch.from_numpy(np.ascontiguousarray(metadata,
                                                                                    dtype=np.float32)),)
         with torch.inference_mode(), forward_precision(self.precision, torch.device("cpu")):
-            logits = self.model(inputs, *fields)
+            logits = self.pixel_model(inputs, *fields)
         return logits.float().numpy()
 
     def explain(self, image: Image.Image, prediction: Prediction | None = None,
@@ -111,5 +97,5 @@ class TorchPredictor(Predictor):
         encoded = None if metadata is None else self.encode_metadata(metadata, 1)
         with self._explain_lock:
             if self._explain_model is None:
-                self._explain_model = copy.deepcopy(self.model).requires_grad_(True)
+                self._explain_model = copy.deepcopy(self.pixel_model).requires_grad_(True)
             return grad_cam(self._explain_model, self.card, image, batch, prediction, self.views, encoded)
