@@ -18,8 +18,15 @@ from lesionlab.cli import main
 from lesionlab.errors import CheckpointError, ConfigError
 from lesionlab.evaluation.calibration import TemperatureFit, save_temperature
 from lesionlab.inference import load_predictor
-from lesionlab.inference.model_file import FORMAT, VERSION, read_model_file
+from lesionlab.inference.model_file import (
+    FORMAT,
+    VERSION,
+    read_model_file,
+    record_threshold,
+    write_model_file,
+)
 from lesionlab.io_utils import file_sha256
+from lesionlab.malignancy import ThresholdFit
 from lesionlab.serve.app import create_app
 
 
@@ -118,6 +125,36 @@ def test_changed_offsets_and_extra_flags_are_refused(tiny_run_dir: Path, calibra
     offsets.write_text(offsets.read_text(encoding="utf-8") + "\n", encoding="utf-8")
     with pytest.raises(CheckpointError, match=r"class-offsets\.json has changed"):
         load_predictor(model_file)
+
+
+def test_the_fitted_threshold_travels_in_the_model_file(
+        tiny_run_dir: Path, calibrated_run_dir: Path, image_path: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    members = [(tiny_run_dir, None), (calibrated_run_dir, 2.0)]
+    without = write_model_file(tmp_path / "plain.json", members, ("identity",))
+    fallback = load_predictor(without).malignancy
+    assert not fallback.fitted and fallback.threshold == 0.5 and "evaluate MODEL.json" in fallback.description
+    fit = ThresholdFit(threshold=0.125, target_sensitivity=0.9, fitted_on="val", samples=200,
+                       malignant_samples=40, sensitivity=0.925, specificity=0.5, temperature=None,
+                       checkpoint_sha256="ensemble")
+    written = record_threshold(without, fit)
+    assert json.loads(written.read_text())["malignancy_threshold"]["target_sensitivity"] == 0.9
+    assert read_model_file(written).malignancy == fit
+    rule = load_predictor(written).malignancy
+    assert rule.fitted and rule.threshold == 0.125
+    assert lesionlab.load(written).predict(image_path).to_dict()["malignant_threshold"] == 0.125
+    assert main(["predict", str(written), str(image_path), "--json"]) == 0
+    predicted = json.loads(capsys.readouterr().out)["predictions"][0]
+    assert predicted["malignant_threshold"] == 0.125 and predicted["malignant_threshold_fitted"] is True
+    health = TestClient(create_app(load_predictor(written))).get("/health").json()
+    assert health["malignant_threshold"] == 0.125 and health["malignant_threshold_fitted"] is True
+
+    version_one = json.loads(without.read_text())
+    version_one["version"] = 1
+    del version_one["malignancy_threshold"]
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(version_one))
+    assert read_model_file(old).malignancy is None and not load_predictor(old).malignancy.fitted
 
 
 def test_malformed_model_files_name_the_file(tmp_path: Path) -> None:

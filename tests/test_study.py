@@ -152,6 +152,12 @@ def test_a_study_runs_on_one_split_skips_finished_runs_and_averages_an_ensemble(
     deployed = json.loads((folder / "eval" / "model-test" / "metrics.json").read_text())
     for key in ("accuracy", "balanced_accuracy", "macro_f1"):
         assert deployed[key] == pytest.approx(best[key], abs=1e-12), key
+    assert recorded.malignancy is not None and recorded.malignancy.fitted_on == "val"
+    fitted = deployed["malignancy"]["threshold_fit"]
+    assert fitted["threshold"] == pytest.approx(recorded.malignancy.threshold, abs=1e-9)
+    assert read_model_file(folder / "model.json").malignancy.threshold == fitted["threshold"]
+    deployed_rule = load_predictor(folder / "model.json").malignancy
+    assert deployed_rule.fitted and deployed_rule.threshold == fitted["threshold"]
     image = folder.parent.parent / "image.jpg"
     class_image(3, np.random.default_rng(5)).save(image)
     member_paths = [folder / member.ref.path for member in recorded.members]

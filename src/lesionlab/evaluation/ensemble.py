@@ -23,9 +23,9 @@ from lesionlab.evaluation.metrics import compute_metrics, fit_malignancy_thresho
 from lesionlab.evaluation.predictions import Predictions, read_predictions, write_predictions
 from lesionlab.evaluation.view_logits import LOGITS_FILE, ensemble_probabilities, read_view_logits
 from lesionlab.inference.backends import ONNX_SUFFIX, OPENVINO_SUFFIX, checkpoint_weights_path
-from lesionlab.inference.model_file import ResolvedModel
+from lesionlab.inference.model_file import ResolvedModel, record_threshold
 from lesionlab.io_utils import atomic_write_json
-from lesionlab.malignancy import FALLBACK_RULE, MalignancyRule
+from lesionlab.malignancy import FALLBACK_RULE, MalignancyRule, ThresholdFit
 from lesionlab.models.checkpoint import checkpoint_stem
 
 ENSEMBLE_SHA256 = "ensemble"
@@ -104,7 +104,9 @@ def evaluate_ensemble(run_dirs: Sequence[Path], options: EvaluationOptions,
 def evaluate_model_file(model: ResolvedModel, options: EvaluationOptions) -> EvaluationResult:
     """Evaluate what a checked `model.json` deploys: its members (run directories or checkpoints) under its
     views, each with the temperature the file recorded, then its class offsets. A member whose evaluation
-    applied another temperature than the file recorded is refused, as `predict` refuses it. Output:
+    applied another temperature than the file recorded is refused, as `predict` refuses it. The malignancy
+    threshold fitted on the validation part (own data, a part other than val) is recorded in the model file,
+    so `predict`, `serve` and `lesionlab.load` flag malignant as this evaluation measured. Output:
     `options.out_dir`, else `<model file folder>/eval/<model file stem>-<split>`."""
     for member, recorded in zip(model.members, model.temperatures, strict=True):
         if member.suffix.lower() in (ONNX_SUFFIX, OPENVINO_SUFFIX):
@@ -123,6 +125,10 @@ def evaluate_model_file(model: ResolvedModel, options: EvaluationOptions) -> Eva
     offsets = None if model.class_offsets is None else load_class_offsets(model.class_offsets).offsets
     run_dirs = [member if member.is_dir() else member.parent for member in model.members]
     split = options.split or ("test" if options.data is None else "all")
-    return evaluate_ensemble(run_dirs, replace(options, tta_views=views),
-                             MemberScoring(member_options, offsets),
-                             model.source.parent / "eval" / f"{model.source.stem}-{split}", model.source)
+    result = evaluate_ensemble(run_dirs, replace(options, tta_views=views),
+                               MemberScoring(member_options, offsets),
+                               model.source.parent / "eval" / f"{model.source.stem}-{split}", model.source)
+    fit = result.metrics["malignancy"]["threshold_fit"]
+    if fit is not None:
+        record_threshold(model.source, ThresholdFit(**fit))
+    return result

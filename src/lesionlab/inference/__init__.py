@@ -16,6 +16,7 @@ from lesionlab.inference.backends import FP32, ONNXRUNTIME, OPENVINO, resolve_mo
 from lesionlab.inference.base import ExplainUnavailableError, Explanation, Predictor, Preprocessing
 from lesionlab.inference.model_file import ResolvedModel, is_model_file, resolve_model_file
 from lesionlab.inference.prediction import Prediction, RankedClass
+from lesionlab.malignancy import MalignancyRule
 
 __all__ = [
     "ExplainUnavailableError",
@@ -61,8 +62,10 @@ def load_predictor(path: str | os.PathLike[str], threads: int | None = None,
 
 def load_model_file(model: ResolvedModel, threads: int | None = None, backend: str | None = None,
                     precision: str = FP32) -> Predictor:
-    """The predictor a checked `model.json` describes; a member whose fitted temperature is not the one the
-    file recorded is refused, since its probabilities would differ from the ones the file stood for."""
+    """The predictor a checked `model.json` describes, flagging malignant at the threshold the file recorded
+    for its scoring (without one: a single run's own fit, else the fallback); a member whose fitted
+    temperature is not the one the file recorded is refused, since its probabilities would differ from the
+    ones the file stood for."""
     views = model.views if len(model.views) > 1 else None
     predictor = load_predictor(model.members[0], threads, views, model.members[1:], model.class_offsets,
                                backend, precision)
@@ -70,6 +73,8 @@ def load_model_file(model: ResolvedModel, threads: int | None = None, backend: s
         if member.temperature != recorded:
             raise CheckpointError(f"{model.source}: {path} now applies temperature {member.temperature}, not "
                                   f"the {recorded} the model file recorded; write the model file again.")
+    if model.malignancy is not None:
+        predictor.malignancy = MalignancyRule(model.malignancy.threshold, model.malignancy)
     return predictor
 
 

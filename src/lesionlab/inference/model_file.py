@@ -2,7 +2,10 @@
 
 It names the members (run directories or exported model files) by path, relative to the file's own folder so
 the folder can move, and by the sha256 of their weights; the test-time augmentation views; each member's
-temperature as it was when the file was written; and the class offsets, also by path and sha256. Loading
+temperature as it was when the file was written; the class offsets, also by path and sha256; and the
+malignancy threshold fitted on validation for exactly this scoring, with the sensitivity it was fitted for
+(written by a study and by `lesionlab evaluate MODEL.json`; without one, an ensemble or a model with class
+offsets flags malignant at the fallback 0.5 and a single run keeps its own fitted threshold). Loading
 checks every one of these and refuses, naming the file and the member, a member that is missing, whose
 weights changed, or whose fitted temperature changed, so a `model.json` always scores as it did when it was
 written. The file is versioned (`format`, `version`); this module imports no torch.
@@ -13,17 +16,19 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from lesionlab.errors import CheckpointError, ConfigError
 from lesionlab.inference.backends import ONNX_SUFFIX, OPENVINO_SUFFIX, checkpoint_weights_path
 from lesionlab.io_utils import atomic_write_json, file_sha256
+from lesionlab.malignancy import ThresholdFit
 
 MODEL_FILE_SUFFIX = ".json"
 FORMAT = "lesionlab-model"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1 files carry no malignancy threshold
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,7 @@ class ModelFile:
     members: tuple[Member, ...]
     views: tuple[str, ...]
     class_offsets: FileRef | None = None
+    malignancy: ThresholdFit | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document, `format` and `version` first."""
@@ -60,6 +66,7 @@ class ModelFile:
             "views": list(self.views),
             "class_offsets": (None if self.class_offsets is None else
                               {"path": self.class_offsets.path, "sha256": self.class_offsets.sha256}),
+            "malignancy_threshold": None if self.malignancy is None else asdict(self.malignancy),
         }
 
 
@@ -90,8 +97,10 @@ def _relative(path: Path, folder: Path) -> str:
 
 def write_model_file(path: str | os.PathLike[str],
                      members: Sequence[tuple[str | os.PathLike[str], float | None]], views: Sequence[str],
-                     class_offsets: str | os.PathLike[str] | None = None) -> Path:
-    """Write `model.json` for these (member path, temperature) pairs, views and class-offsets file."""
+                     class_offsets: str | os.PathLike[str] | None = None,
+                     malignancy: ThresholdFit | None = None) -> Path:
+    """Write `model.json` for these (member path, temperature) pairs, views, class-offsets file and the
+    malignancy threshold fitted for this scoring (None: none fitted)."""
     target = Path(path)
     if not is_model_file(target):
         raise ConfigError(f"{target}: a model file must end in {MODEL_FILE_SUFFIX}")
@@ -104,7 +113,7 @@ def write_model_file(path: str | os.PathLike[str],
 
         offsets_path = class_offsets_file(class_offsets)
         offsets = FileRef(_relative(offsets_path, folder), file_sha256(offsets_path))
-    return atomic_write_json(target, ModelFile(refs, tuple(views), offsets).to_dict())
+    return atomic_write_json(target, ModelFile(refs, tuple(views), offsets, malignancy).to_dict())
 
 
 def _ref(entry: Any, where: str) -> FileRef:
@@ -127,9 +136,10 @@ def read_model_file(path: str | os.PathLike[str]) -> ModelFile:
         raise ConfigError(f"{source}: not valid JSON ({error}); the model file is damaged.") from error
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise ConfigError(f"{source}: not a lesionlab model file (its 'format' is not {FORMAT!r}).")
-    if raw.get("version") != VERSION:
+    if raw.get("version") not in READABLE_VERSIONS:
         raise ConfigError(f"{source}: model file version {raw.get('version')!r}; this lesionlab reads "
-                          f"version {VERSION}. Write it again with this version.")
+                          f"versions {', '.join(map(str, READABLE_VERSIONS))}. Write it again with this "
+                          f"version.")
     entries = raw.get("members")
     if not isinstance(entries, list) or not entries:
         raise ConfigError(f"{source}: 'members' must list at least one model")
@@ -143,7 +153,29 @@ def read_model_file(path: str | os.PathLike[str]) -> ModelFile:
         raise ConfigError(f"{source}: 'views' must be a list of view names")
     offsets = raw.get("class_offsets")
     return ModelFile(tuple(members), tuple(views),
-                     None if offsets is None else _ref(offsets, f"{source}: class_offsets"))
+                     None if offsets is None else _ref(offsets, f"{source}: class_offsets"),
+                     _threshold(raw.get("malignancy_threshold"), source))
+
+
+def _threshold(entry: Any, source: Path) -> ThresholdFit | None:
+    """The recorded malignancy threshold, checked; None where the file has none."""
+    if entry is None:
+        return None
+    try:
+        fit = ThresholdFit(**entry)
+    except TypeError as error:
+        raise ConfigError(f"{source}: 'malignancy_threshold' is not a threshold fit ({error}); write the "
+                          f"model file again.") from error
+    if not 0.0 <= fit.threshold <= 1.0:
+        raise ConfigError(f"{source}: 'malignancy_threshold' {fit.threshold} lies outside 0..1")
+    return fit
+
+
+def record_threshold(path: str | os.PathLike[str], fit: ThresholdFit) -> Path:
+    """Put the malignancy threshold fitted for a model file's scoring into it, keeping everything else."""
+    source = Path(path)
+    parsed = read_model_file(source)
+    return atomic_write_json(source, replace(parsed, malignancy=fit).to_dict())
 
 
 def checked_path(model_file: Path, ref: FileRef, files: Any) -> Path:
@@ -168,6 +200,7 @@ class ResolvedModel:
     temperatures: tuple[float | None, ...]
     views: tuple[str, ...]
     class_offsets: Path | None
+    malignancy: ThresholdFit | None = None
 
 
 def resolve_model_file(path: str | os.PathLike[str]) -> ResolvedModel:
@@ -178,7 +211,7 @@ def resolve_model_file(path: str | os.PathLike[str]) -> ResolvedModel:
     offsets = (None if parsed.class_offsets is None else
                checked_path(source, parsed.class_offsets, lambda offsets_path: (offsets_path,)))
     return ResolvedModel(source, members, tuple(member.temperature for member in parsed.members),
-                         parsed.views, offsets)
+                         parsed.views, offsets, parsed.malignancy)
 
 
 def member_runs(model: ResolvedModel, verb: str) -> tuple[Path, ...]:

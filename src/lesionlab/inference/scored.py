@@ -51,11 +51,9 @@ class ScoredPredictor(Predictor):
         self.views = first.views
         self.precision = first.precision
         self.temperature = first.temperature if len(members) == 1 else None
-        if self.offsets is not None:
-            reason = "class offsets shift the probabilities any threshold was fitted on"
-        else:
-            reason = "no threshold is fitted for an ensemble"
-        self.malignancy = MalignancyRule(FALLBACK_THRESHOLD, reason=reason)
+        self.malignancy = MalignancyRule(FALLBACK_THRESHOLD, reason=(
+            "no threshold is fitted for this ensemble or these class offsets; a model file records one "
+            "(`lesionlab evaluate MODEL.json` or a study)"))
         ids = " + ".join(member.model_id for member in members)
         self.model_id = (ids if self.offsets_file is None else
                          f"{ids} + class offsets {file_sha256(self.offsets_file)[:12]}")

@@ -15,6 +15,7 @@ from lesionlab.errors import ConfigError
 from lesionlab.evaluation.report import number
 from lesionlab.inference.backends import checkpoint_weights_path
 from lesionlab.io_utils import atomic_write_json, atomic_write_text
+from lesionlab.malignancy import DEFAULT_TARGET_SENSITIVITY, ThresholdFit
 from lesionlab.study.budget import Budget
 from lesionlab.study.schema import CLASS_OFFSETS, Study, views
 from lesionlab.tables import Table, format_table
@@ -126,9 +127,39 @@ def recommended_members(study: Study, folder: Path, row: dict[str, Any]) -> tupl
     raise ConfigError(f"{folder}: row {row['run']} names no run of study {study.name}")
 
 
+def validation_folders(study: Study, folder: Path, row: dict[str, Any]) -> list[Path]:
+    """The evaluation folders on the validation part of a row's members (a per-stage row: that stage's)."""
+    if "members" in row:
+        return [folder / member / "eval" / "val" for member in row["members"]]
+    for run in study.runs:
+        prefix = f"{run.name}-stage"
+        if row["run"].startswith(prefix) and row["run"][len(prefix):].isdigit():
+            return [folder / run.name / "eval" / f"val-stage{row['run'][len(prefix):]}"]
+    return [folder / row["run"] / "eval" / "val"]
+
+
+def recommended_threshold(study: Study, folder: Path, row: dict[str, Any],
+                          offsets: Path | None) -> ThresholdFit | None:
+    """The malignancy threshold of the recommended model, fitted on its validation probabilities as the
+    model file scores them (the members' saved logits, temperatures, views and class offsets), for the
+    default sensitivity: what `evaluate MODEL.json` fits on the same part."""
+    from lesionlab.class_offsets import load_class_offsets
+    from lesionlab.evaluation.ensemble import ensemble_rule
+    from lesionlab.evaluation.predictions import read_predictions
+    from lesionlab.evaluation.view_logits import LOGITS_FILE, ensemble_probabilities, read_view_logits
+
+    evaluations = validation_folders(study, folder, row)
+    logits = [read_view_logits(evaluation / LOGITS_FILE) for evaluation in evaluations]
+    values = None if offsets is None else load_class_offsets(offsets).offsets
+    probabilities = ensemble_probabilities(logits, [str(path) for path in evaluations], values)
+    validation = read_predictions(evaluations[0] / "predictions.csv").with_probabilities(probabilities)
+    return ensemble_rule(validation, DEFAULT_TARGET_SENSITIVITY).fit
+
+
 def write_recommended_model(study: Study, folder: Path, row: dict[str, Any]) -> Path:
     """`model.json` for the recommended row: its members with the temperatures they were scored with, the
-    study's TTA views and the row's class offsets, so `lesionlab predict model.json` scores as the row."""
+    study's TTA views, the row's class offsets and the malignancy threshold fitted on its validation part,
+    so `lesionlab predict model.json` scores and flags as the row."""
     from lesionlab.evaluation.calibration import load_temperature, temperature_path
     from lesionlab.inference.model_file import write_model_file
     from lesionlab.models.checkpoint import checkpoint_stem
@@ -140,4 +171,5 @@ def write_recommended_model(study: Study, folder: Path, row: dict[str, Any]) -> 
         fit = load_temperature(temperature_path(checkpoint_stem(weights)), weights)
         temperatures.append(fit.temperature if fit else None)
     return write_model_file(folder / MODEL_FILE, list(zip(members, temperatures, strict=True)),
-                            views(study) or (IDENTITY,), offsets)
+                            views(study) or (IDENTITY,), offsets,
+                            recommended_threshold(study, folder, row, offsets))
