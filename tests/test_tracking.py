@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from lesionlab.cli import build_parser
+from lesionlab.cli import build_parser, main
 from lesionlab.commands._common import recipe_overrides
 from lesionlab.data.split import Split
 from lesionlab.errors import ConfigError
@@ -96,3 +96,35 @@ def test_a_tiny_run_logs_its_params_epochs_and_figures_to_both(
     assert run.data.metrics["eval/demo-test/balanced_accuracy"] == pytest.approx(0.625)
     artifacts = [item.path for item in client.list_artifacts(run.info.run_id, "eval/demo-test")]
     assert artifacts == ["eval/demo-test/confusion-matrix.png"]
+
+
+def test_evaluate_logs_to_the_trackers_the_run_trained_with_and_those_its_flags_add(
+        tiny_split: tuple[Any, Split], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run trained with TensorBoard on, evaluated with `--mlflow`: the evaluation's figures reach both,
+    under `eval/<its folder>/`, with the values of its metrics.json."""
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    tracking_client = pytest.importorskip("mlflow.tracking")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    table, split = tiny_split
+    run_dir = train_run(tiny_recipe("tracking.tensorboard=true"), table, split, tmp_path / "runs" / "tracked")
+    assert main(["evaluate", str(run_dir), "--split", "val", "--mlflow"]) == 0
+    (out_dir,) = (run_dir / "eval").iterdir()
+    folder = f"eval/{out_dir.name}"
+    expected = json.loads((out_dir / "metrics.json").read_text(encoding="utf-8"))["balanced_accuracy"]
+
+    events = event_accumulator.EventAccumulator(str(run_dir / "tensorboard"),
+                                                size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    assert events.Scalars(f"{folder}/balanced_accuracy")[0].value == pytest.approx(expected)
+    assert any(tag.startswith(f"{folder}/") for tag in events.Tags()["images"])
+    recorded = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))["tracking"]["mlflow"]
+    client = tracking_client.MlflowClient(tracking_uri=recorded["tracking_uri"])
+    run = client.get_run(recorded["run_id"])
+    assert run.data.metrics[f"{folder}/balanced_accuracy"] == pytest.approx(expected)
+    assert client.list_artifacts(run.info.run_id, folder)
+
+
+def test_evaluate_refuses_tracking_flags_for_an_ensemble(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                                         ) -> None:
+    assert main(["evaluate", str(tmp_path / "a"), "--ensemble", str(tmp_path / "b"), "--mlflow"]) == 2
+    assert "log into one run's trackers" in capsys.readouterr().err

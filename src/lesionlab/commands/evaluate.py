@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lesionlab.commands._common import (
     add_data_arguments,
@@ -13,6 +15,9 @@ from lesionlab.commands._common import (
     tta_views,
 )
 from lesionlab.malignancy import DEFAULT_TARGET_SENSITIVITY
+
+if TYPE_CHECKING:
+    from lesionlab.training.recipe import TrackingConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -65,6 +70,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_precision_argument(parser)
     add_forward_backend_argument(parser)
+    parser.add_argument(
+        "--tensorboard", action="store_true",
+        help="also log the headline figures and the PNG figures to the run's TensorBoard events "
+        "(<run>/tensorboard/); on without the flag when the run trained with tracking.tensorboard",
+    )
+    parser.add_argument(
+        "--mlflow", action="store_true",
+        help="also log them to the run's MLflow run (the one run.json records, else a new one in "
+        "<runs dir>/mlruns/ or $MLFLOW_TRACKING_URI); on without the flag when the run trained with "
+        "tracking.mlflow",
+    )
     parser.set_defaults(handler=run_evaluate)
 
 
@@ -75,6 +91,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from lesionlab.evaluation.evaluate import EvaluationOptions, evaluate_run
     from lesionlab.evaluation.report import console_summary
     from lesionlab.inference.model_file import is_model_file, resolve_model_file
+    from lesionlab.tracking import log_evaluation
 
     if not 0.0 < args.malignant_sensitivity <= 1.0:
         raise ConfigError(f"--malignant-sensitivity {args.malignant_sensitivity}: give a value in (0, 1]")
@@ -94,6 +111,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if is_model_file(args.run) and (args.ensemble or options.tta_views):
         raise ConfigError(f"{args.run}: a model file names its members and TTA views itself; drop "
                           f"--ensemble and --tta.")
+    if (args.ensemble or is_model_file(args.run)) and (args.tensorboard or args.mlflow):
+        raise ConfigError("--tensorboard and --mlflow log into one run's trackers; evaluate a single run "
+                          "with them, not an ensemble or a model file.")
     if args.ensemble or is_model_file(args.run):
         if is_model_file(args.run):
             result = evaluate_model_file(resolve_model_file(args.run), options)
@@ -108,7 +128,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
                   f"{validation['macro_f1']:.3f}")
         print(f"\nmetrics: {result.out_dir / 'metrics.json'}")
         return 0
+    tracking = evaluation_tracking(args.run, args.tensorboard, args.mlflow)
     result = evaluate_run(args.run, options)
+    log_evaluation(args.run, tracking, result.out_dir, result.metrics)
     evaluation = result.metrics["evaluation"]
     print(
         f"{evaluation['run']} on {evaluation['dataset']}-{evaluation['split']} ({result.metrics['samples']} "
@@ -117,3 +139,32 @@ def run_evaluate(args: argparse.Namespace) -> int:
     print(console_summary(result.metrics))
     print(f"\nreport: {result.out_dir / 'report.html'}")
     return 0
+
+
+def evaluation_tracking(run_dir: Path, tensorboard: bool, mlflow: bool) -> TrackingConfig:
+    """The trackers an evaluation of `run_dir` logs to: those the flags ask for (refused up front when not
+    installed), and those the run trained with (its `config.yaml`), each skipped with a note where its
+    package is missing, so a tracked run still evaluates where a viewer's package is not installed."""
+    from lesionlab.tracking import check_available
+    from lesionlab.training.recipe import TrackingConfig, load_recipe
+
+    asked = TrackingConfig(tensorboard=tensorboard, mlflow=mlflow)
+    check_available(asked)
+    config = Path(run_dir) / "config.yaml"
+    trained = load_recipe(config).tracking if config.is_file() else TrackingConfig(False, False)
+    return TrackingConfig(**{key: getattr(asked, key) or (getattr(trained, key) and _installed(key))
+                             for key in ("tensorboard", "mlflow")})
+
+
+def _installed(tracker: str) -> bool:
+    """Whether a tracker's package imports; where not, say that the evaluation is not logged to it."""
+    from lesionlab.errors import ConfigError
+    from lesionlab.tracking import check_available
+    from lesionlab.training.recipe import TrackingConfig
+
+    try:
+        check_available(TrackingConfig(tensorboard=tracker == "tensorboard", mlflow=tracker == "mlflow"))
+    except ConfigError as missing:
+        print(f"note: this evaluation is not logged to {tracker}: {missing}", file=sys.stderr)
+        return False
+    return True
