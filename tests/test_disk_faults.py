@@ -1,26 +1,28 @@
 """Faults on disk: a run whose folder fills up or turns read-only mid-training stops with a clear error that
 names the file, keeps its last completed epoch, and resumes to the same weights as a run never disturbed.
 
-Each run is a real `lesionlab train` subprocess (the recipe and images of `test_resume_exact`); the fault
-is a real refusal by the kernel (`tests/disk_fault.py`: a lowered file-size limit, or a read-only folder).
+Each run is a real `lesionlab train` subprocess (the recipe and images of `test_resume_exact`), started
+together with the others (`concurrent_runs`); the fault is a real refusal by the kernel
+(`tests/disk_fault.py`: a lowered file-size limit, or a read-only folder).
 The workspace is world-readable because, as root, the read-only case runs on as `nobody`.
 """
 
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from concurrent_runs import Finished, run_together
 from lesionlab.models.checkpoint import load_checkpoint
 from lesionlab.training.rundir import RunDirectory
-from test_resume_exact import RECIPE, REPO_ROOT, assert_identical, finish, make_workspace
+from test_resume_exact import RECIPE, REPO_ROOT, RUN_SECONDS, assert_identical, make_workspace
 
 pytestmark = pytest.mark.integration
 
@@ -43,54 +45,72 @@ def make_writable(run_dir: Path) -> None:
             folder.chmod(0o755)
 
 
-def train(workspace: dict[str, Any], *arguments: str, fault: str | None = None) -> tuple[int, str]:
-    """Run `lesionlab train` (through the disk-fault helper when `fault` is MODE:COUNT); exit code, stderr."""
+FAULTS = {
+    "full": ("full:1", "File too large"),  # stage 1 epoch 1 committed, then no room for stage 1 epoch 2
+    "read-only": ("read-only:3", "Permission denied"),  # stage 2 epoch 1 committed, then the folder read-only
+}
+
+
+def train_command(*arguments: str, fault: str | None = None) -> list[str]:
+    """`lesionlab train ARGUMENTS` (through the disk-fault helper when `fault` is MODE:COUNT)."""
     entry = [str(REPO_ROOT / "tests" / "disk_fault.py"), fault] if fault else ["-m", "lesionlab"]
-    process = subprocess.Popen([sys.executable, *entry, "train", *arguments], cwd=REPO_ROOT, text=True,
-                               env=workspace["env"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    code, _, err = finish(process)
-    return code, err
+    return [sys.executable, *entry, "train", *arguments]
 
 
-def new_run(workspace: dict[str, Any], name: str, fault: str | None = None) -> tuple[int, str]:
-    return train(workspace, "--data", str(workspace["data"]), "--runs-dir", str(workspace["runs"]),
-                 "--name", name, *RECIPE, fault=fault)
+def new_run(workspace: dict[str, Any], name: str, fault: str | None = None) -> list[str]:
+    return train_command("--data", str(workspace["data"]), "--runs-dir", str(workspace["runs"]),
+                         "--name", name, *RECIPE, fault=fault)
+
+
+@dataclass(frozen=True)
+class Runs:
+    """How the undisturbed run, each faulted run and each resume ended, and what each faulted run's folder
+    held once its disk was back (before its resume)."""
+
+    started: dict[str, Finished]
+    resumed: dict[str, Finished]
+    committed_epochs: dict[str, int]
+    best_run_names: dict[str, str]
+    temporaries: dict[str, list[str]]
 
 
 @pytest.fixture(scope="module")
-def straight(workspace: dict[str, Any]) -> Path:
-    """The undisturbed run the resumed ones must equal."""
-    code, err = new_run(workspace, "straight")
-    assert code == 0, err
-    return workspace["runs"] / "straight"
+def runs(workspace: dict[str, Any]) -> Runs:
+    """The undisturbed run and the faulted ones started together, then the faulted ones resumed together."""
+    folder = workspace["runs"]
+    together = {"env": workspace["env"], "cwd": REPO_ROOT}
+    started = run_together({"straight": new_run(workspace, "straight"),
+                            **{name: new_run(workspace, name, fault) for name, (fault, _) in FAULTS.items()}},
+                           RUN_SECONDS, **together)
+    assert started["straight"].code == 0, started["straight"].err
+    committed, best, temporaries = {}, {}, {}
+    for name in FAULTS:
+        make_writable(folder / name)
+        committed[name] = len(RunDirectory(folder / name).load_state()[0]["history"])
+        model, card = load_checkpoint(folder / name / "best.safetensors")  # the last best checkpoint is whole
+        best[name] = card.run_name if model is not None else ""
+        temporaries[name] = [path.name for path in (folder / name).rglob(".*.tmp")]
+    resumed = run_together({name: train_command("--resume", str(folder / name)) for name in FAULTS},
+                           RUN_SECONDS, **together)
+    return Runs(started, resumed, committed, best, temporaries)
 
 
-@pytest.mark.parametrize(
-    ("fault", "reason"),
-    [
-        ("full:1", "File too large"),  # stage 1 epoch 1 committed, then no room for stage 1 epoch 2
-        ("read-only:3", "Permission denied"),  # stage 2 epoch 1 committed, then the folder turns read-only
-    ],
-)
-def test_a_disk_fault_stops_the_run_clearly_and_it_resumes_exactly(workspace: dict[str, Any], straight: Path,
-                                                                   fault: str, reason: str) -> None:
-    name = fault.partition(":")[0]
+@pytest.mark.parametrize("name", FAULTS)
+def test_a_disk_fault_stops_the_run_clearly_and_it_resumes_exactly(workspace: dict[str, Any], runs: Runs,
+                                                                   name: str) -> None:
+    fault, reason = FAULTS[name]
     run_dir = workspace["runs"] / name
-    committed_epochs = int(fault.partition(":")[2])
-    code, err = new_run(workspace, name, fault=fault)
+    err = runs.started[name].err
 
-    assert code == 2, err
+    assert runs.started[name].code == 2, err
     assert "Traceback" not in err, err
     assert f"({reason})" in err and f"{run_dir}" in err, err
     assert "free space on that disk or make the folder writable" in err
     assert f"Resume it with:\n  lesionlab train --resume {run_dir}\n" in err
 
-    make_writable(run_dir)
-    assert len(RunDirectory(run_dir).load_state()[0]["history"]) == committed_epochs
-    model, card = load_checkpoint(run_dir / "best.safetensors")  # the last best checkpoint is whole
-    assert card.run_name == name and model is not None
-    assert not list(run_dir.rglob(".*.tmp")), "a refused write left its temporary file"
+    assert runs.committed_epochs[name] == int(fault.partition(":")[2])
+    assert runs.best_run_names[name] == name
+    assert runs.temporaries[name] == [], "a refused write left its temporary file"
 
-    code, err = train(workspace, "--resume", str(run_dir))
-    assert code == 0, err
-    assert_identical(straight, run_dir)
+    assert runs.resumed[name].code == 0, runs.resumed[name].err
+    assert_identical(workspace["runs"] / "straight", run_dir)
