@@ -63,6 +63,7 @@ def test_choice() -> None:
     assert forward_engine(AUTO, "auto", CPU) == ONNXRUNTIME
     assert forward_engine(AUTO, "fp32", CPU) == ONNXRUNTIME
     assert forward_engine(AUTO, "bf16", CPU) == TORCH  # bf16 runs eager under autocast
+    assert forward_engine(ONNXRUNTIME, "bf16", CPU) == TORCH  # a stage whose parity check chose bf16
     assert forward_engine(TORCH, "fp32", CPU) == TORCH
     assert forward_engine(OPENVINO, "fp32", CPU) == OPENVINO
     assert forward_engine(AUTO, "fp32", torch.device("cuda")) == TORCH

@@ -70,10 +70,11 @@ def check_backend_choice(choice: str, precision: str) -> None:
 def forward_engine(choice: str, precision: str, device: torch.device) -> str:
     """The engine of forward-only passes at `precision` (a choice or a resolved precision) on `device`.
 
-    bf16 always runs eager (autocast); so does any pass on a GPU, where autocast is the fast path. `auto`
-    picks ONNX Runtime on a CPU where it is installed.
+    bf16 always runs eager (autocast), whatever engine is asked for: a training stage whose parity check chose
+    bf16 keeps it (a forced bf16 with a graph engine is refused earlier, `check_backend_choice`). So does any
+    pass on a GPU, where autocast is the fast path. `auto` picks ONNX Runtime on a CPU where it is installed.
     """
-    check_backend_choice(choice, precision)
+    check_backend_choice(choice, "auto")
     if choice == TORCH or precision == "bf16" or device.type != "cpu":
         if choice in GRAPH_ENGINES and device.type != "cpu":
             raise ConfigError(

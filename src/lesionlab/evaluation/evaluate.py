@@ -50,7 +50,7 @@ from lesionlab.evaluation.sources import (
 )
 from lesionlab.evaluation.summary import data_summary, model_summary
 from lesionlab.evaluation.view_logits import LOGITS_FILE, ViewLogits, write_view_logits
-from lesionlab.forward_backend import TORCH, EngineCheck, forward_engine
+from lesionlab.forward_backend import TORCH, EngineCheck, check_backend_choice, forward_engine
 from lesionlab.io_utils import atomic_write_json, atomic_write_text, file_sha256
 from lesionlab.malignancy import (
     DEFAULT_TARGET_SENSITIVITY,
@@ -400,6 +400,7 @@ def evaluate_run(run_dir: str | Path, options: EvaluationOptions | None = None) 
     )
     backend = options.forward_backend or recipe.forward_backend
     precision_choice = options.precision or recipe.precision
+    check_backend_choice(backend, precision_choice)
     engine = forward_engine(backend, precision_choice, settings.device)
     # A graph engine's fp32 is faster than eager bf16 on a CPU and exact, so `auto` needs no bf16 check there.
     precision, parity = ("fp32", None) if engine != TORCH else resolve_precision(
