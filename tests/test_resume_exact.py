@@ -3,7 +3,8 @@ bit-identical to an uninterrupted run, and so does a fresh run given the run's o
 
 Each run is a real `lesionlab train` subprocess on 42 real HAM10000 images in the class-folder layout, whose
 dataset order differs from image-id order (the order an older split.csv held), with a tiny CNN at 32 px, two
-stages of two epochs, one process and deterministic algorithms.
+stages of two epochs, one process and deterministic algorithms. The runs start together (`concurrent_runs`),
+each on one thread, so two cores run two at a time.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from concurrent_runs import Finished, run_together
 from lesionlab.training.rundir import TIMING_COLUMNS
 
 pytestmark = pytest.mark.integration
@@ -68,44 +70,22 @@ def workspace(shared_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
     yield make_workspace(shared_data_dir, tmp_path_factory.mktemp("resume"))
 
 
-def train(workspace: dict[str, Any], *arguments: str, killer: str | None = None) -> subprocess.Popen[str]:
-    """Start `lesionlab train` (through the kill-at-write helper when `killer` is NAME:COUNT)."""
+def train_command(*arguments: str, killer: str | None = None) -> list[str]:
+    """`lesionlab train ARGUMENTS` (through the kill-at-write helper when `killer` is NAME:COUNT)."""
     entry = [str(REPO_ROOT / "tests" / "kill_at_write.py"), killer] if killer else ["-m", "lesionlab"]
-    return subprocess.Popen([sys.executable, *entry, "train", *arguments], cwd=REPO_ROOT,
-                            env=workspace["env"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return [sys.executable, *entry, "train", *arguments]
 
 
-def new_run(workspace: dict[str, Any], name: str, *extra: str, killer: str | None = None
-            ) -> subprocess.Popen[str]:
-    return train(workspace, "--data", str(workspace["data"]), "--runs-dir", str(workspace["runs"]),
-                 "--name", name, *RECIPE, *extra, killer=killer)
+def new_run(workspace: dict[str, Any], name: str, *extra: str, killer: str | None = None) -> list[str]:
+    """The command of a new run `name` of `RECIPE` on the workspace's data."""
+    return train_command("--data", str(workspace["data"]), "--runs-dir", str(workspace["runs"]),
+                         "--name", name, *RECIPE, *extra, killer=killer)
 
 
-def finish(process: subprocess.Popen[str]) -> tuple[int, str, str]:
-    """Wait for a run (killing it past `RUN_SECONDS`); return its exit code, stdout and stderr."""
-    try:
-        out, err = process.communicate(timeout=RUN_SECONDS)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        out, err = process.communicate()
-        pytest.fail(f"the run took over {RUN_SECONDS} s:\n{err[-2000:]}")
-    return process.returncode, out, err
-
-
-def resume(workspace: dict[str, Any], name: str) -> None:
-    code, _, err = finish(train(workspace, "--resume", str(workspace["runs"] / name)))
-    assert code == 0, err
-
-
-def signal_after_line(process: subprocess.Popen[str], prefix: str, signal_number: int) -> tuple[int, str]:
-    """Send a signal once the run prints a line starting with `prefix`; return its exit code and stderr."""
-    assert process.stdout is not None
-    for line in process.stdout:
-        if line.startswith(prefix):
-            process.send_signal(signal_number)
-            break
-    code, _, err = finish(process)
-    return code, err
+def run_all(workspace: dict[str, Any], commands: dict[str, list[str]],
+            signal_at: dict[str, tuple[str, int]] | None = None) -> dict[str, Finished]:
+    """Run the commands together in the workspace's environment (`concurrent_runs`)."""
+    return run_together(commands, RUN_SECONDS, env=workspace["env"], cwd=REPO_ROOT, signal_at=signal_at)
 
 
 def assert_identical(expected: Path, actual: Path) -> None:
@@ -123,61 +103,88 @@ def history(run_dir: Path) -> list[dict[str, Any]]:
     return [{key: value for key, value in row.items() if key not in TIMING_COLUMNS} for row in rows]
 
 
+KILLED_AT_WRITE = {
+    "in-stage-1": "stage1-e002.safetensors:1",  # stage 1 epoch 2 trained, nothing of it saved
+    "stage-boundary": "history.csv:2",  # stage 1's last state committed, the files after it not
+    "checkpoint-write": "state.safetensors:3",  # stage 2 epoch 1's state written, never renamed
+}
+SIGNALLED_IN_STAGE_2 = {"kill-9": signal.SIGKILL, "stopped": signal.SIGTERM}
+STAGE_2_LINE = "stage 2 epoch 1/2"
+
+
+@dataclass(frozen=True)
+class Runs:
+    """How this module's processes ended, and what each interrupted run's folder held before its resume."""
+
+    started: dict[str, Finished]
+    """The first process of each run (the rerun from split.csv among them)."""
+    resumed: dict[str, Finished]
+    """The resume of each interrupted run."""
+    status: dict[str, str]
+    """Each interrupted run's run.json status before its resume."""
+    temporaries: dict[str, list[str]]
+    """Each interrupted run's temporary files of cut-short writes before its resume."""
+
+
 @pytest.fixture(scope="module")
-def straight(workspace: dict[str, Any]) -> Path:
-    """The uninterrupted run every other run must equal."""
-    code, _, err = finish(new_run(workspace, "straight"))
-    assert code == 0, err
-    return workspace["runs"] / "straight"
+def runs(workspace: dict[str, Any]) -> Runs:
+    """Every run of this module, in two waves of processes started together: the uninterrupted run and each
+    interrupted one (killed at an exact write, or signalled from outside once it announces stage 2); then,
+    once all have ended, the resume of each interrupted run and a new run given the first one's split.csv."""
+    folder = workspace["runs"]
+    started = run_all(
+        workspace,
+        {"straight": new_run(workspace, "straight"),
+         **{case: new_run(workspace, case, killer=killer) for case, killer in KILLED_AT_WRITE.items()},
+         **{case: new_run(workspace, case) for case in SIGNALLED_IN_STAGE_2}},
+        signal_at={case: (STAGE_2_LINE, number) for case, number in SIGNALLED_IN_STAGE_2.items()},
+    )
+    assert started["straight"].code == 0, started["straight"].err
+    interrupted = [*KILLED_AT_WRITE, *SIGNALLED_IN_STAGE_2]
+    status = {case: json.loads((folder / case / "run.json").read_text())["status"] for case in interrupted}
+    temporaries = {case: [path.name for path in (folder / case).rglob(".*.tmp")] for case in interrupted}
+    resumed = run_all(workspace, {
+        "from-split": new_run(workspace, "from-split", "--split", str(folder / "straight" / "split.csv")),
+        **{case: train_command("--resume", str(folder / case)) for case in interrupted},
+    })
+    started["from-split"] = resumed.pop("from-split")
+    return Runs(started, resumed, status, temporaries)
 
 
-def test_the_dataset_order_is_not_image_id_order(straight: Path) -> None:
+def test_the_dataset_order_is_not_image_id_order(workspace: dict[str, Any], runs: Runs) -> None:
     """Guard: the bug this file tests only shows where the dataset's order and the sorted order differ."""
-    rows = [line.split(",") for line in (straight / "split.csv").read_text().splitlines()[2:]]
-    train_ids = [row[0] for row in rows if row[4] == "train"]
+    lines = (workspace["runs"] / "straight" / "split.csv").read_text().splitlines()[2:]
+    train_ids = [row[0] for row in (line.split(",") for line in lines) if row[4] == "train"]
     assert train_ids != sorted(train_ids)
 
 
-def test_rerun_from_the_runs_split_file_is_identical(workspace: dict[str, Any], straight: Path) -> None:
-    code, _, err = finish(new_run(workspace, "from-split", "--split", str(straight / "split.csv")))
-    assert code == 0, err
-    assert_identical(straight, workspace["runs"] / "from-split")
+def test_rerun_from_the_runs_split_file_is_identical(workspace: dict[str, Any], runs: Runs) -> None:
+    assert runs.started["from-split"].code == 0, runs.started["from-split"].err
+    assert_identical(workspace["runs"] / "straight", workspace["runs"] / "from-split")
 
 
-@pytest.mark.parametrize(
-    ("case", "killer"),
-    [
-        ("in-stage-1", "stage1-e002.safetensors:1"),  # stage 1 epoch 2 trained, nothing of it saved
-        ("stage-boundary", "history.csv:2"),  # stage 1's last state committed, the files after it not
-        ("checkpoint-write", "state.safetensors:3"),  # stage 2 epoch 1's state written, never renamed
-    ],
-)
-def test_sigkill_at_an_exact_point_then_resume(workspace: dict[str, Any], straight: Path, case: str,
-                                               killer: str) -> None:
-    code, _, err = finish(new_run(workspace, case, killer=killer))
-    assert code == -signal.SIGKILL, err
-    run_dir = workspace["runs"] / case
+@pytest.mark.parametrize("case", KILLED_AT_WRITE)
+def test_sigkill_at_an_exact_point_then_resume(workspace: dict[str, Any], runs: Runs, case: str) -> None:
+    assert runs.started[case].code == -signal.SIGKILL, runs.started[case].err
     if case == "checkpoint-write":
-        assert list(run_dir.glob(".state.safetensors.*.tmp")), "the kill should land inside the write"
-    resume(workspace, case)
-    assert_identical(straight, run_dir)
+        assert any(name.startswith(".state.safetensors.") for name in runs.temporaries[case]), \
+            "the kill should land inside the write"
+    assert runs.resumed[case].code == 0, runs.resumed[case].err
+    assert_identical(workspace["runs"] / "straight", workspace["runs"] / case)
 
 
-def test_kill_9_from_outside_in_stage_2_then_resume(workspace: dict[str, Any], straight: Path) -> None:
-    code, err = signal_after_line(new_run(workspace, "kill-9"), "stage 2 epoch 1/2", signal.SIGKILL)
-    assert code == -signal.SIGKILL, err
-    resume(workspace, "kill-9")
-    assert_identical(straight, workspace["runs"] / "kill-9")
+def test_kill_9_from_outside_in_stage_2_then_resume(workspace: dict[str, Any], runs: Runs) -> None:
+    assert runs.started["kill-9"].code == -signal.SIGKILL, runs.started["kill-9"].err
+    assert runs.resumed["kill-9"].code == 0, runs.resumed["kill-9"].err
+    assert_identical(workspace["runs"] / "straight", workspace["runs"] / "kill-9")
 
 
 def test_sigterm_stops_cleanly_says_how_to_resume_and_resumes_exactly(workspace: dict[str, Any],
-                                                                      straight: Path) -> None:
-    name, signal_number = "stopped", signal.SIGTERM
-    code, err = signal_after_line(new_run(workspace, name), "stage 2 epoch 1/2", signal_number)
-    run_dir = workspace["runs"] / name
-    assert code == 128 + signal_number, err
-    command = f"lesionlab train --resume {run_dir}"
-    assert f"Resume it with:\n  {command}\n" in err
-    assert json.loads((run_dir / "run.json").read_text())["status"] == "stopped"
-    resume(workspace, name)
-    assert_identical(straight, run_dir)
+                                                                      runs: Runs) -> None:
+    run_dir = workspace["runs"] / "stopped"
+    stopped = runs.started["stopped"]
+    assert stopped.code == 128 + signal.SIGTERM, stopped.err
+    assert f"Resume it with:\n  lesionlab train --resume {run_dir}\n" in stopped.err
+    assert runs.status["stopped"] == "stopped"
+    assert runs.resumed["stopped"].code == 0, runs.resumed["stopped"].err
+    assert_identical(workspace["runs"] / "straight", run_dir)
