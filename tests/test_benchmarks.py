@@ -51,7 +51,7 @@ def test_bench_forward_prints_speed_and_parity(tiny_ham_dataset: Callable[..., P
     output = capsys.readouterr().out
     assert "stage-1 feature cache" in output and "TTA inference, 6 views" in output
     assert "plain (identity view)" in output and "TTA mean of 6 views" in output
-    assert "fp32 folded (lesionlab)" in output and "bf16 unfolded (lesionlab)" in output
+    assert "fp32 folded, onnxruntime (lesionlab)" in output and "bf16 unfolded (lesionlab)" in output
     assert "cached features, folded fp32 against unfolded fp32: smallest cosine similarity" in output
 
 
