@@ -163,7 +163,7 @@ def test_malformed_model_files_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"model\.json: not a lesionlab model file"):
         load_predictor(path)
     path.write_text(json.dumps({"format": FORMAT, "version": VERSION + 1}), encoding="utf-8")
-    with pytest.raises(ConfigError, match="reads version 1"):
+    with pytest.raises(ConfigError, match="reads versions 1, 2"):
         load_predictor(path)
     path.write_text(json.dumps({"format": FORMAT, "version": VERSION, "members": [{"path": "x"}],
                                 "views": []}), encoding="utf-8")
