@@ -45,9 +45,10 @@ def test_one_unaugmented_view_is_an_exact_cache(samples: list) -> None:
     no_augmentation = train_transform("none", SIZE, False, IMAGENET_MEAN, IMAGENET_STD)
     unaugmented = LesionDataset(samples, SIZE, no_augmentation)
     evaluation = LesionDataset(samples, SIZE, eval_transform(SIZE, False, IMAGENET_MEAN, IMAGENET_STD))
-    cache = FeatureCache.build(model, unaugmented, 1, 8, 0, 0, torch.device("cpu"), False)
+    cache = FeatureCache.build(model, unaugmented, 1, 8, 0, 0, torch.device("cpu"), False,
+                               forward_backend="torch")
     expected, labels = extract_features(model.eval(), DataLoader(evaluation, batch_size=5),
-                                        torch.device("cpu"), False, "eval")
+                                        torch.device("cpu"), False, "eval", forward_backend="torch")
     assert torch.equal(cache.views[0], expected)
     assert torch.equal(cache.labels, labels)
 
