@@ -11,11 +11,12 @@ that is set. The MLflow run id is kept in `run.json` (`tracking`), so a resumed 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -166,16 +167,26 @@ def open_tracker(run_dir: Path, config: TrackingConfig, first_step: int) -> RunT
     return RunTracker(writer, client, run_id)
 
 
-def open_stage_tracker(run_dir: Path, recipe: Recipe, committed: int) -> RunTracker | None:
-    """The trackers a training stage logs its epochs to; a run's first stage logs its parameters first.
+@contextlib.contextmanager
+def stage_tracker(run_dir: Path, recipe: Recipe, committed: int) -> Iterator[RunTracker | None]:
+    """The trackers a training stage logs its epochs to (None without any), closed as the stage ends:
+    FINISHED, FAILED, or KILLED on an interrupt. A run's first stage logs its parameters first.
 
     `committed` is the number of epoch rows the run holds, so the stage's first row is logged at
     `committed + 1`.
     """
     tracker = open_tracker(run_dir, recipe.tracking, committed + 1)
-    if tracker is not None and committed == 0:
+    if tracker is None:
+        yield None
+        return
+    if committed == 0:
         tracker.log_params(flat_params(recipe), recipe.to_yaml())
-    return tracker
+    try:
+        yield tracker
+    except BaseException as error:
+        tracker.close("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+        raise
+    tracker.close()
 
 
 def _mlflow_run(run_dir: Path) -> tuple[Any, str]:

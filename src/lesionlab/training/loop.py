@@ -34,7 +34,7 @@ from lesionlab.models.freeze import apply_plan, plan_table, resolve_plan, set_tr
 from lesionlab.models.metadata_model import MetadataSpec, with_metadata
 from lesionlab.models.registry import architecture, build_model
 from lesionlab.precision import forward_precision, training_forward
-from lesionlab.tracking import RunTracker, open_stage_tracker
+from lesionlab.tracking import RunTracker, stage_tracker
 from lesionlab.training import distributed
 from lesionlab.training.batches import (
     Batch,
@@ -142,16 +142,8 @@ def train_stage(
     the stage then stops at that epoch, on the schedule of its full length, and may have no validation part.
     Each committed epoch row is also logged to the recipe's trackers (`lesionlab.tracking`), if any.
     """
-    tracker = open_stage_tracker(run.path, recipe, len(progress.history))
-    try:
-        progress = _train_stage(model, recipe, stage_index, data, run, progress, resumed, choice, tracker)
-    except BaseException as error:
-        if tracker is not None:
-            tracker.close("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
-        raise
-    if tracker is not None:
-        tracker.close()
-    return progress
+    with stage_tracker(run.path, recipe, len(progress.history)) as tracker:
+        return _train_stage(model, recipe, stage_index, data, run, progress, resumed, choice, tracker)
 
 
 def _train_stage(
