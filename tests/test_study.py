@@ -65,10 +65,18 @@ def test_a_bad_study_file_fails_before_training(tmp_path: Path, body: dict, mess
         load_study(write_study(tmp_path, body))
 
 
-@pytest.mark.parametrize("name", ["study-freeze", "study-large-vs-small", "study-best"])
+@pytest.mark.parametrize("name", ["study-freeze", "study-large-vs-small", "study-best", "study-recommended"])
 def test_shipped_study_files_parse(name: str) -> None:
     study = load_study(REPO / "configs" / f"{name}.yaml")
     assert study.runs
+
+
+def test_recommended_study_varies_the_training_seed_on_one_split() -> None:
+    study = load_study(REPO / "configs" / "study-recommended.yaml")
+    seeded = next(run for run in study.runs if run.name == "default-s1")
+    assert seeded.overrides == ("seed=1",)
+    assert run_recipe(seeded, Budget()).seed == 1
+    assert study.split["seed"] == 0
 
 
 def test_freeze_study_has_the_reference_runs() -> None:

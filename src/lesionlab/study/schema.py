@@ -72,8 +72,13 @@ def _unknown(keys: set[str], allowed: frozenset[str], where: str) -> None:
 
 
 def _one_line(value: Any) -> str:
-    """A value as one line of flow-style YAML, so an override is one `--set` word of one printed command."""
-    return yaml.safe_dump(value, default_flow_style=True, width=sys.maxsize).strip()
+    """A value as one line of flow-style YAML, so an override is one `--set` word of one printed command.
+
+    A plain scalar is dumped as a document with an explicit end marker (`1\n...`); the marker is dropped, or
+    the printed command would carry a line break inside its quotes.
+    """
+    dumped = yaml.safe_dump(value, default_flow_style=True, width=sys.maxsize)
+    return dumped.removesuffix("...\n").strip()
 
 
 def _overrides(entry: dict[str, Any], where: str) -> list[str]:
