@@ -11,12 +11,13 @@ baseline of the same run.
 
 Overload (`--overload`): a burst of `--large-uploads` simultaneous huge PNGs (7000x7000 by default, a smooth
 image of ~160 KB, under the 50-megapixel limit) while `--clients` clients keep posting ordinary HAM10000
-JPEGs, against two servers started in turn: one without limits (`--max-concurrent 0 --request-timeout 0
---full-decode`: every upload decodes at once, at full size) and one with the default limits. It samples the
-server's resident memory every 20 ms and reports its peak, the ordinary requests' p50/p95/p99 latency, and the
-200/503/failed counts of both kinds, then the ratio of the two servers. A server whose memory passes
-`--memory-cap-mb` is killed there and then (and reported so), so the test cannot exhaust the machine. A
-phase ends when the burst is answered, or after `--time-limit` seconds.
+JPEGs, against two servers started in turn: one without limits (`--max-concurrent 0 --heavy-concurrent 0
+--max-receiving-mb 0 --request-timeout 0 --full-decode`: every upload decodes at once, at full size) and
+one with the default limits (the huge PNGs then go to the heavy lane, the JPEGs to the ordinary one). It
+samples the server's resident memory every 20 ms and reports its peak, the ordinary requests' p50/p95/p99
+latency, and the 200/503/failed counts of both kinds, then the ratio of the two servers. A server whose
+memory passes `--memory-cap-mb` is killed there and then (and reported so), so the test cannot exhaust the
+machine. A phase ends when the burst is answered, or after `--time-limit` seconds.
 
     nice -n 19 .venv/bin/python benchmarks/load_serve.py runs/small --overload --clients 2 --time-limit 90
 """
@@ -44,7 +45,8 @@ from lesionlab.tables import Table, format_table
 STARTUP_SECONDS = 600.0
 IMAGE_COUNT = 16
 RSS_SAMPLE_SECONDS = 0.02
-NO_LIMITS = ("--max-concurrent", "0", "--request-timeout", "0", "--full-decode")
+NO_LIMITS = ("--max-concurrent", "0", "--heavy-concurrent", "0", "--max-receiving-mb", "0",
+             "--request-timeout", "0", "--full-decode")
 
 
 @dataclass(frozen=True)

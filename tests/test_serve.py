@@ -36,13 +36,18 @@ def onnx_client(tiny_onnx_file: Path) -> TestClient:
 
 def test_health_reports_the_service_limits(torch_client: TestClient, tiny_run_dir: Path) -> None:
     predictor = load_predictor(tiny_run_dir)
-    defaults = WorkLimits.defaults(predictor.preprocessing.input_size)
+    defaults = WorkLimits.defaults(predictor.preprocessing.input_size, UPLOAD_LIMIT)
     assert torch_client.get("/health").json()["limits"] == {
-        "max_concurrent": defaults.workers, "max_queue": defaults.queue, "request_timeout_s": 30.0,
-        "max_upload_mb": UPLOAD_LIMIT / 1e6, "decode_min_size": defaults.decode_min_size}
-    unbounded = TestClient(create_app(predictor, limits=WorkLimits(0, 0, 0.0, None)))
+        "max_concurrent": defaults.workers, "max_queue": defaults.queue, "heavy_megapixels": 4.0,
+        "heavy_concurrent": 1, "heavy_queue": 4, "max_receiving_mb": defaults.receiving_bytes / 1e6,
+        "request_timeout_s": 30.0, "max_upload_mb": UPLOAD_LIMIT / 1e6,
+        "decode_min_size": defaults.decode_min_size}
+    assert defaults.receiving_bytes == 8 * UPLOAD_LIMIT, "eight bodies at the upload limit"
+    unbounded = TestClient(create_app(predictor, limits=WorkLimits(0, 0, 0.0, None, heavy_workers=0,
+                                                                   receiving_bytes=0)))
     assert unbounded.get("/health").json()["limits"] == {
-        "max_concurrent": None, "max_queue": None, "request_timeout_s": None, "max_upload_mb": 10.0,
+        "max_concurrent": None, "max_queue": None, "heavy_megapixels": 4.0, "heavy_concurrent": None,
+        "heavy_queue": None, "max_receiving_mb": None, "request_timeout_s": None, "max_upload_mb": 10.0,
         "decode_min_size": None}
 
 

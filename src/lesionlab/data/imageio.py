@@ -181,12 +181,9 @@ def decode_bytes(
 
 
 def _decode(source: str | BinaryIO, name: str, max_pixels: int | None, min_size: int | None) -> Image.Image:
-    limit = pixel_limit() if max_pixels is None else max_pixels
     try:
         with Image.open(source) as image:
-            width, height = image.size
-            if width * height > limit:
-                raise ImageDecodeError(name, _too_large_reason(width, height, limit))
+            check_pixel_count(name, *image.size, max_pixels)
             if min_size is not None:
                 image.draft(None, (min_size, min_size))
             image.load()
@@ -203,6 +200,17 @@ def _decode(source: str | BinaryIO, name: str, max_pixels: int | None, min_size:
         raise ImageDecodeError(
             name, f"cannot decode image ({type(error).__name__}: {error}); re-export or remove the file"
         ) from None
+
+
+def check_pixel_count(name: str, width: int, height: int, max_pixels: int | None = None) -> None:
+    """Raise ImageDecodeError when a `width` x `height` image passes `max_pixels` (default `pixel_limit()`).
+
+    Public so a caller that reads the header itself (the service sorts uploads by it) refuses by the same
+    rule and words as the decoder.
+    """
+    limit = pixel_limit() if max_pixels is None else max_pixels
+    if width * height > limit:
+        raise ImageDecodeError(name, _too_large_reason(width, height, limit))
 
 
 def _reduced(image: Image.Image, min_size: int) -> Image.Image:

@@ -77,9 +77,20 @@ class ExplanationOut(PredictionOut):
 class LimitsOut(BaseModel):
     """The bounds the service works under, so a client can pace its uploads and read a 503 or 413 aright."""
 
-    max_concurrent: int | None = Field(description="uploads decoded and classified at once; null: no bound")
-    max_queue: int | None = Field(description="uploads waiting for a worker; beyond them the answer is 503 "
-                                              "with Retry-After; null: no bound")
+    max_concurrent: int | None = Field(description="ordinary uploads decoded and classified at once; "
+                                                   "null: no bound")
+    max_queue: int | None = Field(description="ordinary uploads waiting for a worker; beyond them the answer "
+                                              "is 503 with Retry-After; null: no bound")
+    heavy_megapixels: float = Field(description="uploads with more megapixels than this (width x height, "
+                                                "read from the header) run in the heavy lane, apart from "
+                                                "ordinary ones")
+    heavy_concurrent: int | None = Field(description="heavy uploads decoded and classified at once; null: no "
+                                                     "bound")
+    heavy_queue: int | None = Field(description="heavy uploads waiting for a worker; beyond them the answer "
+                                                "is 503 with Retry-After; null: no bound")
+    max_receiving_mb: float | None = Field(description="MB of upload bodies received at once, each counted "
+                                                       "by its Content-Length; beyond it the answer is 503 "
+                                                       "before the body is read; null: no bound")
     request_timeout_s: float | None = Field(description="seconds a request may take, waiting included, "
                                                         "before it is answered 503; null: no timeout")
     max_upload_mb: float = Field(description="the largest upload in MB; 413 beyond it")
@@ -90,6 +101,9 @@ class LimitsOut(BaseModel):
     def from_limits(cls, limits: WorkLimits, max_upload_bytes: int) -> LimitsOut:
         """The limits as `serve.limits` applies them (0 there means no bound)."""
         return cls(max_concurrent=limits.workers or None, max_queue=limits.queue if limits.workers else None,
+                   heavy_megapixels=limits.heavy_pixels / 1e6, heavy_concurrent=limits.heavy_workers or None,
+                   heavy_queue=limits.heavy_queue if limits.heavy_workers else None,
+                   max_receiving_mb=limits.receiving_bytes / 1e6 or None,
                    request_timeout_s=limits.timeout_s or None, max_upload_mb=max_upload_bytes / 1e6,
                    decode_min_size=limits.decode_min_size)
 
@@ -113,7 +127,8 @@ class HealthOut(BaseModel):
     malignant_threshold: float = Field(description="the threshold on the summed malignant probability")
     malignant_threshold_fitted: bool = Field(description="whether it was fitted on validation data")
     malignant_rule: str = Field(description="the malignant/benign rule in words, or why it falls back")
-    limits: LimitsOut = Field(description="concurrency, queue, timeout, upload size and reduced decoding")
+    limits: LimitsOut = Field(description="each lane's concurrency and queue, the bodies received at "
+                                          "once, timeout, upload size and reduced decoding")
     metadata_fields: list[str] = Field(description="the patient fields the model reads (age, sex, site), "
                                                    "each optional on /predict and /explain; empty: the "
                                                    "model reads the image only and ignores any fields")
