@@ -21,7 +21,6 @@ from lesionlab.data.dataset import LesionDataset
 from lesionlab.data.readers import read_dataset
 from lesionlab.data.readers.samples import Sample, compute_fingerprint
 from lesionlab.data.transforms import train_transform
-from lesionlab.models.registry import IMAGENET_MEAN, IMAGENET_STD
 from lesionlab.tables import Table, format_table
 
 BATCH_SIZE = 50
@@ -68,7 +67,7 @@ def throughput_row(name: str, count: int, seconds: float, baseline_seconds: floa
 def main() -> None:
     args = parse_args()
     samples = spread_sample(read_dataset(args.data).samples, args.n)
-    transform = train_transform("reference", args.size, False, IMAGENET_MEAN, IMAGENET_STD)
+    transform = train_transform("reference", args.size, False)
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory(prefix="lesionlab-bench-cache-") as cache_root:
         cache = DecodedImageCache(compute_fingerprint(samples), args.size, cache_root)

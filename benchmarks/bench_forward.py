@@ -61,6 +61,7 @@ from lesionlab.forward_backend import ONNXRUNTIME, TORCH
 from lesionlab.models.checkpoint import load_run
 from lesionlab.models.fold import fold_batchnorm
 from lesionlab.models.freeze import resolve_plan, set_train_mode
+from lesionlab.models.pixel_input import PixelInput
 from lesionlab.models.registry import IMAGENET_MEAN, IMAGENET_STD, architecture, build_model
 from lesionlab.precision import ParityCheck, check_parity, forward_precision, native_bf16, parity_from_logits
 from lesionlab.scoring import Scoring
@@ -187,13 +188,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         size, mean, std = args.size or DEFAULT_SIZE, IMAGENET_MEAN, IMAGENET_STD
         label = f"{args.pretrained} backbone, untrained head"
     model = model.to(memory_format=torch.channels_last)
+    pixels = PixelInput.normalising(model, mean, std)
     samples = spread_sample(read_dataset(args.data).samples, args.n)
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory(prefix="lesionlab-bench-") as cache_root:
         cache = DecodedImageCache(compute_fingerprint(samples), size, cache_root)
         cache.build(samples, workers=2, progress=False)
-        train_set = LesionDataset(samples, size, train_transform(args.augment, size, False, mean, std), cache)
-        eval_set = LesionDataset(samples, size, eval_transform(size, False, mean, std), cache)
+        train_set = LesionDataset(samples, size, train_transform(args.augment, size, False), cache)
+        eval_set = LesionDataset(samples, size, eval_transform(size, False), cache)
         spec = architecture(ARCH)
         head_plan = resolve_plan("head", spec, "frozen")
         features: dict[str, torch.Tensor] = {}
@@ -203,14 +205,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             set_train_mode(model, spec, head_plan)
             with folding(fold), forward_precision(precision, device):
                 features[variant_name(precision, fold, engine)] = FeatureCache.build(
-                    model, train_set, args.cache_views, args.batch_size, args.workers, CACHE_SEED, device,
+                    pixels, train_set, args.cache_views, args.batch_size, args.workers, CACHE_SEED, device,
                     True, forward_backend=engine).views
 
         def tta(precision: str, fold: bool, engine: str) -> None:
             settings = InferenceSettings(device, args.batch_size, args.workers, True, precision, engine)
             with folding(fold):
                 logits[variant_name(precision, fold, engine)] = infer_view_logits(
-                    model, eval_set, settings, DEFAULT_VIEWS, f"TTA {variant_name(precision, fold, engine)}")
+                    pixels, eval_set, settings, DEFAULT_VIEWS, f"TTA {variant_name(precision, fold, engine)}")
 
         measures: dict[str, Callable[[], object]] = {}
         for key, run_pass in (("cache", build_cache), ("tta", tta)):
@@ -228,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         progress.set_postfix_str("parity")
         model.eval()
         loader = DataLoader(eval_set, batch_size=args.batch_size, num_workers=args.workers)
-        plain = check_parity(model, ((images.contiguous(memory_format=torch.channels_last), labels)
+        plain = check_parity(pixels, ((images.contiguous(memory_format=torch.channels_last), labels)
                                      for images, labels in loader), device)
         progress.update()
         progress.close()

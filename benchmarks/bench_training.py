@@ -54,6 +54,7 @@ from lesionlab.data.readers import read_dataset
 from lesionlab.data.readers.samples import Sample, compute_fingerprint
 from lesionlab.data.transforms import PRESETS, eval_transform, train_transform
 from lesionlab.models.freeze import FreezePlan, apply_plan, resolve_plan, set_train_mode
+from lesionlab.models.pixel_input import PixelInput
 from lesionlab.models.registry import IMAGENET_MEAN, IMAGENET_STD, architecture, build_model
 from lesionlab.precision import native_bf16
 from lesionlab.tables import Table, format_table
@@ -165,17 +166,18 @@ def plain_torchvision(samples: list[Sample], args: argparse.Namespace) -> float:
 
 
 def stage_setup(trainable: str, bn: str, data: StageData,
-                pretrained: str) -> tuple[nn.Module, FreezePlan, torch.optim.Optimizer, nn.Module]:
-    """A pretrained model with a freeze plan applied (as `train_stage` does), its optimizer, a criterion."""
+                pretrained: str) -> tuple[PixelInput, FreezePlan, torch.optim.Optimizer, nn.Module]:
+    """A pretrained model with a freeze plan applied (as `train_stage` does), behind its normalisation (it
+    takes the loaders' pixels), its optimizer, a criterion."""
     spec = architecture(ARCH)
-    model = build_model(ARCH, pretrained=pretrained)
+    network = build_model(ARCH, pretrained=pretrained)
     if data.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        network = network.to(memory_format=torch.channels_last)
     plan = resolve_plan(trainable, spec, bn)
-    apply_plan(model, spec, plan)
-    set_train_mode(model, spec, plan)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    return model, plan, optimizer, make_criterion(None)
+    apply_plan(network, spec, plan)
+    set_train_mode(network, spec, plan)
+    optimizer = torch.optim.Adam([p for p in network.parameters() if p.requires_grad], lr=1e-3)
+    return PixelInput.normalising(network, spec.mean, spec.std), plan, optimizer, make_criterion(None)
 
 
 def lesionlab_head_cached(data: StageData, args: argparse.Namespace) -> float:
@@ -190,8 +192,8 @@ def lesionlab_head_cached(data: StageData, args: argparse.Namespace) -> float:
     for _ in range(args.head_epochs):
         order = torch.randperm(len(data.train_set), generator=generator)
         batches = cache.batches(order, stage.batch_size, generator, drop_last=True)
-        train_epoch(model.classifier, batches, len(order) // stage.batch_size, criterion, optimizer, None,
-                    data, "head on cached features")
+        train_epoch(model.network.classifier, batches, len(order) // stage.batch_size, criterion, optimizer,
+                    None, data, "head on cached features")
     return args.head_epochs * len(data.train_set) / (time.perf_counter() - start)
 
 
@@ -256,11 +258,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         cache.build(samples, workers=2, progress=False)
 
         def augment(size: int) -> ImageTransform:
-            return train_transform(args.augment, size, False, IMAGENET_MEAN, IMAGENET_STD)
+            return train_transform(args.augment, size, False)
 
         train_set = LesionDataset(samples, args.size, augment(args.size), cache)
-        val_set = LesionDataset(samples, args.size, eval_transform(args.size, False, IMAGENET_MEAN,
-                                                                   IMAGENET_STD), cache)
+        val_set = LesionDataset(samples, args.size, eval_transform(args.size, False), cache)
         fast = StageData(train_set, val_set, args.workers, torch.device("cpu"), channels_last=True,
                          augment=augment)
         plain_layout = StageData(train_set, val_set, args.workers, torch.device("cpu"), channels_last=False,

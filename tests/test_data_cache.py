@@ -119,7 +119,7 @@ def test_default_root_follows_the_environment(tmp_path: Path, monkeypatch: pytes
 def test_dataset_items_match_with_and_without_cache(table: SampleTable, tmp_path: Path) -> None:
     cache = DecodedImageCache(table.fingerprint, SIZE, tmp_path)
     cache.ensure(table.samples, progress=False)
-    transform = eval_transform(SIZE, False, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    transform = eval_transform(SIZE, False)
     cached = LesionDataset(table.samples, SIZE, transform, cache=cache)
     live = LesionDataset(table.samples, SIZE, transform)
     for index in (0, 7, len(table) - 1):

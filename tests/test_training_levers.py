@@ -12,6 +12,7 @@ from torch import nn
 
 from lesionlab.data.transforms import RandomQuarterTurn, train_transform
 from lesionlab.errors import ConfigError
+from lesionlab.models.pixel_input import PixelInput
 from lesionlab.models.registry import build_model
 from lesionlab.precision import (
     MIN_TOP1_AGREEMENT,
@@ -83,7 +84,7 @@ def test_pretrained_head_keeps_the_imagenet_hidden_layer(shared_weights_file: Pa
 
 def test_dermoscopy_preset_crops_from_the_full_input_and_turns_exactly() -> None:
     image = torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8)
-    transform = train_transform("dermoscopy", 40, False, MEAN, STD)
+    transform = train_transform("dermoscopy", 40, False)
     assert transform(image).shape == (3, 40, 40)
     assert not any(type(step).__name__ == "Resize" for step in transform.transforms)
     turned = {tuple(RandomQuarterTurn()(image)[0, 0, :2].tolist()) for _ in range(40)}
@@ -139,18 +140,19 @@ def test_bf16_matches_fp32_on_real_images(shared_weights_file: Path, shared_data
     table = read_dataset(shared_data_dir)
     samples = [sample for label in range(7) for sample in
                [s for s in table.samples if s.label == label][:14]][:96]
-    pixels = np.stack([load_resized_array(sample.path, 160) for sample in samples])
-    images = (torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255 - torch.tensor(MEAN)[:, None, None]
-              ) / torch.tensor(STD)[:, None, None]
+    pixels = torch.from_numpy(np.stack([load_resized_array(sample.path, 160) for sample in samples]))
+    images = pixels.permute(0, 3, 1, 2).float()
     labels = torch.tensor([sample.label for sample in samples])
     model = build_model("mobilenet_v3_small", pretrained=str(shared_weights_file), pretrained_head=True)
     model.eval()
+    pixel_model = PixelInput.normalising(model, MEAN, STD)
     with torch.inference_mode():
-        hidden = model.classifier[:3](torch.flatten(model.avgpool(model.features(images)), 1)).numpy()
+        normalised = pixel_model.normalise(images)
+        hidden = model.classifier[:3](torch.flatten(model.avgpool(model.features(normalised)), 1)).numpy()
     fitted = LogisticRegression(C=10.0, max_iter=2000).fit(hidden, labels.numpy())
     with torch.no_grad():
         model.classifier[3].weight.copy_(torch.as_tensor(fitted.coef_, dtype=torch.float32))
         model.classifier[3].bias.copy_(torch.as_tensor(fitted.intercept_, dtype=torch.float32))
-    check = check_parity(model, [(images, labels)], device)
+    check = check_parity(pixel_model, [(images, labels)], device)
     assert check.decided_images >= 48, check
     assert check.passed, check

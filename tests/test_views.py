@@ -19,6 +19,7 @@ from lesionlab.data.transforms import eval_transform
 from lesionlab.errors import ConfigError
 from lesionlab.evaluation.inference import InferenceSettings, infer_view_logits
 from lesionlab.inference import load_predictor
+from lesionlab.models.pixel_input import PixelInput
 from lesionlab.views import (
     DEFAULT_VIEWS,
     NHWC,
@@ -96,10 +97,11 @@ def test_evaluation_and_prediction_get_the_same_view_logits(
     dataset = LesionDataset(
         samples,
         card.input_size,
-        transform=eval_transform(card.input_size, card.grayscale, card.mean, card.std),
+        transform=eval_transform(card.input_size, card.grayscale),
     )
     settings = InferenceSettings(torch.device("cpu"), batch_size=2, workers=0, channels_last=False)
-    evaluated = infer_view_logits(predictor.model, dataset, settings, DEFAULT_VIEWS)
+    evaluated = infer_view_logits(PixelInput.normalising(predictor.model, card.mean, card.std), dataset,
+                                  settings, DEFAULT_VIEWS)
     predicted = np.concatenate([predictor.view_logits(load_rgb(path)) for path in image_paths])
     assert predicted.shape == evaluated.shape == (2, len(DEFAULT_VIEWS), len(card.classes))
     assert np.abs(predicted - evaluated).max() < 1e-3

@@ -2,7 +2,8 @@
 
 Inputs are already squashed to `size x size` by the loader (cache or on the fly); every pipeline optionally
 turns the image gray (repeated to 3 channels, as the reference fed grayscale to ImageNet models), applies its
-augmentations on uint8, then scales to float32 [0, 1] and normalises with the model's mean/std.
+augmentations on uint8, then hands the pixels on as float32 0..255, what every deployed engine takes too.
+Normalising them is the model's (`models.pixel_input.PixelInput`), so the rule lives in one place.
 
 Presets:
 - `reference`: the reference's augmentation: RandomRotation(20), ColorJitter(brightness=0.3, contrast=0.3),
@@ -24,7 +25,7 @@ trains below the cached size).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 from torchvision.transforms import v2
@@ -90,22 +91,20 @@ def _input_steps(size: int, grayscale: bool) -> list[v2.Transform]:
     return steps
 
 
-def _output_steps(mean: Sequence[float], std: Sequence[float]) -> list[v2.Transform]:
-    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
+PIXELS = v2.ToDtype(torch.float32, scale=False)
+"""The last step of every pipeline: the pixels 0..255 as float32, unscaled (the model normalises them)."""
 
 
-def train_transform(
-    preset: str, size: int, grayscale: bool, mean: Sequence[float], std: Sequence[float]
-) -> v2.Compose:
-    """The training pipeline for one preset (`reference`, `none`, `strong`)."""
+def train_transform(preset: str, size: int, grayscale: bool) -> v2.Compose:
+    """The training pipeline for one preset (`PRESETS`)."""
     if preset not in PRESETS:
         raise ConfigError(f"unknown augmentation preset '{preset}'; choose one of {', '.join(PRESETS)}")
     augmentations = PRESETS[preset](size)
     sizes_itself = bool(augmentations) and isinstance(augmentations[0], v2.RandomResizedCrop)
     input_steps = _input_steps(size, grayscale)[1:] if sizes_itself else _input_steps(size, grayscale)
-    return v2.Compose([*input_steps, *augmentations, *_output_steps(mean, std)])
+    return v2.Compose([*input_steps, *augmentations, PIXELS])
 
 
-def eval_transform(size: int, grayscale: bool, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
-    """The deterministic pipeline for validation, testing and prediction."""
-    return v2.Compose([*_input_steps(size, grayscale), *_output_steps(mean, std)])
+def eval_transform(size: int, grayscale: bool) -> v2.Compose:
+    """The deterministic pipeline for validation and testing."""
+    return v2.Compose([*_input_steps(size, grayscale), PIXELS])

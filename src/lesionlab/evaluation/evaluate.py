@@ -72,6 +72,7 @@ from lesionlab.models.checkpoint import (
 )
 from lesionlab.models.freeze import block_modules, resolve_plan
 from lesionlab.models.metadata_model import MetadataDataset
+from lesionlab.models.pixel_input import PixelInput
 from lesionlab.models.registry import architecture
 from lesionlab.precision import PARITY_IMAGES, ParityCheck, parity_from_logits, resolve_precision
 from lesionlab.run_json import read_run_json
@@ -203,7 +204,8 @@ class EvaluationResult:
 def image_dataset(
     samples: list[Sample], table: SampleTable, card: ModelCard, use_cache: bool, withhold: bool = False
 ) -> LesionDataset:
-    """The samples under the model's own preprocessing, pixels read from the decoded-image cache when enabled.
+    """The samples as the model's pipeline delivers them (pixels, gray where its card says; the model behind
+    `PixelInput.normalising` normalises them), read from the decoded-image cache when enabled.
 
     The cache is keyed by `table` (all of whose images it holds), so evaluating the run's own data reuses the
     cache its training built. A metadata model's items carry each sample's encoded fields (all missing with
@@ -213,8 +215,7 @@ def image_dataset(
     if use_cache:
         cache = DecodedImageCache(table.fingerprint, card.input_size)
         cache.ensure(table.samples)
-    transform = eval_transform(card.input_size, card.grayscale, card.mean, card.std)
-    dataset = LesionDataset(samples, card.input_size, transform, cache)
+    dataset = LesionDataset(samples, card.input_size, eval_transform(card.input_size, card.grayscale), cache)
     if card.metadata is None:
         return dataset
     return MetadataDataset(dataset, card.metadata["fields"], withhold)
@@ -225,7 +226,7 @@ ValidationLogits = Callable[[], tuple[np.ndarray, np.ndarray]]
 
 def validation_logits(
     run_dir: Path,
-    model: nn.Module,
+    model: PixelInput,
     card: ModelCard,
     selection: EvaluationData,
     settings: InferenceSettings,
@@ -352,7 +353,7 @@ def trainable_parameters(model: nn.Module, card: ModelCard, recipe: Recipe) -> i
     )
 
 
-def validation_parity(model: nn.Module, card: ModelCard, selection: EvaluationData,
+def validation_parity(model: PixelInput, card: ModelCard, selection: EvaluationData,
                       settings: InferenceSettings, use_cache: bool) -> ParityCheck:
     """bf16 against fp32 on up to `PARITY_IMAGES` images of the run's validation part (never test); a
     release fit, which has none, is checked on training images (parity measures arithmetic, not skill)."""
@@ -384,6 +385,7 @@ def evaluate_run(run_dir: str | Path, options: EvaluationOptions | None = None) 
     run_dir = Path(run_dir)
     stem = checkpoint_stem(options.checkpoint or run_dir / BEST_STEM)
     model, card = load_checkpoint(stem) if options.checkpoint else load_run(run_dir)
+    pixels = PixelInput.normalising(model, card.mean, card.std)
     if not options.metadata and card.metadata is None:
         raise ConfigError(f"{stem}: --no-metadata: this model reads no patient metadata, so there is nothing "
                           f"to withhold; leave the flag out")
@@ -413,9 +415,9 @@ def evaluate_run(run_dir: str | Path, options: EvaluationOptions | None = None) 
     dataset = image_dataset(selection.samples, selection.table, card, recipe.cache,
                             withhold=not options.metadata)
     view_logits = infer_view_logits(
-        model, dataset, settings, views, f"evaluate {selection.name}-{selection.split}", checks
+        pixels, dataset, settings, views, f"evaluate {selection.name}-{selection.split}", checks
     )
-    validation = validation_logits(run_dir, model, card, selection, settings, recipe.cache, checks)
+    validation = validation_logits(run_dir, pixels, card, selection, settings, recipe.cache, checks)
     calibrate = options.calibrate and bool(selection.run_split.parts["val"])
     fit = ensure_temperature(stem, validation) if calibrate else None
     malignancy = ensure_malignancy_rule(stem, validation, tuple(card.classes),

@@ -45,7 +45,8 @@ def infer_view_logits(
     description: str = "inference",
     checks: list[EngineCheck] | None = None,
 ) -> np.ndarray:
-    """Logits of every item under every view, shape (items, views, classes), in dataset order.
+    """Logits of every item under every view, shape (items, views, classes), in dataset order; `model` takes
+    the dataset's pixels (a network behind its `PixelInput`), and the views move pixels only.
 
     In fp32 the batches run through a copy of the model with its BatchNorms folded into their convolutions
     (`lesionlab.models.fold`): the same function, much faster on a CPU; on `settings.engine` where its first

@@ -1,11 +1,16 @@
-"""The network as deployed: resized RGB pixels (0..255) in, logits out, the model's own normalisation inside.
+"""A network behind its input rule: RGB pixels (0..255) in, logits out, the model's normalisation inside.
 
-Deployment feeds every engine the same thing, the image squashed to the input size with lesionlab's one
-resize (`data.imageio.resize_square`) and nothing else, as float32 (or uint8) `(N, 3, size, size)` pixels. The
-rest of evaluation preprocessing, the grayscale mode and the per-channel normalisation, happens here, so it
-travels inside the exported ONNX graph and inside the PyTorch predictor alike and the numpy side has nothing
-to keep equal. The arithmetic is `transforms.eval_transform`'s on the same resized pixels: torchvision's
-luminance weights truncated back to whole pixel values, then x / 255, then (x - mean) / std, in float32.
+This is the one place pixels are normalised. Deployment feeds every engine the image squashed to the input
+size with lesionlab's one resize (`data.imageio.resize_square`) and nothing else, as float32 (or uint8)
+`(N, 3, size, size)` pixels; the grayscale mode and the per-channel normalisation happen here, so they travel
+inside the exported ONNX graph and the PyTorch predictor alike. Training, validation and `evaluate` feed the
+same kind of pixels from their pipelines (`data.transforms`), which apply the colour mode themselves
+(training must, before it augments) and leave the normalisation to `PixelInput.normalising`.
+
+The arithmetic is torchvision's `ToDtype(scale=True)` followed by `Normalize`, operation for operation
+(x * (1 / 255), then (x - mean) / std, in float32), which the pipelines applied before this module held
+the rule, so runs trained then see bit-identical input. The grayscale mode is torchvision's luminance
+weights truncated back to whole pixel values.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
 
 class PixelInput(nn.Module):
     """`network(normalise(pixels), *extra)`: pixels RGB 0..255 `(N, 3, H, W)`, any real or integer dtype;
-    `extra` is a metadata model's encoded patient fields."""
+    `extra` is a metadata model's encoded patient fields, which may also come as one `(pixels, metadata)`
+    pair, the way a DataLoader collates a metadata dataset's items."""
 
     def __init__(self, network: nn.Module, mean: Sequence[float], std: Sequence[float],
                  grayscale: bool) -> None:
@@ -37,6 +43,12 @@ class PixelInput(nn.Module):
         """The network with the normalisation and colour mode its card records."""
         return cls(network, card.mean, card.std, bool(card.grayscale))
 
+    @classmethod
+    def normalising(cls, network: nn.Module, mean: Sequence[float], std: Sequence[float]) -> PixelInput:
+        """The network behind the normalisation alone, for the pixels of a `data.transforms` pipeline, which
+        has already applied the colour mode (training must, before it augments)."""
+        return cls(network, mean, std, grayscale=False)
+
     def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
         """What the network itself is trained on, from 0..255 pixels."""
         values = pixels.to(torch.float32)
@@ -46,5 +58,7 @@ class PixelInput(nn.Module):
             values = gray[:, None].expand(-1, 3, -1, -1)
         return (values * (1.0 / 255) - self.mean) / self.std
 
-    def forward(self, pixels: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
+    def forward(self, pixels: torch.Tensor | Sequence[torch.Tensor], *extra: torch.Tensor) -> torch.Tensor:
+        if isinstance(pixels, (tuple, list)):
+            pixels, *extra = pixels
         return self.network(self.normalise(pixels), *extra)

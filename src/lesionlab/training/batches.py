@@ -1,9 +1,10 @@
 """What a stage trains on, and how one epoch's batches are drawn from it.
 
-`stage_data` builds the train and val datasets once per run; `image_batches`, `cached_batches` and
-`val_loader` produce an epoch's batches from them. Every epoch draws its items from one seeded generator, in
-one process or over ranks (`distributed.RankBatches`), so the same (seed, stage, epoch) gives the same
-batches. `drops_last_batch` is the one rule for a last partial batch, and `steps_per_epoch` follows from it.
+`stage_data` builds the train and val datasets once per run (pixels 0..255: the network runs behind
+`pixel_input`, which normalises them); `image_batches`, `cached_batches` and `val_loader` produce an
+epoch's batches from them. Every epoch draws its items from one seeded generator, in one process or over
+ranks (`distributed.RankBatches`), so the same (seed, stage, epoch) gives the same batches.
+`drops_last_batch` is the one rule for a last partial batch, and `steps_per_epoch` follows from it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 
 from lesionlab.data.cache import DecodedImageCache
@@ -22,6 +24,7 @@ from lesionlab.data.split import Split, split_samples_table
 from lesionlab.data.transforms import eval_transform, train_transform
 from lesionlab.errors import DataError
 from lesionlab.models.metadata_model import MetadataDataset
+from lesionlab.models.pixel_input import PixelInput
 from lesionlab.models.registry import architecture
 from lesionlab.training import distributed
 from lesionlab.training.distill import AugmentedViews, ViewSampler
@@ -63,7 +66,6 @@ def stage_data(
             f"{len(split.parts.get('train', []))} train, {len(split.parts.get('val', []))} val); "
             f"make a split with a validation fraction above 0."
         )
-    spec = architecture(recipe.arch)
     cache = None
     if recipe.cache:
         covered = split_samples_table(table, split)
@@ -73,12 +75,10 @@ def stage_data(
     size, gray = recipe.image_size, recipe.grayscale
 
     def augment(train_size: int) -> ImageTransform:
-        return train_transform(recipe.augment, train_size, gray, spec.mean, spec.std)
+        return train_transform(recipe.augment, train_size, gray)
 
     train_set = LesionDataset(split.parts["train"], size, augment(size), cache)
-    val_set = LesionDataset(
-        split.parts.get("val", []), size, eval_transform(size, gray, spec.mean, spec.std), cache
-    )
+    val_set = LesionDataset(split.parts.get("val", []), size, eval_transform(size, gray), cache)
     if recipe.metadata is not None:
         train_set = MetadataDataset(train_set, recipe.metadata.fields)
         val_set = MetadataDataset(val_set, recipe.metadata.fields)
@@ -90,6 +90,13 @@ def stage_data(
         channels_last=recipe.channels_last,
         augment=augment,
     )
+
+
+def pixel_input(network: nn.Module, recipe: Recipe, device: torch.device) -> PixelInput:
+    """`network` as the stage's loaders feed it: their pixels (already gray where the recipe asks), normalised
+    inside by the rule the deployed model applies, with the architecture's mean and std its card records."""
+    spec = architecture(recipe.arch)
+    return PixelInput.normalising(network, spec.mean, spec.std).to(device)
 
 
 def drops_last_batch(draws: int, batch_size: int) -> bool:

@@ -41,6 +41,7 @@ from lesionlab.data.split import Split
 from lesionlab.errors import ConfigError
 from lesionlab.io_utils import atomic_write_bytes, file_sha256
 from lesionlab.models.checkpoint import BEST_STEM, WEIGHTS_SUFFIX, ModelCard, load_run
+from lesionlab.models.pixel_input import PixelInput
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class AugmentedViews(Dataset[tuple[torch.Tensor, Any]]):
     """Item `(i, v)`: view `v` of training image `i`, reproducible in any process and at any size.
 
     The transform is read from the base dataset at call time (progressive resizing swaps it per epoch)
-    unless one is given (the teachers' own input size and normalisation). With `teacher_logits`
+    unless one is given (the teachers' own input size and colour mode). With `teacher_logits`
     (teachers, views, items, classes), an item's target is `(label, its teachers' logits of that view)`.
     """
 
@@ -153,10 +154,11 @@ class DistillationLoss(nn.Module):
 
 @dataclass(frozen=True)
 class Teacher:
-    """One teacher run: its chosen model, its card and the sha256 of its weights."""
+    """One teacher run: its chosen model (behind its normalisation: it takes its views' pixels), its card and
+    the sha256 of its weights."""
 
     run_dir: Path
-    model: nn.Module
+    model: PixelInput
     card: ModelCard
     weights_sha256: str
 
@@ -166,8 +168,9 @@ def load_teachers(run_dirs: Sequence[str | Path]) -> list[Teacher]:
     teachers = []
     for run_dir in run_dirs:
         path = Path(run_dir)
-        model, card = load_run(path)
-        teachers.append(Teacher(path, model, card, file_sha256(path / f"{BEST_STEM}{WEIGHTS_SUFFIX}")))
+        network, card = load_run(path)
+        teachers.append(Teacher(path, PixelInput.normalising(network, card.mean, card.std), card,
+                                file_sha256(path / f"{BEST_STEM}{WEIGHTS_SUFFIX}")))
     return teachers
 
 
@@ -257,7 +260,7 @@ def compute_teacher_logits(teachers: Sequence[Teacher], views: Sequence[Augmente
                            channels_last: bool) -> torch.Tensor:
     """Logits `(teachers, views, items, classes)`; teachers sharing an input pipeline share one pass.
 
-    `views[t]` renders teacher `t`'s input (its size and normalisation) of each (item, view).
+    `views[t]` renders teacher `t`'s input (its size and colour mode) of each (item, view).
     """
     from lesionlab.device import to_device
 
@@ -266,7 +269,7 @@ def compute_teacher_logits(teachers: Sequence[Teacher], views: Sequence[Augmente
     groups: dict[tuple[Any, ...], list[int]] = {}
     for index, teacher in enumerate(teachers):
         card = teacher.card
-        pipeline = (card.input_size, tuple(card.mean), tuple(card.std), card.grayscale)
+        pipeline = (card.input_size, card.grayscale)
         groups.setdefault(pipeline, []).append(index)
     for members in groups.values():
         for member in members:

@@ -29,6 +29,7 @@ from lesionlab.device import to_device
 from lesionlab.forward_backend import AUTO, EngineForward, forward_engine
 from lesionlab.models.fold import fold_for
 from lesionlab.models.freeze import FreezePlan
+from lesionlab.models.pixel_input import PixelInput
 from lesionlab.models.registry import pooled_features
 from lesionlab.precision import forward_precision
 from lesionlab.training import distributed
@@ -48,40 +49,44 @@ def frozen_prefix_length(model: nn.Module, plan: FreezePlan) -> int:
     return next((index for index in range(blocks) if plan.trains(f"features.{index}")), blocks)
 
 
-def frozen_prefix_forward(model: nn.Module, plan: FreezePlan, precision: str) -> Forward:
-    """The training forward of a stage whose first feature blocks are frozen (`frozen_prefix_length`).
+def frozen_prefix_forward(model: PixelInput, plan: FreezePlan, precision: str) -> Forward:
+    """The training forward on pixels of a stage whose first feature blocks are frozen
+    (`frozen_prefix_length` of `model.network`).
 
     The prefix is a fixed function, so it runs forward-only: under `torch.no_grad()` (no graph, no backward),
     in the stage's forward precision (bf16 autocast where the stage's parity check chose bf16, as its feature
-    cache and validation are; in fp32 as a BatchNorm-folded copy, `lesionlab.models.fold`). The trainable rest
-    and the head run in fp32 with a gradient graph. The copy is taken now: call this again whenever the
-    prefix's weights or modes change (`train_stage` does, every epoch). A stage without a frozen prefix gets
-    the model itself.
+    cache and validation are; in fp32 as a BatchNorm-folded copy, `lesionlab.models.fold`), after the
+    normalisation. The trainable rest and the head run in fp32 with a gradient graph. The copy is taken now:
+    call this again whenever the prefix's weights or modes change (`train_stage` does, every epoch). A stage
+    without a frozen prefix gets the model itself.
     """
-    length = frozen_prefix_length(model, plan)
+    network = model.network
+    length = frozen_prefix_length(network, plan)
     if length == 0:
         return model
-    prefix, rest = fold_for(model.features[:length], precision), model.features[length:]
+    prefix, rest = fold_for(network.features[:length], precision), network.features[length:]
 
     def forward(inputs: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        images, metadata = inputs if isinstance(inputs, (tuple, list)) else (inputs, None)
-        with torch.no_grad(), forward_precision(precision, images.device):
-            frozen = prefix(images)
-        pooled = torch.flatten(model.avgpool(rest(frozen.float())), 1)
-        return model.classifier(pooled if metadata is None else torch.cat([pooled, metadata], dim=1))
+        pixels, metadata = inputs if isinstance(inputs, (tuple, list)) else (inputs, None)
+        with torch.no_grad(), forward_precision(precision, pixels.device):
+            frozen = prefix(model.normalise(pixels))
+        pooled = torch.flatten(network.avgpool(rest(frozen.float())), 1)
+        return network.classifier(pooled if metadata is None else torch.cat([pooled, metadata], dim=1))
 
     return forward
 
 
 class PooledFeatures(nn.Module):
-    """`pooled_features` of a backbone as a module of its own, so a graph engine can trace it."""
+    """`pooled_features` of the network behind a `PixelInput`, from pixels, as a module of its own, so a graph
+    engine can trace it."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: PixelInput) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, images: torch.Tensor, metadata: torch.Tensor | None = None) -> torch.Tensor:
-        return pooled_features(self.model, images if metadata is None else (images, metadata))
+    def forward(self, pixels: torch.Tensor, metadata: torch.Tensor | None = None) -> torch.Tensor:
+        images = self.model.normalise(pixels)
+        return pooled_features(self.model.network, images if metadata is None else (images, metadata))
 
 
 @torch.inference_mode()
@@ -119,7 +124,7 @@ class FeatureCache:
     teacher_logits: torch.Tensor | None = None
 
     @classmethod
-    def build(cls, model: nn.Module, dataset: Dataset, view_count: int, batch_size: int, workers: int,
+    def build(cls, model: PixelInput, dataset: Dataset, view_count: int, batch_size: int, workers: int,
               seed: int, device: torch.device, channels_last: bool,
               passes: Dataset | None = None, forward_backend: str = AUTO) -> FeatureCache:
         """Run the frozen backbone over `view_count` passes of the (augmenting) training set.

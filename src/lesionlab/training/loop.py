@@ -32,6 +32,7 @@ from lesionlab.models.checkpoint import load_state
 from lesionlab.models.fold import fold_for
 from lesionlab.models.freeze import apply_plan, plan_table, resolve_plan, set_train_mode
 from lesionlab.models.metadata_model import MetadataSpec, with_metadata
+from lesionlab.models.pixel_input import PixelInput
 from lesionlab.models.registry import architecture, build_model
 from lesionlab.precision import forward_precision, training_forward
 from lesionlab.tracking import RunTracker, stage_tracker
@@ -41,6 +42,7 @@ from lesionlab.training.batches import (
     StageData,
     cached_batches,
     image_batches,
+    pixel_input,
     steps_per_epoch,
     targets_to_device,
     val_loader,
@@ -208,12 +210,13 @@ def _train_stage(
     first_epoch = progress.epoch + 1
 
     validation = val_loader(data, stage)
+    pixels = pixel_input(model, recipe, data.device)
     if str(stage_index) not in progress.precision:
         progress = dataclasses.replace(
             progress,
             precision={
                 **progress.precision,
-                str(stage_index): distributed.broadcast_json(lambda: stage_precision(model, recipe, data)),
+                str(stage_index): distributed.broadcast_json(lambda: stage_precision(pixels, recipe, data)),
             },
         )
     precision = progress.precision[str(stage_index)]["precision"]
@@ -225,11 +228,13 @@ def _train_stage(
         set_train_mode(model, spec, plan)
         data.train_set.transform = data.augment(stage.epoch_image_size(1, recipe.image_size))
         with forward_precision(precision, data.device):
-            cache = shared_feature_cache(lambda: stage_feature_cache(model, recipe, stage_index, stage, data))
+            cache = shared_feature_cache(
+                lambda: stage_feature_cache(pixels, recipe, stage_index, stage, data)
+            )
             model.eval()
             val_features = (
                 extract_features(
-                    model,
+                    pixels,
                     validation,
                     data.device,
                     data.channels_last,
@@ -259,7 +264,7 @@ def _train_stage(
             forward: Forward = model.classifier
             batches: Iterable[Batch] = cached_batches(cache, data, stage, epoch_seed)
         else:
-            forward = frozen_prefix_forward(model, plan, precision)
+            forward = frozen_prefix_forward(pixels, plan, precision)
             data.train_set.transform = data.augment(image_size)
             batches = image_batches(data, stage, epoch_seed)
         forward = distributed.synchronised(model, training_forward(forward, precision, data.device))
@@ -294,7 +299,7 @@ def _train_stage(
         if len(data.val_set):
             with forward_precision(precision, data.device):
                 raw = validate(
-                    model.classifier if val_features is not None else fold_for(model, precision),
+                    model.classifier if val_features is not None else fold_for(pixels, precision),
                     val_features,
                     validation,
                     data,
@@ -304,7 +309,7 @@ def _train_stage(
                     averaged = validate(
                         average.module.classifier
                         if val_features is not None
-                        else fold_for(average.module, precision),
+                        else fold_for(pixel_input(average.module, recipe, data.device), precision),
                         val_features,
                         validation,
                         data,
@@ -423,7 +428,7 @@ def train_epoch(
 
 
 def stage_feature_cache(
-    model: nn.Module, recipe: Recipe, stage_index: int, stage: StageConfig, data: StageData
+    model: PixelInput, recipe: Recipe, stage_index: int, stage: StageConfig, data: StageData
 ) -> FeatureCache:
     """K augmented views of the training set through the frozen backbone, seeded by (seed, stage).
 

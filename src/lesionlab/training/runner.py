@@ -316,13 +316,7 @@ def _with_teachers(recipe: Recipe, data: StageData, split: Split, run: RunDirect
             AugmentedViews(
                 data.train_set,
                 recipe.seed,
-                train_transform(
-                    recipe.augment,
-                    teacher.card.input_size,
-                    teacher.card.grayscale,
-                    teacher.card.mean,
-                    teacher.card.std,
-                ),
+                train_transform(recipe.augment, teacher.card.input_size, teacher.card.grayscale),
             )
             for teacher in teachers
         ]

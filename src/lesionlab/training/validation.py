@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, default_collate
 
 from lesionlab.device import to_device
 from lesionlab.evaluation.metrics import headline_metrics
+from lesionlab.models.pixel_input import PixelInput
 from lesionlab.precision import PARITY_IMAGES, ParityCheck, check_parity, resolve_precision
 from lesionlab.training import distributed
 from lesionlab.training.batches import Batch, StageData
@@ -79,8 +80,9 @@ def epoch_scores(raw: dict[str, float], averaged: dict[str, float], use_average:
     return line
 
 
-def stage_precision(model: nn.Module, recipe: Recipe, data: StageData) -> dict[str, Any]:
-    """Resolve the recipe's `precision` for a stage, checking parity on validation images when `auto`.
+def stage_precision(model: PixelInput, recipe: Recipe, data: StageData) -> dict[str, Any]:
+    """Resolve the recipe's `precision` for a stage, checking parity on validation images when `auto`
+    (`model` takes the stage's pixels: `batches.pixel_input`).
 
     A release fit has no validation part; its check uses training images (it measures arithmetic, not skill).
     """
