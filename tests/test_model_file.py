@@ -157,6 +157,27 @@ def test_the_fitted_threshold_travels_in_the_model_file(
     assert read_model_file(old).malignancy is None and not load_predictor(old).malignancy.fitted
 
 
+def test_a_loaded_model_file_saves_every_field_it_holds(
+        tiny_run_dir: Path, calibrated_run_dir: Path, tmp_path: Path) -> None:
+    """`lesionlab.load(model.json).save()` writes back the members, their temperatures, the views, the class
+    offsets and the malignancy threshold: nothing the file held is lost."""
+    offsets = offsets_file(tmp_path)
+    first = lesionlab.load(tiny_run_dir, tta=True, ensemble=[calibrated_run_dir],
+                           class_offsets=offsets).save(tmp_path / "first.json")
+    fit = ThresholdFit(threshold=0.125, target_sensitivity=0.9, fitted_on="val", samples=200,
+                       malignant_samples=40, sensitivity=0.925, specificity=0.5, temperature=None,
+                       checkpoint_sha256="ensemble")
+    record_threshold(first, fit)
+    recorded = json.loads(first.read_text())
+    assert recorded["malignancy_threshold"] is not None and recorded["class_offsets"] is not None
+    assert len(recorded["views"]) > 1 and any(member["temperature"] for member in recorded["members"])
+
+    again = lesionlab.load(first).save(tmp_path / "again.json")
+    assert json.loads(again.read_text()) == recorded
+    reloaded = lesionlab.load(again)
+    assert reloaded.malignancy == fit and reloaded.predictor.malignancy.threshold == 0.125
+
+
 def test_malformed_model_files_name_the_file(tmp_path: Path) -> None:
     path = tmp_path / "model.json"
     path.write_text(json.dumps({"format": "other"}), encoding="utf-8")

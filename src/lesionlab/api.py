@@ -26,6 +26,7 @@ from lesionlab.inference.prediction import Prediction, RankedClass
 if TYPE_CHECKING:
     from lesionlab.evaluation.evaluate import EvaluationResult
     from lesionlab.inference.base import Predictor
+    from lesionlab.malignancy import ThresholdFit
 
 ImageInput = str | os.PathLike[str] | Image.Image | np.ndarray
 """An image file's path, a decoded PIL image, or a uint8 array (height, width, 3) or (height, width)."""
@@ -78,14 +79,19 @@ class Result:
 
 class Model:
     """A loaded model: a run directory (PyTorch) or an exported `.onnx` file, optionally with TTA views,
-    ensemble members and class offsets, exactly as `lesionlab predict` would build it."""
+    ensemble members and class offsets, exactly as `lesionlab predict` would build it.
+
+    `malignancy` is the threshold a `model.json` recorded for its scoring (None: none recorded, or not loaded
+    from one); `save` writes it back, so a loaded model file saves with the threshold it flags at.
+    """
 
     def __init__(self, path: Path, predictor: Predictor, members: tuple[Path, ...],
-                 class_offsets: Path | None = None) -> None:
+                 class_offsets: Path | None = None, malignancy: ThresholdFit | None = None) -> None:
         self.path = path
         self.predictor = predictor
         self.members = members
         self.class_offsets = class_offsets
+        self.malignancy = malignancy
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -109,14 +115,14 @@ class Model:
         return Result(explanation.prediction, explanation.heatmap, explanation.overlay)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write this model as a `model.json` (members by path and sha256, their temperatures, the TTA views
-        and class offsets) that `load`, `lesionlab predict` and `lesionlab serve` accept in place of the
-        flags it was built with."""
+        """Write this model as a `model.json` (members by path and sha256, their temperatures, the TTA views,
+        class offsets and the recorded malignancy threshold) that `load`, `lesionlab predict` and
+        `lesionlab serve` accept in place of the flags it was built with."""
         from lesionlab.inference.model_file import write_model_file
 
         temperatures = [member.temperature for member in self.predictor.members]
         members = list(zip(self.members, temperatures, strict=True))
-        return write_model_file(path, members, self.predictor.views, self.class_offsets)
+        return write_model_file(path, members, self.predictor.views, self.class_offsets, self.malignancy)
 
     def __repr__(self) -> str:
         return f"lesionlab.Model({self.model_id!r}; probabilities: {self.predictor.calibration})"
@@ -154,7 +160,7 @@ def load(path: str | os.PathLike[str], *, tta: bool | Sequence[str] = False,
     if is_model_file(path) and not tta and not ensemble and class_offsets is None:
         resolved = resolve_model_file(path)
         return Model(Path(path), load_model_file(resolved, threads, backend, precision), resolved.members,
-                     resolved.class_offsets)
+                     resolved.class_offsets, resolved.malignancy)
 
     views = None
     if tta:
