@@ -2,9 +2,10 @@
 Runtime: the stage-1 feature cache, TTA inference, and optionally `lesionlab evaluate --tta` end to end.
 
 These are the passes `precision: auto | bf16` moves to bf16 (see `lesionlab.precision`), that run a
-BatchNorm-folded copy of the model (`lesionlab.models.fold`), and that `forward_backend: auto` runs on ONNX
-Runtime in fp32 (`lesionlab.forward_backend`), timed through lesionlab's own functions on the same N real
-images, in one process run. The baseline of every row is eager fp32 without folding, the way these passes
+BatchNorm-folded copy of the model (`lesionlab.models.fold`), and whose engine `forward_backend: auto` picks
+(`lesionlab.forward_backend`: eager for the feature cache, ONNX Runtime in fp32 for TTA), timed through
+lesionlab's own functions on the same N real images, in one process run. The rows of lesionlab's own choice
+are marked `(lesionlab)`. The baseline of every row is eager fp32 without folding, the way these passes
 ran before folding existed: the same code with `fold_batchnorm` replaced by the identity.
 - the stage-1 feature cache: `FeatureCache.build` (pooled backbone features of `--cache-views` augmented
   views of every image, the backbone frozen as in a head-only stage) inside `forward_precision`, as
@@ -57,7 +58,7 @@ from lesionlab.data.readers.samples import Sample, compute_fingerprint
 from lesionlab.data.transforms import PRESETS, eval_transform, train_transform
 from lesionlab.evaluation.evaluate import EvaluationOptions, evaluate_run
 from lesionlab.evaluation.inference import InferenceSettings, infer_view_logits
-from lesionlab.forward_backend import ONNXRUNTIME, TORCH
+from lesionlab.forward_backend import AUTO, ONNXRUNTIME, TORCH, forward_engine
 from lesionlab.models.checkpoint import load_run
 from lesionlab.models.fold import fold_batchnorm
 from lesionlab.models.freeze import resolve_plan, set_train_mode
@@ -116,11 +117,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def variant_name(precision: str, fold: bool, engine: str = TORCH) -> str:
-    """A variant's key and label, e.g. `bf16 folded`; lesionlab's own choice for the precision is marked."""
-    fp32 = precision == "fp32"
-    ours = " (lesionlab)" if fold == fp32 and (engine == ONNXRUNTIME) == fp32 else ""
+    """A variant's key, e.g. `bf16 folded` or `fp32 folded, onnxruntime`."""
     on = ", onnxruntime" if engine == ONNXRUNTIME else ""
-    return f"{precision} {'folded' if fold else 'unfolded'}{on}{ours}"
+    return f"{precision} {'folded' if fold else 'unfolded'}{on}"
+
+
+def variant_label(precision: str, fold: bool, engine: str, features: bool) -> str:
+    """A variant's row label, lesionlab's own choice for the precision and kind of pass marked: folded in
+    fp32, on the engine `forward_engine` picks under `auto` (eager for features, ONNX Runtime for logits),
+    and eager unfolded in bf16."""
+    fp32 = precision == "fp32"
+    chosen = forward_engine(AUTO, precision, torch.device("cpu"), features=features)
+    ours = " (lesionlab)" if fold == fp32 and engine == chosen else ""
+    return f"{variant_name(precision, fold, engine)}{ours}"
 
 
 @contextlib.contextmanager
@@ -250,8 +259,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         baseline = seconds[f"{key}/{variant_name(*BASELINE)}"]
         for variant in VARIANTS:
             taken = seconds[f"{key}/{variant_name(*variant)}"]
-            speed_rows.append((name, variant_name(*variant), f"{images / taken:,.1f}",
-                               f"{baseline / taken:.2f}x"))
+            label = variant_label(*variant, features=key == "cache")
+            speed_rows.append((name, label, f"{images / taken:,.1f}", f"{baseline / taken:.2f}x"))
             name = ""
     if args.evaluate:
         baseline = seconds["evaluate/eager fp32 unfolded"]

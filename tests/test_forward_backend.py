@@ -5,12 +5,15 @@ tests/test_deploy.py (OpenVINO must not be loaded in this process before tests t
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from lesionlab.data.split import Split
 from lesionlab.errors import ConfigError
 from lesionlab.evaluation.inference import InferenceSettings, infer_view_logits
 from lesionlab.forward_backend import (
@@ -22,12 +25,16 @@ from lesionlab.forward_backend import (
     TORCH,
     EngineForward,
     check_backend_choice,
+    check_worker_forks,
     forward_engine,
+    loader_workers,
 )
 from lesionlab.models.fold import fold_batchnorm
-from lesionlab.models.registry import build_model
+from lesionlab.models.pixel_input import PixelInput
+from lesionlab.models.registry import IMAGENET_MEAN, IMAGENET_STD, build_model
 from lesionlab.training.features import FeatureCache
 from lesionlab.training.recipe import load_recipe
+from lesionlab.training.runner import train_run
 
 CPU = torch.device("cpu")
 SIZE = 32
@@ -62,6 +69,8 @@ def model() -> nn.Module:
 def test_choice() -> None:
     assert forward_engine(AUTO, "auto", CPU) == ONNXRUNTIME
     assert forward_engine(AUTO, "fp32", CPU) == ONNXRUNTIME
+    assert forward_engine(AUTO, "fp32", CPU, features=True) == TORCH  # the faster engine for a feature cache
+    assert forward_engine(ONNXRUNTIME, "fp32", CPU, features=True) == ONNXRUNTIME  # asked for by name
     assert forward_engine(AUTO, "bf16", CPU) == TORCH  # bf16 runs eager under autocast
     assert forward_engine(ONNXRUNTIME, "bf16", CPU) == TORCH  # a stage whose parity check chose bf16
     assert forward_engine(TORCH, "fp32", CPU) == TORCH
@@ -79,6 +88,22 @@ def test_recipe_key() -> None:
     assert load_recipe().forward_backend == AUTO
     with pytest.raises(ConfigError, match="fp32 only"):
         load_recipe(overrides=["forward_backend=onnxruntime", "precision=bf16"])
+
+
+def test_openvino_never_runs_beside_forked_loader_workers(tiny_split: tuple[Any, Split],
+                                                         tmp_path: Path) -> None:
+    """OpenVINO loaded in the main process can crash workers forked after it: training with both is refused
+    before the run folder exists, naming the recipe keys, and a pass on OpenVINO reads in the main process."""
+    table, split = tiny_split
+    recipe = load_recipe(overrides=["forward_backend=openvino", "workers=2"])
+    run_dir = tmp_path / "run"
+    keys = r"recipe keys 'forward_backend' and 'workers'.*set workers=0.*forward_backend=auto"
+    with pytest.raises(ConfigError, match=keys):
+        train_run(recipe, table, split, run_dir)
+    assert not run_dir.exists()
+    check_worker_forks(OPENVINO, 0)
+    check_worker_forks(ONNXRUNTIME, 2)
+    assert loader_workers(OPENVINO, 2) == 0 and loader_workers(ONNXRUNTIME, 2) == 2
 
 
 @torch.inference_mode()
@@ -128,10 +153,19 @@ def test_engine_failure_falls_back_to_eager(model: nn.Module, monkeypatch: pytes
     assert "no kernel for this node" in (forward.check.fallback or "")
 
 
+def test_auto_builds_the_feature_cache_eagerly(model: nn.Module) -> None:
+    dataset = Images(12)
+    pixels = PixelInput.normalising(model, IMAGENET_MEAN, IMAGENET_STD)
+    auto, eager = (FeatureCache.build(pixels, dataset, 1, 8, 0, 0, CPU, True, forward_backend=backend).views
+                   for backend in (AUTO, TORCH))
+    assert torch.equal(auto, eager)
+
+
 def test_feature_cache_same_on_every_engine(model: nn.Module) -> None:
     dataset = Images(20)
+    pixels = PixelInput.normalising(model, IMAGENET_MEAN, IMAGENET_STD)
     caches = {
-        backend: FeatureCache.build(model, dataset, 2, 8, 0, 0, CPU, True, forward_backend=backend)
+        backend: FeatureCache.build(pixels, dataset, 2, 8, 0, 0, CPU, True, forward_backend=backend)
         for backend in (TORCH, ONNXRUNTIME)
     }
     eager, engine = caches[TORCH].views, caches[ONNXRUNTIME].views

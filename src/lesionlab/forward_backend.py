@@ -1,11 +1,17 @@
 """Which engine runs a fixed model's large forward-only passes: eager PyTorch, ONNX Runtime or OpenVINO.
 
 `lesionlab evaluate` (every test-time view of every image) and a frozen-backbone stage's feature cache run one
-fixed network forward over thousands of images. On a CPU, ONNX Runtime runs MobileNetV3 in fp32 several times
-faster than eager PyTorch with the same probabilities (benchmarks/bench_forward.py), so with
-`forward_backend: auto` those passes trace the model (BatchNorm folded, `lesionlab.models.fold`) once per
-pass into an in-memory ONNX graph with a dynamic batch, and run it on ONNX Runtime with PyTorch's thread
-count. The graph is traced with the TorchScript exporter (`torch.onnx.export(dynamo=False)`): it takes about
+fixed network forward over thousands of images. A pass on a graph engine traces the model (BatchNorm folded,
+`lesionlab.models.fold`) once into an in-memory ONNX graph with a dynamic batch and runs it with PyTorch's
+thread count. `forward_backend: auto` picks per kind of pass, by what benchmarks/bench_forward.py measured on
+a 2-core CPU against eager fp32 unfolded:
+- logits (`evaluate`, its TTA views and the validation pass its fits use): ONNX Runtime, 1.87x on the TTA
+  passes against 1.44x for eager folded. Their loader only reads cached pixels, so the engine has the cores.
+- features (a stage's feature cache and the validation features it trains against): eager folded, 1.46x
+  against 1.19x on ONNX Runtime, which shares the cores with the loader workers that augment every view.
+  Eager for both passes also computes the features the head trains on and the ones it is validated on by
+  one and the same arithmetic.
+The graph is traced with the TorchScript exporter (`torch.onnx.export(dynamo=False)`): it takes about
 1 s of CPU for MobileNetV3-Small, where the dynamo exporter `lesionlab export` uses for deployed files takes
 many times longer, a per-pass cost that would eat most of the gain.
 
@@ -20,8 +26,13 @@ Graph engines run fp32 only: a pass that runs in bf16 (`precision: bf16`, or `au
 parity check chose it) runs eager under autocast. Where `evaluate` runs its passes on an engine, its
 `precision: auto` resolves to fp32 without a bf16 check, because the engine's fp32 is faster than eager bf16
 on this CPU and exact. The choice is `forward_backend: auto | torch | onnxruntime | openvino` (recipe key;
-`lesionlab evaluate --forward-backend`): `auto` is ONNX Runtime on a CPU where it is installed, else eager;
+`lesionlab evaluate --forward-backend`): `auto` is as above (ONNX Runtime only where it is installed);
 `openvino` runs the same graph on OpenVINO's CPU plugin in fp32.
+
+OpenVINO loaded in the main process can crash (a segfault) DataLoader worker processes forked after it, and
+training forks new workers for every epoch and stage after its first feature cache. So training refuses
+`forward_backend: openvino` with loader `workers` (`check_worker_forks`), and an `evaluate` pass on OpenVINO
+reads its images in the main process (`loader_workers`).
 """
 
 from __future__ import annotations
@@ -67,12 +78,31 @@ def check_backend_choice(choice: str, precision: str) -> None:
         )
 
 
-def forward_engine(choice: str, precision: str, device: torch.device) -> str:
-    """The engine of forward-only passes at `precision` (a choice or a resolved precision) on `device`.
+def check_worker_forks(choice: str, workers: int) -> None:
+    """A `ConfigError` for training with OpenVINO passes and DataLoader worker processes (module docstring:
+    workers forked after OpenVINO loaded can crash), naming the recipe keys that resolve it."""
+    if choice == OPENVINO and workers > 0:
+        raise ConfigError(
+            f"recipe keys 'forward_backend' and 'workers': forward_backend openvino with workers {workers} "
+            f"can crash (segfault) the DataLoader worker processes forked after OpenVINO has loaded; set "
+            f"workers=0 to keep OpenVINO, or forward_backend=auto (or onnxruntime) to keep the workers"
+        )
+
+
+def loader_workers(engine: str, workers: int) -> int:
+    """The DataLoader workers of a pass on `engine`: none on OpenVINO, whose pass then reads its images in
+    the main process, as no worker may fork after OpenVINO has loaded (module docstring)."""
+    return 0 if engine == OPENVINO else workers
+
+
+def forward_engine(choice: str, precision: str, device: torch.device, *, features: bool = False) -> str:
+    """The engine of forward-only passes at `precision` (a choice or a resolved precision) on `device`, of
+    pooled features (`features=True`) or of logits.
 
     bf16 always runs eager (autocast), whatever engine is asked for: a training stage whose parity check chose
     bf16 keeps it (a forced bf16 with a graph engine is refused earlier, `check_backend_choice`). So does any
-    pass on a GPU, where autocast is the fast path. `auto` picks ONNX Runtime on a CPU where it is installed.
+    pass on a GPU, where autocast is the fast path. On a CPU `auto` runs feature passes eager and logits
+    passes on ONNX Runtime where it is installed, the faster engine of each (module docstring).
     """
     check_backend_choice(choice, "auto")
     if choice == TORCH or precision == "bf16" or device.type != "cpu":
@@ -83,6 +113,8 @@ def forward_engine(choice: str, precision: str, device: torch.device) -> str:
             )
         return TORCH
     if choice == AUTO:
+        if features:
+            return TORCH
         return ONNXRUNTIME if importlib.util.find_spec(ENGINE_MODULES[ONNXRUNTIME]) else TORCH
     return choice
 

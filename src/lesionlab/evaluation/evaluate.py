@@ -50,7 +50,13 @@ from lesionlab.evaluation.sources import (
 )
 from lesionlab.evaluation.summary import data_summary, model_summary
 from lesionlab.evaluation.view_logits import LOGITS_FILE, ViewLogits, write_view_logits
-from lesionlab.forward_backend import TORCH, EngineCheck, check_backend_choice, forward_engine
+from lesionlab.forward_backend import (
+    TORCH,
+    EngineCheck,
+    check_backend_choice,
+    forward_engine,
+    loader_workers,
+)
 from lesionlab.io_utils import atomic_write_json, atomic_write_text, file_sha256
 from lesionlab.malignancy import (
     DEFAULT_TARGET_SENSITIVITY,
@@ -407,9 +413,10 @@ def evaluate_run(run_dir: str | Path, options: EvaluationOptions | None = None) 
     # A graph engine's fp32 is faster than eager bf16 on a CPU and exact, so `auto` needs no bf16 check there.
     precision, parity = ("fp32", None) if engine != TORCH else resolve_precision(
         precision_choice, settings.device,
-        lambda: validation_parity(model, card, selection, settings, recipe.cache),
+        lambda: validation_parity(pixels, card, selection, settings, recipe.cache),
     )
-    settings = replace(settings, precision=precision, engine=engine)
+    settings = replace(settings, precision=precision, engine=engine,
+                       workers=loader_workers(engine, settings.workers))
     checks: list[EngineCheck] = []
     views = options.tta_views or (IDENTITY,)
     dataset = image_dataset(selection.samples, selection.table, card, recipe.cache,

@@ -9,9 +9,9 @@ forward+backward pass through it is wasted work. Two shortcuts follow:
   the head on vectors. `views: 1` with `augment: none` is exact: the same features the image path computes.
 Dropout and everything else in the head still run in train mode. In fp32, feature extraction and a frozen
 prefix run a copy of the model with its (eval-mode) BatchNorms folded into their convolutions
-(`lesionlab.models.fold`), which is the same function at a fraction of the cost on a CPU, and the cache runs
-that copy on ONNX Runtime where `forward_backend` allows (`lesionlab.forward_backend`), checked against eager
-on its first batch.
+(`lesionlab.models.fold`), which is the same function at a fraction of the cost on a CPU; the cache runs that
+copy eagerly under `forward_backend: auto` (the faster engine for it here) and on the graph engine a recipe
+names otherwise (`lesionlab.forward_backend`), checked against eager on its first batch.
 """
 
 from __future__ import annotations
@@ -90,13 +90,13 @@ class PooledFeatures(nn.Module):
 
 
 @torch.inference_mode()
-def extract_features(model: nn.Module, loader: DataLoader, device: torch.device, channels_last: bool,
+def extract_features(model: PixelInput, loader: DataLoader, device: torch.device, channels_last: bool,
                      description: str, forward_backend: str = AUTO) -> Batch:
-    """Pooled backbone features and labels of every item a loader yields, in order, in the precision the
-    caller's autocast sets: in fp32 through the model's BatchNorm-folded copy, on the engine
+    """Pooled backbone features and labels of every item (pixels) a loader yields, in order, in the precision
+    the caller's autocast sets: in fp32 through the model's BatchNorm-folded copy, on the engine
     `forward_backend` resolves to (`lesionlab.forward_backend`, checked against eager on the first batch)."""
     precision = "bf16" if torch.is_autocast_enabled(device.type) else "fp32"
-    engine = forward_engine(forward_backend, precision, device)
+    engine = forward_engine(forward_backend, precision, device, features=True)
     backbone = EngineForward(PooledFeatures(fold_for(model, precision)), engine, description, logits=False,
                              asked=forward_backend)
     features: list[torch.Tensor] = []

@@ -31,6 +31,7 @@ from lesionlab.data.split import Split, assign_groups, read_split, write_split
 from lesionlab.data.transforms import train_transform
 from lesionlab.device import pick_device
 from lesionlab.errors import CheckpointError, ConfigError, DiskWriteError
+from lesionlab.forward_backend import check_worker_forks
 from lesionlab.io_utils import atomic_write_json, atomic_write_text
 from lesionlab.model_card import write_model_card
 from lesionlab.precision import forward_precision
@@ -205,7 +206,10 @@ def train_run(
 
     `release` makes a new run a release fit (`lesionlab.training.release`): its split has no validation
     part and each stage keeps the epoch the plan names. A resumed run reads its plan back from run.json.
+    A recipe whose forward passes would crash forked loader workers is refused before anything is written
+    (`forward_backend.check_worker_forks`).
     """
+    check_worker_forks(recipe.forward_backend, recipe.workers)
     run = RunDirectory(run_dir)
     distributed.setup(pick_device(recipe.device))
     created_folder = not run.path.exists()
