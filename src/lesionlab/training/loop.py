@@ -122,9 +122,10 @@ def run_stages(
         inside = progress.resumes_inside(stage_index)
         if not inside and stage_index > 1:
             model.load_state_dict(load_state(run.stage_best(stage_index - 1)), strict=True)
-        progress = train_stage(
-            model, recipe, stage_index, data, run, progress, saved if inside else None, choice
-        )
+        with stage_tracker(run.path, recipe, len(progress.history)) as tracker:
+            progress = train_stage(
+                model, recipe, stage_index, data, run, progress, saved if inside else None, choice, tracker
+            )
     return progress
 
 
@@ -135,30 +136,17 @@ def train_stage(
     data: StageData,
     run: RunDirectory,
     progress: RunProgress,
-    resumed: ResumeState | None = None,
-    choice: StageChoice | None = None,
+    resumed: ResumeState | None,
+    choice: StageChoice | None,
+    tracker: RunTracker | None,
 ) -> RunProgress:
     """Train one stage from its first epoch, or, given `resumed`, from the epoch after `progress`'s.
 
     `choice` (a release fit) fixes the epoch and weights to keep instead of selecting them on validation;
     the stage then stops at that epoch, on the schedule of its full length, and may have no validation part.
-    Each committed epoch row is also logged to the recipe's trackers (`lesionlab.tracking`), if any.
+    Each committed epoch row is also logged to `tracker`, the recipe's trackers for this stage
+    (`lesionlab.tracking.stage_tracker`, which `run_stages` opens around the stage), if any.
     """
-    with stage_tracker(run.path, recipe, len(progress.history)) as tracker:
-        return _train_stage(model, recipe, stage_index, data, run, progress, resumed, choice, tracker)
-
-
-def _train_stage(
-    model: nn.Module,
-    recipe: Recipe,
-    stage_index: int,
-    data: StageData,
-    run: RunDirectory,
-    progress: RunProgress,
-    resumed: ResumeState | None,
-    choice: StageChoice | None,
-    tracker: RunTracker | None,
-) -> RunProgress:
     stage = recipe.stages[stage_index - 1]
     distributed.check_batch_size(stage.batch_size, f"stages.{stage_index - 1}.batch_size")
     last_epoch = stage_last_epoch(recipe, stage_index, choice)
