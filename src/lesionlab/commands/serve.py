@@ -10,6 +10,7 @@ from lesionlab.serve.defaults import (
     DEFAULT_HEAVY_PIXELS,
     DEFAULT_HEAVY_QUEUE,
     DEFAULT_HEAVY_WORKERS,
+    DEFAULT_MAX_UPLOAD_MB,
     RECEIVING_UPLOADS,
 )
 
@@ -30,7 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="run directory (PyTorch, can explain), exported .onnx file or model.json")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    parser.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted upload in MB")
+    parser.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
+                        help="largest accepted upload in MB (default: %(default)g)")
     parser.add_argument("--max-concurrent", type=int, default=None, metavar="N",
                         help="ordinary uploads decoded and classified at once (default: one per usable CPU "
                              "core; 0: no bound)")
