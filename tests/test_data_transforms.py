@@ -79,6 +79,20 @@ def test_pixel_input_normalises_bit_for_bit_as_the_pipelines_did() -> None:
         assert torch.equal(normalise(image[None])[0], before(image))
 
 
+def test_the_pipelines_and_the_model_turn_an_image_gray_identically() -> None:
+    """Training's pipelines and every deployed model (`PixelInput` with grayscale on) share one luminance
+    rule, torchvision's `Grayscale` to within one level on a handful of colours (its float arithmetic rounds
+    differently on a few exact halves)."""
+    gray_model = PixelInput(torch.nn.Identity(), (0.0, 0.0, 0.0), (1 / 255, 1 / 255, 1 / 255), grayscale=True)
+    for seed in range(5):
+        image = as_chw(random_image(seed))
+        pipeline_gray = eval_transform(SIZE, True)(image)
+        assert torch.equal(gray_model(image[None])[0], pipeline_gray)
+        assert torch.equal(gray_model(image[None].float())[0], pipeline_gray)
+        torchvision_gray = v2.Grayscale(num_output_channels=3)(image).float()
+        assert float((pipeline_gray - torchvision_gray).abs().max()) <= 1
+
+
 def code_of(path: Path) -> str:
     """A module's code as its tokens joined by spaces, strings and comments left out (docs may describe the
     rule)."""
@@ -91,6 +105,14 @@ def test_the_normalisation_rule_is_written_once() -> None:
     """Only `models/pixel_input.py` divides pixels by 255 or subtracts a mean, and no module normalises with
     torchvision's `Normalize`."""
     rule = re.compile(r"\bNormalize\b|/ 255 |- (self \. )?mean\b")
+    holders = sorted(path.relative_to(SOURCE).as_posix() for path in SOURCE.rglob("*.py")
+                     if rule.search(code_of(path)))
+    assert holders == ["models/pixel_input.py"]
+
+
+def test_the_grayscale_rule_is_written_once() -> None:
+    """Only `models/pixel_input.py` weighs the colour channels; no module uses torchvision's `Grayscale`."""
+    rule = re.compile(r"\bGrayscale\b|\brgb_to_grayscale\b|\b0\.587\b")
     holders = sorted(path.relative_to(SOURCE).as_posix() for path in SOURCE.rglob("*.py")
                      if rule.search(code_of(path)))
     assert holders == ["models/pixel_input.py"]

@@ -31,6 +31,7 @@ import torch
 from torchvision.transforms import v2
 
 from lesionlab.errors import ConfigError
+from lesionlab.models.pixel_input import luminance
 
 
 def _reference(size: int) -> list[v2.Transform]:
@@ -66,6 +67,13 @@ class RandomQuarterTurn(v2.Transform):
         return torch.rot90(inpt, params["turns"], dims=(-2, -1)) if params["turns"] else inpt
 
 
+class Luminance(v2.Transform):
+    """The grayscale mode as a pipeline step: the model's own rule (`models.pixel_input.luminance`)."""
+
+    def transform(self, inpt: torch.Tensor, params: dict[str, object]) -> torch.Tensor:
+        return luminance(inpt).contiguous()
+
+
 def _dermoscopy(size: int) -> list[v2.Transform]:
     return [
         v2.RandomResizedCrop(size, scale=(0.4, 1.0), ratio=(3 / 4, 4 / 3), antialias=True),
@@ -87,7 +95,7 @@ def _input_steps(size: int, grayscale: bool) -> list[v2.Transform]:
     """Make sure of the size (a no-op for loader output) and apply the grayscale mode."""
     steps: list[v2.Transform] = [v2.Resize((size, size), antialias=True)]
     if grayscale:
-        steps.append(v2.Grayscale(num_output_channels=3))
+        steps.append(Luminance())
     return steps
 
 

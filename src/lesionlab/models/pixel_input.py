@@ -9,8 +9,8 @@ same kind of pixels from their pipelines (`data.transforms`), which apply the co
 
 The arithmetic is torchvision's `ToDtype(scale=True)` followed by `Normalize`, operation for operation
 (x * (1 / 255), then (x - mean) / std, in float32), which the pipelines applied before this module held
-the rule, so runs trained then see bit-identical input. The grayscale mode is torchvision's luminance
-weights truncated back to whole pixel values.
+the rule, so runs trained then see bit-identical input. The grayscale mode (`luminance`) is torchvision's
+luminance weights truncated back to whole pixel values; the pipelines apply the same function.
 """
 
 from __future__ import annotations
@@ -23,6 +23,18 @@ from torch import nn
 from lesionlab.models.checkpoint import ModelCard
 
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
+
+
+def luminance(pixels: torch.Tensor) -> torch.Tensor:
+    """The grayscale mode, written once for training's pipelines and every deployed model: each of the 3
+    channels of `(..., 3, H, W)` RGB 0..255 pixels becomes the luminance, truncated to a whole pixel value,
+    in the input's dtype. It is torchvision's `Grayscale` on uint8, which the pipelines used before, to
+    within one level on 21 of the 16.7 million colours (torchvision's fused arithmetic rounds a few exact
+    halves up)."""
+    values = pixels.to(torch.float32)
+    red, green, blue = values.unbind(dim=-3)
+    gray = torch.floor(red * GRAY_WEIGHTS[0] + green * GRAY_WEIGHTS[1] + blue * GRAY_WEIGHTS[2])
+    return gray.unsqueeze(-3).expand_as(values).to(pixels.dtype)
 
 
 class PixelInput(nn.Module):
@@ -53,9 +65,7 @@ class PixelInput(nn.Module):
         """What the network itself is trained on, from 0..255 pixels."""
         values = pixels.to(torch.float32)
         if self.grayscale:
-            red, green, blue = values[:, 0], values[:, 1], values[:, 2]
-            gray = torch.floor(red * GRAY_WEIGHTS[0] + green * GRAY_WEIGHTS[1] + blue * GRAY_WEIGHTS[2])
-            values = gray[:, None].expand(-1, 3, -1, -1)
+            values = luminance(values)
         return (values * (1.0 / 255) - self.mean) / self.std
 
     def forward(self, pixels: torch.Tensor | Sequence[torch.Tensor], *extra: torch.Tensor) -> torch.Tensor:
