@@ -15,7 +15,8 @@ JPEGs, against two servers started in turn: one without limits (`--max-concurren
 --max-receiving-mb 0 --request-timeout 0 --full-decode`: every upload decodes at once, at full size) and
 one with the default limits (the huge PNGs then go to the heavy lane, the JPEGs to the ordinary one). It
 samples the server's resident memory every 20 ms and reports its peak, the ordinary requests' p50/p95/p99
-latency, and the 200/503/failed counts of both kinds, then the ratio of the two servers. A server whose
+latency, and the 200/503/failed counts of both kinds and of the web page (`GET /`, fetched every 100 ms
+during the burst, as a person opening the page would), then the ratio of the two servers. A server whose
 memory passes `--memory-cap-mb` is killed there and then (and reported so), so the test cannot exhaust the
 machine. A phase ends when the burst is answered, or after `--time-limit` seconds.
 
@@ -32,6 +33,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import httpx2
@@ -214,6 +216,7 @@ class OverloadResult:
     ordinary_ms: list[float]
     ordinary: dict[str, int]
     large: dict[str, int]
+    page: dict[str, int]
     seconds: float
 
 
@@ -231,9 +234,14 @@ def huge_png(size: int) -> bytes:
 
 def outcome_of(session: httpx2.Client, url: str, name: str, data: bytes, kind: str) -> tuple[str, float]:
     """POST one upload; return '200', '503' or 'failed' (any other answer, or no answer) and the ms taken."""
+    return timed_outcome(lambda: session.post(f"{url}/predict", files={"file": (name, data, kind)}))
+
+
+def timed_outcome(request: Callable[[], httpx2.Response]) -> tuple[str, float]:
+    """Send one request; return '200', '503' or 'failed' (any other answer, or no answer) and the ms taken."""
     start = time.perf_counter()
     try:
-        status = session.post(f"{url}/predict", files={"file": (name, data, kind)}).status_code
+        status = request().status_code
         label = str(status) if status in (200, 503) else "failed"
     except httpx2.HTTPError:
         label = "failed"
@@ -246,10 +254,10 @@ def overload_phase(label: str, url: str, server: subprocess.Popen[bytes], images
     watch = MemoryWatch(server, args.memory_cap_mb * 1e6)
     deadline = time.monotonic() + args.time_limit
     lock = threading.Lock()
-    counts = {kind: {"200": 0, "503": 0, "failed": 0} for kind in ("large", "ordinary")}
+    counts = {kind: {"200": 0, "503": 0, "failed": 0} for kind in ("large", "ordinary", "page")}
     ordinary_ms: list[float] = []
     burst_done = threading.Event()
-    start_line = threading.Barrier(args.large_uploads + args.clients)
+    start_line = threading.Barrier(args.large_uploads + args.clients + 1)
 
     def record(kind: str, outcome: str, elapsed_ms: float) -> None:
         with lock:
@@ -271,10 +279,19 @@ def overload_phase(label: str, url: str, server: subprocess.Popen[bytes], images
                 name, data = images[ticket % len(images)]
                 record("ordinary", *outcome_of(session, url, name, data, "image/jpeg"))
 
+    def page_client() -> None:
+        """A person opening the web page during the burst: GET / every 100 ms."""
+        with httpx2.Client(timeout=args.time_limit) as session:
+            start_line.wait()
+            while not burst_done.is_set() and time.monotonic() <= deadline:
+                record("page", *timed_outcome(lambda: session.get(f"{url}/")))
+                time.sleep(0.1)
+
     started = time.perf_counter()
     bursts = [threading.Thread(target=large_client, daemon=True) for _ in range(args.large_uploads)]
     ordinary = [threading.Thread(target=ordinary_client, args=(index,), daemon=True)
                 for index in range(args.clients)]
+    ordinary.append(threading.Thread(target=page_client, daemon=True))
     for thread in [*bursts, *ordinary]:
         thread.start()
     for thread in bursts:
@@ -288,7 +305,7 @@ def overload_phase(label: str, url: str, server: subprocess.Popen[bytes], images
         answered = sum(counts["large"].values())
         counts["large"]["failed"] += args.large_uploads - answered  # still running at the deadline
         return OverloadResult(label, watch.idle, watch.peak, watch.killed, list(ordinary_ms),
-                              dict(counts["ordinary"]), dict(counts["large"]), seconds)
+                              dict(counts["ordinary"]), dict(counts["large"]), dict(counts["page"]), seconds)
 
 
 def overload_report(results: list[OverloadResult], cap_mb: float) -> str:
@@ -301,11 +318,13 @@ def overload_report(results: list[OverloadResult], cap_mb: float) -> str:
          f"{result.peak_rss / 1e6:.0f}" + (" (killed at cap)" if result.killed else ""),
          ms(result.ordinary_ms, 50), ms(result.ordinary_ms, 95), ms(result.ordinary_ms, 99),
          f"{result.ordinary['200']}/{result.ordinary['503']}/{result.ordinary['failed']}",
-         f"{result.large['200']}/{result.large['503']}/{result.large['failed']}", f"{result.seconds:.0f}")
+         f"{result.large['200']}/{result.large['503']}/{result.large['failed']}",
+         f"{result.page['200']}/{result.page['503']}/{result.page['failed']}", f"{result.seconds:.0f}")
         for result in results
     )
     headers = ("server", "idle RSS MB", "peak RSS MB", "ordinary p50 ms", "ordinary p95 ms",
-               "ordinary p99 ms", "ordinary 200/503/failed", "huge 200/503/failed", "seconds")
+               "ordinary p99 ms", "ordinary 200/503/failed", "huge 200/503/failed", "web page 200/503/failed",
+               "seconds")
     table = format_table(Table(headers=headers, rows=rows))
     unlimited, limited = results
     ratio = [f"peak RSS, limits / no limits: {limited.peak_rss / unlimited.peak_rss:.2f}x"]
