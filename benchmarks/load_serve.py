@@ -232,7 +232,7 @@ def huge_png(size: int) -> bytes:
     return buffer.getvalue()
 
 
-def outcome_of(session: httpx2.Client, url: str, name: str, data: bytes, kind: str) -> tuple[str, float]:
+def upload_outcome(session: httpx2.Client, url: str, name: str, data: bytes, kind: str) -> tuple[str, float]:
     """POST one upload; return '200', '503' or 'failed' (any other answer, or no answer) and the ms taken."""
     return timed_outcome(lambda: session.post(f"{url}/predict", files={"file": (name, data, kind)}))
 
@@ -257,7 +257,6 @@ def overload_phase(label: str, url: str, server: subprocess.Popen[bytes], images
     counts = {kind: {"200": 0, "503": 0, "failed": 0} for kind in ("large", "ordinary", "page")}
     ordinary_ms: list[float] = []
     burst_done = threading.Event()
-    start_line = threading.Barrier(args.large_uploads + args.clients + 1)
 
     def record(kind: str, outcome: str, elapsed_ms: float) -> None:
         with lock:
@@ -268,7 +267,7 @@ def overload_phase(label: str, url: str, server: subprocess.Popen[bytes], images
     def large_client() -> None:
         with httpx2.Client(timeout=args.time_limit) as session:
             start_line.wait()
-            record("large", *outcome_of(session, url, "huge.png", large, "image/png"))
+            record("large", *upload_outcome(session, url, "huge.png", large, "image/png"))
 
     def ordinary_client(offset: int) -> None:
         with httpx2.Client(timeout=args.time_limit) as session:
@@ -277,7 +276,7 @@ def overload_phase(label: str, url: str, server: subprocess.Popen[bytes], images
                 if burst_done.is_set() or time.monotonic() > deadline or ticket >= args.requests:
                     return
                 name, data = images[ticket % len(images)]
-                record("ordinary", *outcome_of(session, url, name, data, "image/jpeg"))
+                record("ordinary", *upload_outcome(session, url, name, data, "image/jpeg"))
 
     def page_client() -> None:
         """A person opening the web page during the burst: GET / every 100 ms."""
@@ -291,13 +290,15 @@ def overload_phase(label: str, url: str, server: subprocess.Popen[bytes], images
     bursts = [threading.Thread(target=large_client, daemon=True) for _ in range(args.large_uploads)]
     ordinary = [threading.Thread(target=ordinary_client, args=(index,), daemon=True)
                 for index in range(args.clients)]
-    ordinary.append(threading.Thread(target=page_client, daemon=True))
-    for thread in [*bursts, *ordinary]:
+    page = threading.Thread(target=page_client, daemon=True)
+    until_burst_done = [*ordinary, page]
+    start_line = threading.Barrier(len(bursts) + len(until_burst_done))
+    for thread in [*bursts, *until_burst_done]:
         thread.start()
     for thread in bursts:
         thread.join(timeout=max(0.0, deadline - time.monotonic()))
     burst_done.set()
-    for thread in ordinary:
+    for thread in until_burst_done:
         thread.join(timeout=max(0.0, deadline - time.monotonic()) + 1.0)
     seconds = time.perf_counter() - started
     watch.stop()
