@@ -103,15 +103,27 @@ class Model:
         """Run name, engine and weights digest, as `predict` and `serve` report it."""
         return self.predictor.model_id
 
-    def predict(self, image: ImageInput, *, gradcam: bool = False) -> Result:
+    @property
+    def metadata_fields(self) -> tuple[str, ...]:
+        """The patient fields the model reads (`age`, `sex`, `site`); empty for an image-only model."""
+        return self.predictor.metadata_fields
+
+    def predict(self, image: ImageInput, *, gradcam: bool = False, age: float | str | None = None,
+                sex: str | None = None, site: str | None = None) -> Result:
         """Classify one image (a path, a PIL image or a uint8 array); `gradcam=True` adds the Grad-CAM map of
-        the top class, which needs a PyTorch model (a run directory, not an .onnx file)."""
+        the top class, which needs a PyTorch model (a run directory, not an .onnx file). A model that reads
+        patient metadata takes the patient's `age` (years), `sex` (female, male) and `site` (HAM10000 or
+        ISIC names, docs/metadata.md); a field left out reads as missing; an image-only model refuses them."""
+        from lesionlab.data.metadata import parse_patient
+
+        given = age is not None or sex is not None or site is not None
+        metadata = parse_patient(age, sex, site) if given else None
         decoded = as_image(image)
         if not gradcam:
-            return Result(self.predictor.predict_image(decoded))
+            return Result(self.predictor.predict_image(decoded, metadata))
         if not self.predictor.can_explain:
             raise self.predictor.explain_unavailable_error()
-        explanation = self.predictor.explain(decoded)
+        explanation = self.predictor.explain(decoded, metadata=metadata)
         return Result(explanation.prediction, explanation.heatmap, explanation.overlay)
 
     def save(self, path: str | os.PathLike[str]) -> Path:

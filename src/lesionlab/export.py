@@ -29,6 +29,7 @@ from torch import nn
 
 from lesionlab.class_offsets import PROBABILITY_FLOOR, load_class_offsets
 from lesionlab.data.metadata import encoded_values
+from lesionlab.data.readers.samples import Sample
 from lesionlab.errors import ConfigError
 from lesionlab.export_checks import ExportedFile, balanced_accuracy, check_file
 from lesionlab.inference.backends import EXPORT_DIR, FP32_NAME, ONNX_SUFFIX, OPENVINO_SUFFIX
@@ -43,7 +44,7 @@ from lesionlab.inference.onnx_metadata import (
     scoring_metadata,
 )
 from lesionlab.inference.openvino_backend import OpenVinoPredictor
-from lesionlab.inference.run_samples import load_batch, split_samples
+from lesionlab.inference.run_samples import ImageBatch, load_batch, split_samples
 from lesionlab.inference.torch_backend import TorchPredictor
 from lesionlab.io_utils import atomic_write_bytes
 from lesionlab.malignancy import FALLBACK_RULE, MalignancyRule
@@ -83,12 +84,14 @@ class ScoredGraph(nn.Module):
     its own input normalisation, `PixelInput`) runs every view of the batch, its logits divided by its
     temperature, softmax per view, the mean over the views, then the mean over the members, then the class
     offsets, softmax(log p + offsets). One member with the identity view alone is a run's exported model:
-    `softmax(network(pixels) / temperature)`."""
+    `softmax(network(pixels) / temperature)`. The encoded patient fields, when the graph takes them, go to the
+    members that read metadata only."""
 
     def __init__(self, members: Sequence[tuple[nn.Module, ModelCard, float | None]],
                  views: Sequence[str] = (IDENTITY,), class_offsets: Sequence[float] | None = None) -> None:
         super().__init__()
         self.members = nn.ModuleList([PixelInput.for_card(network, card) for network, card, _ in members])
+        self.reads_metadata = [card.metadata is not None for _, card, _ in members]
         self.temperatures = [1.0 if temperature is None else float(temperature)
                              for _, _, temperature in members]
         self.views = tuple(views)
@@ -102,8 +105,9 @@ class ScoredGraph(nn.Module):
         viewed = torch.cat([apply_view(name, image) for name in self.views]) if len(self.views) > 1 else image
         extra = () if metadata is None else (metadata.repeat(len(self.views), 1),)
         total = None
-        for member, temperature in zip(self.members, self.temperatures, strict=True):
-            logits = member(viewed, *extra) / temperature
+        scored = zip(self.members, self.temperatures, self.reads_metadata, strict=True)
+        for member, temperature, reads in scored:
+            logits = member(viewed, *(extra if reads else ())) / temperature
             per_view = torch.softmax(logits, dim=1).reshape(len(self.views), -1, logits.shape[1])
             total = per_view.mean(dim=0) if total is None else total + per_view.mean(dim=0)
         mean = total / len(self.members)
@@ -180,16 +184,7 @@ def export_run(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | No
     export_onnx(reference.model, reference.card, fp32_path, reference.temperature, reference.malignancy)
     engines = (("onnxruntime fp32", OnnxPredictor(fp32_path, threads=threads)),
                ("openvino fp32", OpenVinoPredictor(fp32_path, threads=threads)))
-    missing = "" if reference.card.metadata is None else ", fields missing"
-    files = tuple(check_file(f"{label}{missing}", predictor, reference_probabilities, validation)
-                  for label, predictor in engines)
-    if reference.card.metadata is not None:
-        fields = reference.card.metadata["fields"]
-        encoded = np.asarray([encoded_values(sample.metadata, fields) for sample in samples],
-                             dtype=np.float32)
-        with_fields = reference.predict_many(validation.images, metadata=encoded)
-        files += tuple(check_file(f"{label}, with fields", predictor, with_fields, validation, encoded)
-                       for label, predictor in engines)
+    files = engine_checks(engines, reference, reference_probabilities, samples, validation)
     report = None
     if int8:
         from lesionlab.quantize import DEFAULT_MAX_DROP, export_int8
@@ -203,11 +198,30 @@ def export_run(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | No
     return ExportReport(torch_balanced_accuracy=accuracy, files=files, int8=report)
 
 
+def engine_checks(engines: Sequence[tuple[str, Predictor]], reference: Predictor,
+                  reference_probabilities: np.ndarray, samples: Sequence[Sample],
+                  validation: ImageBatch) -> tuple[ExportedFile, ...]:
+    """Each engine's file against the PyTorch `reference` on the validation images; where the model reads
+    patient metadata, once with every field missing and once with each image's own fields."""
+    reader = reference.metadata_reader
+    missing = "" if reader is None else ", fields missing"
+    files = tuple(check_file(f"{label}{missing}", predictor, reference_probabilities, validation)
+                  for label, predictor in engines)
+    if reader is None:
+        return files
+    fields = reader.card.metadata["fields"]
+    encoded = np.asarray([encoded_values(sample.metadata, fields) for sample in samples], dtype=np.float32)
+    with_fields = reference.predict_many(validation.images, metadata=encoded)
+    return files + tuple(check_file(f"{label}, with fields", predictor, with_fields, validation, encoded)
+                         for label, predictor in engines)
+
+
 def model_file_graph(model: ResolvedModel) -> tuple[Predictor, ScoredGraph]:
     """The predictor a `model.json` loads and the one graph that scores as it does: its PyTorch members,
-    each with the temperature the file recorded, its views and its class offsets. Members that are exported
-    files, read patient metadata or take different input sizes cannot share one graph of pixels and are
-    refused, naming the model file."""
+    each with the temperature the file recorded, its views and its class offsets (and, where members read
+    patient metadata, the fields as a second input, which only they receive). Members that are exported
+    files or take different input sizes cannot share one graph of pixels and are refused, naming the model
+    file."""
     from lesionlab.inference import load_model_file
 
     predictor = load_model_file(model)
@@ -215,10 +229,6 @@ def model_file_graph(model: ResolvedModel) -> tuple[Predictor, ScoredGraph]:
         if not isinstance(member, TorchPredictor):
             raise ConfigError(f"{model.source}: {member.source} is an exported file; one graph is built from "
                               f"the PyTorch members, so write the model file from the run directories.")
-        if member.card.metadata is not None:
-            raise ConfigError(f"{model.source}: {member.source} reads patient metadata, and one graph for "
-                              f"the whole model file takes images only; export that run alone (`lesionlab "
-                              f"export RUN`), or drop it from the model file.")
     sizes = {member.card.input_size for member in predictor.members}
     if len(sizes) > 1:
         raise ConfigError(f"{model.source}: its members take different input sizes "
@@ -242,8 +252,10 @@ def export_model_file(model: ResolvedModel, out: str | os.PathLike[str] | None =
         raise ConfigError(f"{path}: the output file must end in {ONNX_SUFFIX}")
     reference, graph = model_file_graph(model)
     first = reference.members[0]
+    reader = reference.metadata_reader
     card = replace(first.card, run_name=" + ".join(member.card.run_name or str(member.source)
-                                                   for member in reference.members))
+                                                   for member in reference.members),
+                   metadata=None if reader is None else reader.card.metadata)
     metadata = {**metadata_for(card, FP32_QUANTIZATION, None, reference.malignancy),
                 **scoring_metadata([(member.card.run_name, member.temperature)
                                     for member in reference.members], model.views, graph.offsets is not None)}
@@ -251,12 +263,11 @@ def export_model_file(model: ResolvedModel, out: str | os.PathLike[str] | None =
                f"lesionlab model file {model.source.name}: {len(reference.members)} member(s), "
                f"{len(model.views)} view(s){', class offsets' if model.class_offsets else ''}")
     run_dir = first.source if first.source.is_dir() else first.source.parent
-    validation = load_batch(split_samples(run_dir, "val", data, max_images, seed), first.preprocessing,
-                            "validation images")
+    samples = split_samples(run_dir, "val", data, max_images, seed)
+    validation = load_batch(samples, first.preprocessing, "validation images")
     reference_probabilities = reference.predict_many(validation.images)
     engines = (("onnxruntime fp32", OnnxPredictor(path, threads=threads)),
                ("openvino fp32", OpenVinoPredictor(path, threads=threads)))
-    files = tuple(check_file(label, predictor, reference_probabilities, validation)
-                  for label, predictor in engines)
+    files = engine_checks(engines, reference, reference_probabilities, samples, validation)
     accuracy = balanced_accuracy(reference.classes, reference_probabilities, validation.labels)
     return ExportReport(torch_balanced_accuracy=accuracy, files=files)

@@ -51,7 +51,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_predict(args: argparse.Namespace) -> int:
     """Predict every image and list failures as `file: reason`; exit 1 when some images failed and the
     others were predicted, 2 when none could be."""
-    from lesionlab.data.metadata import PatientMetadata
     from lesionlab.errors import SOME_INPUTS_BAD, USER_ERROR, ConfigError
     from lesionlab.inference.files import expand_image_paths, predict_files
 
@@ -65,7 +64,7 @@ def run_predict(args: argparse.Namespace) -> int:
     if metadata is not None and args.explain:
         raise ConfigError("--explain with patient fields: Grad-CAM explains the image alone; leave out one")
     if metadata is not None:
-        predictor.encode_metadata(PatientMetadata(), 1)
+        predictor.check_metadata_given(metadata)
         if isinstance(metadata, dict):
             paths = [*metadata, *paths]
     if not paths and not failures:
@@ -90,7 +89,7 @@ def run_predict(args: argparse.Namespace) -> int:
 def _patient_metadata(args: argparse.Namespace) -> PatientMetadata | dict[Path, PatientMetadata] | None:
     """The --age/--sex/--site fields in the shared vocabulary, or each image's from --metadata-csv; None
     when neither is given."""
-    from lesionlab.data.metadata import PatientMetadata, parse_age, parse_sex, parse_site, read_metadata_csv
+    from lesionlab.data.metadata import parse_patient, read_metadata_csv
     from lesionlab.errors import ConfigError
 
     given = args.age is not None or args.sex is not None or args.site is not None
@@ -101,8 +100,7 @@ def _patient_metadata(args: argparse.Namespace) -> PatientMetadata | dict[Path, 
         return read_metadata_csv(args.metadata_csv)
     if not given:
         return None
-    return PatientMetadata(parse_age(args.age, "--age"), parse_sex(args.sex, "--sex"),
-                           parse_site(args.site, "--site"))
+    return parse_patient(args.age, args.sex, args.site, prefix="--")
 
 
 def _json_document(predictor: Predictor, predictions: list[FilePrediction], failures: list[tuple[Path, str]],

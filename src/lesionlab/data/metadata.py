@@ -107,6 +107,14 @@ def parse_site(value: str | None, where: str) -> str | None:
     return SITE_MAP[word]
 
 
+def parse_patient(age: str | float | None, sex: str | None, site: str | None,
+                  prefix: str = "") -> PatientMetadata:
+    """One patient's fields as a person gives them (a flag, a form field, a keyword), each parsed as the
+    dataset readers parse them; a bad value is a DataError naming the field as `prefix + name`."""
+    return PatientMetadata(age=parse_age(age, f"{prefix}age"), sex=parse_sex(sex, f"{prefix}sex"),
+                           site=parse_site(site, f"{prefix}site"))
+
+
 def metadata_from_row(row: Mapping[str, str], where: str) -> PatientMetadata | None:
     """The patient fields of a CSV row (lower-case columns); None when the CSV has none of their columns."""
     age_column = next((name for name in AGE_COLUMNS if name in row), None)

@@ -12,7 +12,7 @@ import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -29,6 +29,8 @@ from lesionlab.views import IDENTITY, view_batch
 if TYPE_CHECKING:  # the metadata encoder needs torch; ONNX and OpenVINO predictors must run without it
     from lesionlab.data.metadata import PatientMetadata
     from lesionlab.inference.onnx_metadata import GraphScoring
+
+_Fields = TypeVar("_Fields", np.ndarray, "PatientMetadata")
 
 
 class ExplainUnavailableError(LesionlabError):
@@ -113,8 +115,10 @@ class Predictor(ABC):
         """Probabilities `(N, classes)` of a batch of resized pixels under this model's scoring: each
         member's views of the batch, as `image_probabilities` scores one image (what export checks and
         benchmarks compare); `metadata`: a metadata model's encoded fields per image."""
-        return self.scoring.probabilities([member.batch_view_logits(batch, metadata)
-                                           for member in self.members])
+        self.check_metadata_given(metadata)
+        logits = [member.batch_view_logits(batch, self.member_fields(member, metadata))
+                  for member in self.members]
+        return self.scoring.probabilities(logits)
 
     def predict_many(self, images: np.ndarray, batch_size: int = 32,
                      metadata: np.ndarray | None = None) -> np.ndarray:
@@ -164,18 +168,38 @@ class Predictor(ABC):
     def image_probabilities(self, image: Image.Image, metadata: PatientMetadata | None = None) -> np.ndarray:
         """Class probabilities of one decoded image: the members' view logits through `scoring` (test-time
         augmentation, temperatures, ensemble mean and class offsets, all in `lesionlab.scoring`)."""
-        logits = [member.view_logits(image, metadata) for member in self.members]
+        self.check_metadata_given(metadata)
+        logits = [member.view_logits(image, self.member_fields(member, metadata)) for member in self.members]
         return self.scoring.probabilities(logits)[0]
 
-    def encode_metadata(self, metadata: PatientMetadata, rows: int) -> np.ndarray:
-        """The patient fields encoded for this model, one row per image of a batch; a model that reads no
-        metadata refuses them, so no one believes fields were used when they were not."""
-        if self.card.metadata is None:
+    @property
+    def metadata_reader(self) -> Predictor | None:
+        """The member whose patient fields this model reads and encodes (in an ensemble every member that
+        reads metadata reads the same fields, which `ScoredPredictor` checks); None for image-only models."""
+        return next((member for member in self.members if member.card.metadata is not None), None)
+
+    def check_metadata_given(self, metadata: object | None) -> None:
+        """Refuse patient fields (`metadata` given) for a model none of whose members reads any, so no one
+        believes fields were used when they were not."""
+        if metadata is not None and self.metadata_reader is None:
             raise ConfigError(f"{self.source}: this model reads no patient metadata; leave out --age, --sex "
                               f"and --site (or train one with --config metadata)")
+
+    @staticmethod
+    def member_fields(member: Predictor, metadata: _Fields | None) -> _Fields | None:
+        """What one member is given of the patient fields: all of them where it reads metadata, none where it
+        reads the image only (an image-only member of an ensemble with a metadata model)."""
+        return metadata if member.card.metadata is not None else None
+
+    def encode_metadata(self, metadata: PatientMetadata, rows: int) -> np.ndarray:
+        """The patient fields encoded for this model (the fields of `metadata_reader`), one row per image of a
+        batch; a model that reads no metadata refuses them (`check_metadata_given`)."""
+        self.check_metadata_given(metadata)
+        reader = self.metadata_reader
+        assert reader is not None and reader.card.metadata is not None
         from lesionlab.data.metadata import encoded_values
 
-        encoded = np.asarray(encoded_values(metadata, self.card.metadata["fields"]), dtype=np.float32)
+        encoded = np.asarray(encoded_values(metadata, reader.card.metadata["fields"]), dtype=np.float32)
         return np.repeat(encoded[None], rows, axis=0)
 
     def metadata_rows(self, metadata: np.ndarray | None, rows: int) -> np.ndarray:

@@ -39,6 +39,13 @@ class ScoredPredictor(Predictor):
                 raise ConfigError(f"{member.source}: classes {', '.join(member.classes)} differ from "
                                   f"{first.source}'s ({', '.join(first.classes)}); ensemble models trained "
                                   f"on the same label set.")
+        readers = [(member.source, list(member.card.metadata["fields"])) for member in members
+                   if member.card.metadata is not None]
+        for source, fields in readers[1:]:
+            if fields != readers[0][1]:
+                raise ConfigError(f"{source}: reads the patient fields {', '.join(fields)}, and "
+                                  f"{readers[0][0]} reads {', '.join(readers[0][1])}; the metadata members "
+                                  f"of one ensemble read the same fields, so one set of fields scores all.")
         self._members = tuple(members)
         self.offsets_file = None if offsets_path is None else class_offsets_file(offsets_path)
         self.offsets: ClassOffsets | None = None

@@ -15,7 +15,7 @@ from typing import Annotated
 
 from fastapi import Form, HTTPException, Query
 
-from lesionlab.data.metadata import PatientMetadata, fields_given, parse_age, parse_sex, parse_site
+from lesionlab.data.metadata import PatientMetadata, fields_given, parse_patient
 from lesionlab.errors import DataError
 from lesionlab.serve.schemas import MetadataOut
 
@@ -45,9 +45,8 @@ def patient_fields(
     """The request's patient fields in the shared vocabulary (a FastAPI dependency); each is validated even
     where the model does not read it, so a request means the same on every model."""
     try:
-        return PatientMetadata(age=parse_age(_one_value("age", age, age_in_query), "age"),
-                               sex=parse_sex(_one_value("sex", sex, sex_in_query), "sex"),
-                               site=parse_site(_one_value("site", site, site_in_query), "site"))
+        return parse_patient(_one_value("age", age, age_in_query), _one_value("sex", sex, sex_in_query),
+                             _one_value("site", site, site_in_query))
     except DataError as error:
         raise HTTPException(status_code=INVALID_FIELD_STATUS, detail=str(error)) from None
 
