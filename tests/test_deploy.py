@@ -239,6 +239,33 @@ def test_int8_that_loses_accuracy_is_refused_and_not_written(
 
 
 @pytest.mark.integration
+def test_keep_slower_keeps_an_accurate_int8_model_that_is_not_faster(
+        tmp_path: Path, tiny_run_dir: Path, shared_data_dir: Path, validation_batch: ImageBatch,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import lesionlab.quantize
+
+    monkeypatch.setattr(lesionlab.quantize, "quantize_model", lambda model, *_: model)
+    slower = (row("onnxruntime fp32", 1.0, 1000.0), row("openvino fp32", 1.5, 900.0),
+              row("openvino int8", 2.0, 700.0))
+    monkeypatch.setattr(lesionlab.quantize, "measure_speed", lambda predictors, images: slower)
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run_dir, run_dir)
+    arguments = ["export", str(run_dir), "--int8", "--data", str(shared_data_dir), "--max-images",
+                 str(VALIDATION_IMAGES), "--calibration-images", "8"]
+    int8_file = run_dir / "export" / "model-int8.xml"
+    assert main(arguments) == 3 and not int8_file.exists()
+    assert "int8 is not faster at batch 1" in capsys.readouterr().out
+    assert main([*arguments, "--keep-slower"]) == 0
+    printed = capsys.readouterr().out
+    assert "int8 kept (--keep-slower)" in printed and "int8 is not faster at batch 32" in printed
+    report = json.loads((run_dir / "export" / "model-int8-report.json").read_text())
+    assert report["status"] == "passed" and report["problems"] == [] and len(report["notes"]) == 2
+    assert int8_file.is_file() and OpenVinoPredictor(int8_file).classes == CLASS_CODES
+    assert main(["export", str(run_dir), "--keep-slower"]) == 2
+    assert "--keep-slower applies to --int8" in capsys.readouterr().err
+
+
+@pytest.mark.integration
 def test_nncf_quantizes_everything_but_the_output_layer(tiny_onnx_file: Path, validation_batch: ImageBatch,
                                                          tmp_path: Path) -> None:
     from lesionlab.quantize import quantize_model, save_ir

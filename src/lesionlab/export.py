@@ -169,10 +169,11 @@ def write_onnx(graph: nn.Module, card: ModelCard, path: str | os.PathLike[str], 
 def export_run(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None = None, int8: bool = False,
                data: str | os.PathLike[str] | None = None, max_images: int | None = None,
                calibration_images: int = 300, seed: int = 0, max_drop: float | None = None,
-               threads: int | None = None) -> ExportReport:
+               threads: int | None = None, keep_slower: bool = False) -> ExportReport:
     """Export a run's best model to ONNX, check it on the run's validation images (all of them unless
     `max_images`), and with `int8` quantize it for OpenVINO, calibrated on training images and kept only if
-    it loses at most `max_drop` balanced accuracy (default one point) and is faster (`lesionlab.quantize`)."""
+    it loses at most `max_drop` balanced accuracy (default one point) and is faster (`lesionlab.quantize`;
+    `keep_slower` waives the speed check)."""
     fp32_path, int8_path = default_paths(run_dir, out)
     reference = TorchPredictor.from_path(run_dir)
     if int8 and reference.card.metadata is not None:
@@ -193,7 +194,7 @@ def export_run(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | No
                                  reference.preprocessing, "calibration images")
         report = export_int8(fp32_path, int8_path, calibration.images, validation, reference_probabilities,
                              files[-1].balanced_accuracy, DEFAULT_MAX_DROP if max_drop is None else max_drop,
-                             threads)
+                             threads, keep_slower)
     accuracy = balanced_accuracy(reference.classes, reference_probabilities, validation.labels)
     return ExportReport(torch_balanced_accuracy=accuracy, files=files, int8=report)
 
