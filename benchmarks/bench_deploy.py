@@ -1,9 +1,9 @@
 """Deployment speed of trained runs: every inference engine against ONNX Runtime fp32, one table per run.
 
-For each RUN this prints `lesionlab bench`'s table (PyTorch eager fp32 and bf16 autocast, ONNX Runtime fp32,
-OpenVINO fp32, bf16 and int8 when `lesionlab export RUN --int8` installed one), then names the fastest engine
-at batch 32 whose probabilities stay within `--tolerance` of PyTorch fp32, with its throughput as a ratio
-against ONNX Runtime fp32 from the same run.
+For each RUN this prints `lesionlab bench`'s table (PyTorch eager fp32 and bf16 autocast, ONNX Runtime
+fp32 and int8, OpenVINO fp32, bf16 and int8 when `lesionlab export RUN --int8` installed one), then names the
+fastest engine at batch 32 whose probabilities stay within `--tolerance` of PyTorch fp32, with its throughput
+as a ratio against ONNX Runtime fp32 from the same run.
 
     .venv/bin/python benchmarks/bench_deploy.py runs/default --threads 2
 """

@@ -157,6 +157,27 @@ def test_export_needs_a_split_and_an_onnx_name(tmp_path: Path, tiny_run_dir: Pat
         export_run(tiny_run_dir, out=tmp_path / "model.bin")
 
 
+def test_onnxruntime_int8_quantizes_all_but_the_output_layer(
+        tiny_onnx_file: Path, validation_images: np.ndarray, tmp_path: Path) -> None:
+    from lesionlab.inference.onnx_metadata import QUANTIZATION_KEY
+    from lesionlab.quantize_onnxruntime import ORT_INT8_QUANTIZATION, output_layer_nodes, quantize_onnxruntime
+
+    int8 = quantize_onnxruntime(tiny_onnx_file, tmp_path / "int8.onnx", validation_images[:8])
+    model = onnx.load(str(int8))
+    kept_float = set(output_layer_nodes(onnx.load(str(tiny_onnx_file))))
+    quantized_inputs = {node.output[0] for node in model.graph.node if node.op_type == "DequantizeLinear"}
+    assert quantized_inputs and any(node.op_type == "QuantizeLinear" for node in model.graph.node)
+    for node in model.graph.node:
+        if node.name in kept_float:
+            assert not quantized_inputs & set(node.input), node.name
+    predictor = OnnxPredictor(int8)
+    assert predictor.quantization == ORT_INT8_QUANTIZATION
+    assert {entry.key for entry in model.metadata_props} >= {QUANTIZATION_KEY}
+    probabilities = predictor.predict_many(validation_images)
+    assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    assert np.abs(probabilities - OnnxPredictor(tiny_onnx_file).predict_many(validation_images)).max() < 0.3
+
+
 def test_bench_times_every_backend(exported_run: tuple[Path, str], shared_data_dir: Path,
                                    capsys: pytest.CaptureFixture[str]) -> None:
     import openvino as ov
@@ -168,8 +189,8 @@ def test_bench_times_every_backend(exported_run: tuple[Path, str], shared_data_d
                  "--batch-iters", "1", "--data", str(shared_data_dir)]) == 0
     printed = capsys.readouterr().out
     lines = {line.split("  ")[0]: line for line in printed.splitlines()}
-    assert {"pytorch fp32", "pytorch bf16 autocast", "onnxruntime fp32", "openvino fp32", "openvino bf16",
-            "openvino int8"} <= set(lines)
+    assert {"pytorch fp32", "pytorch bf16 autocast", "onnxruntime fp32", "onnxruntime int8", "openvino fp32",
+            "openvino bf16", "openvino int8"} <= set(lines)
     assert lines["onnxruntime fp32"].count("1.00x") == 2
     assert float(lines["openvino fp32"].split()[-1]) < 1e-4
     assert str(int8) in printed and str(run_dir / "export" / "model.onnx") in printed

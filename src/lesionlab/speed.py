@@ -1,5 +1,6 @@
 """Inference speed of one run on this CPU, every engine side by side: PyTorch eager (fp32 and bf16 autocast),
-ONNX Runtime fp32, and OpenVINO fp32, bf16 and int8.
+ONNX Runtime fp32 and int8 (`lesionlab.quantize_onnxruntime`, quantized here on training images), and OpenVINO
+fp32, bf16 and int8 (where `lesionlab export --int8` installed one).
 
 Every engine gets the same thread count, the same real validation images of the run's split, and warm-up
 calls before timing (`inference.timing`), so the ratios compare engines rather than settings. Each row also
@@ -29,8 +30,10 @@ from lesionlab.inference.openvino_backend import OpenVinoPredictor
 from lesionlab.inference.run_samples import load_batch, split_samples
 from lesionlab.inference.timing import Timing, time_predictor, timing_batches
 from lesionlab.inference.torch_backend import TorchPredictor
+from lesionlab.quantize_onnxruntime import quantize_onnxruntime
 
 BASELINE = "onnxruntime fp32"
+CALIBRATION_IMAGES = 64
 
 
 @dataclass(frozen=True)
@@ -65,12 +68,14 @@ class BenchReport:
                 f"{ort.__version__} (ORT_ENABLE_ALL), openvino {ov.__version__} (CPU, latency hint)")
 
 
-def engines(run_dir: Path, fp32: Path, int8: Path | None, threads: int) -> list[tuple[str, Predictor]]:
+def engines(run_dir: Path, fp32: Path, ort_int8: Path, int8: Path | None,
+            threads: int) -> list[tuple[str, Predictor]]:
     """Every engine and precision to compare, PyTorch fp32 (the reference) first."""
     rows: list[tuple[str, Predictor]] = [
         ("pytorch fp32", TorchPredictor.from_path(run_dir, threads=threads)),
         ("pytorch bf16 autocast", TorchPredictor.from_path(run_dir, threads=threads, precision=BF16)),
         (BASELINE, OnnxPredictor(fp32, threads=threads)),
+        ("onnxruntime int8", OnnxPredictor(ort_int8, threads=threads)),
         ("openvino fp32", OpenVinoPredictor(fp32, threads=threads)),
         ("openvino bf16", OpenVinoPredictor(fp32, threads=threads, precision=BF16)),
     ]
@@ -85,7 +90,8 @@ def bench_run(run_dir: str | os.PathLike[str], threads: int, iterations: int = 5
     """Time every engine on the same validation images with the same threads.
 
     The run's `export/model.onnx` is used where it exists (else a fresh export in a temporary folder), and
-    `export/model-int8.xml` where `lesionlab export RUN --int8` installed one (else no int8 row).
+    `export/model-int8.xml` where `lesionlab export RUN --int8` installed one (else no OpenVINO int8 row);
+    the ONNX Runtime int8 model is quantized afresh, in a temporary folder, on training images of the split.
     """
     run = Path(run_dir)
     fp32, int8 = default_paths(run, None)
@@ -99,7 +105,10 @@ def bench_run(run_dir: str | os.PathLike[str], threads: int, iterations: int = 5
             fp32 = export_onnx(reference.model, reference.card,
                                Path(work) / EXPORT_DIR / FP32_NAME, reference.temperature)
         int8_file = int8 if int8.is_file() else None
-        predictors = engines(run, fp32, int8_file, threads)
+        calibration = load_batch(split_samples(run, "train", data, CALIBRATION_IMAGES, seed),
+                                 reference.preprocessing, "calibration images").images
+        ort_int8 = quantize_onnxruntime(fp32, Path(work) / "model-ort-int8.onnx", calibration)
+        predictors = engines(run, fp32, ort_int8, int8_file, threads)
         expected = predictors[0][1].predict_batch(batch)
         rows = tuple(
             BenchRow(name, time_predictor(predictor, single, batch, iterations, batch_iterations, warmup),

@@ -17,8 +17,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Batch-1 latency (p50, p95) and batch throughput with equal thread counts and warm-up, "
                     "on validation images of the run's split, with each engine's largest probability "
                     "difference from PyTorch fp32. Uses RUN/export/model.onnx (exported to a temporary "
-                    "folder when absent) and RUN/export/model-int8.xml when `lesionlab export --int8` "
-                    "installed one.",
+                    "folder when absent), an ONNX Runtime int8 model quantized from it on training "
+                    "images (in a temporary folder), and RUN/export/model-int8.xml when `lesionlab export "
+                    "--int8` installed one.",
     )
     parser.add_argument("run", metavar="RUN",
                         help="run directory from `lesionlab train`, or a model.json (each member run in "
