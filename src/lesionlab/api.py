@@ -114,10 +114,9 @@ class Model:
         the top class, which needs a PyTorch model (a run directory, not an .onnx file). A model that reads
         patient metadata takes the patient's `age` (years), `sex` (female, male) and `site` (HAM10000 or
         ISIC names, docs/metadata.md); a field left out reads as missing; an image-only model refuses them."""
-        from lesionlab.data.metadata import parse_patient
+        from lesionlab.data.metadata import given_patient
 
-        given = age is not None or sex is not None or site is not None
-        metadata = parse_patient(age, sex, site) if given else None
+        metadata = given_patient(age, sex, site)
         decoded = as_image(image)
         if not gradcam:
             return Result(self.predictor.predict_image(decoded, metadata))

@@ -210,8 +210,7 @@ def engine_checks(engines: Sequence[tuple[str, Predictor]], reference: Predictor
                   for label, predictor in engines)
     if reader is None:
         return files
-    fields = reader.card.metadata["fields"]
-    encoded = np.asarray([encoded_values(sample.metadata, fields) for sample in samples], dtype=np.float32)
+    encoded = np.concatenate([reference.encode_metadata(sample.metadata, 1) for sample in samples])
     with_fields = reference.predict_many(validation.images, metadata=encoded)
     return files + tuple(check_file(f"{label}, with fields", predictor, with_fields, validation, encoded)
                          for label, predictor in engines)

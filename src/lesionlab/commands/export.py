@@ -41,7 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="also write an int8 OpenVINO model where it keeps accuracy and is faster")
     parser.add_argument("--keep-slower", action="store_true",
                         help="with --int8: keep an int8 model that keeps accuracy even where it is not "
-                             "faster than fp32 here (2.5x smaller; another CPU may run it faster)")
+                             "faster than fp32 here (2.5 MB against 6.5 MB for MobileNetV3-Small; another "
+                             "CPU may run it faster)")
     parser.add_argument("--out", type=Path, default=None,
                         help="fp32 output file (default RUN/export/model.onnx); int8 goes beside it as "
                              "<stem>-int8.xml and .bin, its verdict as <stem>-int8-report.json")

@@ -89,18 +89,16 @@ def run_predict(args: argparse.Namespace) -> int:
 def _patient_metadata(args: argparse.Namespace) -> PatientMetadata | dict[Path, PatientMetadata] | None:
     """The --age/--sex/--site fields in the shared vocabulary, or each image's from --metadata-csv; None
     when neither is given."""
-    from lesionlab.data.metadata import parse_patient, read_metadata_csv
+    from lesionlab.data.metadata import given_patient, read_metadata_csv
     from lesionlab.errors import ConfigError
 
-    given = args.age is not None or args.sex is not None or args.site is not None
+    fields = given_patient(args.age, args.sex, args.site, prefix="--")
     if args.metadata_csv is not None:
-        if given:
+        if fields is not None:
             raise ConfigError("--metadata-csv with --age/--sex/--site: give the fields in the CSV or as "
                               "flags, not both")
         return read_metadata_csv(args.metadata_csv)
-    if not given:
-        return None
-    return parse_patient(args.age, args.sex, args.site, prefix="--")
+    return fields
 
 
 def _json_document(predictor: Predictor, predictions: list[FilePrediction], failures: list[tuple[Path, str]],

@@ -115,6 +115,14 @@ def parse_patient(age: str | float | None, sex: str | None, site: str | None,
                            site=parse_site(site, f"{prefix}site"))
 
 
+def given_patient(age: str | float | None, sex: str | None, site: str | None,
+                  prefix: str = "") -> PatientMetadata | None:
+    """`parse_patient` of the fields a person gave, or None when they gave none (the image alone)."""
+    if age is None and sex is None and site is None:
+        return None
+    return parse_patient(age, sex, site, prefix)
+
+
 def metadata_from_row(row: Mapping[str, str], where: str) -> PatientMetadata | None:
     """The patient fields of a CSV row (lower-case columns); None when the CSV has none of their columns."""
     age_column = next((name for name in AGE_COLUMNS if name in row), None)

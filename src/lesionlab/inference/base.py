@@ -116,7 +116,7 @@ class Predictor(ABC):
         member's views of the batch, as `image_probabilities` scores one image (what export checks and
         benchmarks compare); `metadata`: a metadata model's encoded fields per image."""
         self.check_metadata_given(metadata)
-        logits = [member.batch_view_logits(batch, self.member_fields(member, metadata))
+        logits = [member.batch_view_logits(batch, member.fields_it_reads(metadata))
                   for member in self.members]
         return self.scoring.probabilities(logits)
 
@@ -169,34 +169,41 @@ class Predictor(ABC):
         """Class probabilities of one decoded image: the members' view logits through `scoring` (test-time
         augmentation, temperatures, ensemble mean and class offsets, all in `lesionlab.scoring`)."""
         self.check_metadata_given(metadata)
-        logits = [member.view_logits(image, self.member_fields(member, metadata)) for member in self.members]
+        logits = [member.view_logits(image, member.fields_it_reads(metadata)) for member in self.members]
         return self.scoring.probabilities(logits)[0]
+
+    @property
+    def reads_metadata(self) -> bool:
+        """Whether this single model's network takes patient fields (its card has a metadata branch)."""
+        return self.card.metadata is not None
 
     @property
     def metadata_reader(self) -> Predictor | None:
         """The member whose patient fields this model reads and encodes (in an ensemble every member that
         reads metadata reads the same fields, which `ScoredPredictor` checks); None for image-only models."""
-        return next((member for member in self.members if member.card.metadata is not None), None)
+        return next((member for member in self.members if member.reads_metadata), None)
 
     def check_metadata_given(self, metadata: object | None) -> None:
         """Refuse patient fields (`metadata` given) for a model none of whose members reads any, so no one
         believes fields were used when they were not."""
         if metadata is not None and self.metadata_reader is None:
-            raise ConfigError(f"{self.source}: this model reads no patient metadata; leave out --age, --sex "
-                              f"and --site (or train one with --config metadata)")
+            raise self._no_metadata_error()
 
-    @staticmethod
-    def member_fields(member: Predictor, metadata: _Fields | None) -> _Fields | None:
-        """What one member is given of the patient fields: all of them where it reads metadata, none where it
-        reads the image only (an image-only member of an ensemble with a metadata model)."""
-        return metadata if member.card.metadata is not None else None
+    def _no_metadata_error(self) -> ConfigError:
+        return ConfigError(f"{self.source}: this model reads no patient metadata; leave out --age, --sex and "
+                           f"--site (or train one with --config metadata)")
 
-    def encode_metadata(self, metadata: PatientMetadata, rows: int) -> np.ndarray:
-        """The patient fields encoded for this model (the fields of `metadata_reader`), one row per image of a
-        batch; a model that reads no metadata refuses them (`check_metadata_given`)."""
-        self.check_metadata_given(metadata)
+    def fields_it_reads(self, metadata: _Fields | None) -> _Fields | None:
+        """What this member of a model is given of the patient fields: all of them where it reads metadata,
+        none where it reads the image only (an image-only member of an ensemble with a metadata model)."""
+        return metadata if self.reads_metadata else None
+
+    def encode_metadata(self, metadata: PatientMetadata | None, rows: int) -> np.ndarray:
+        """The patient fields encoded for this model (the fields of `metadata_reader`; None: all missing),
+        one row per image of a batch; a model that reads no metadata refuses them."""
         reader = self.metadata_reader
-        assert reader is not None and reader.card.metadata is not None
+        if reader is None:
+            raise self._no_metadata_error()
         from lesionlab.data.metadata import encoded_values
 
         encoded = np.asarray(encoded_values(metadata, reader.card.metadata["fields"]), dtype=np.float32)
@@ -217,7 +224,7 @@ class Predictor(ABC):
         `serve` states and the model card reports)."""
         from lesionlab.data.metadata import FIELDS
 
-        read = {name for member in self.members if member.card.metadata
+        read = {name for member in self.members if member.reads_metadata
                 for name in member.card.metadata["fields"]}
         return tuple(name for name in FIELDS if name in read)
 

@@ -40,7 +40,7 @@ class ScoredPredictor(Predictor):
                                   f"{first.source}'s ({', '.join(first.classes)}); ensemble models trained "
                                   f"on the same label set.")
         readers = [(member.source, list(member.card.metadata["fields"])) for member in members
-                   if member.card.metadata is not None]
+                   if member.reads_metadata]
         for source, fields in readers[1:]:
             if fields != readers[0][1]:
                 raise ConfigError(f"{source}: reads the patient fields {', '.join(fields)}, and "
