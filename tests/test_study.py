@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from lesionlab.inference.model_file import read_model_file
 from lesionlab.io_utils import file_sha256
 from lesionlab.study import Budget, current_evaluation, load_study, run_recipe, run_study, study_table
 from lesionlab.study.output import best_row
+from lesionlab.training import runner
+from lesionlab.training.interrupt import TrainingStopped
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["arch=small_cnn", "pretrained=none", "head_hidden=null", "dropout=null", "image_size=32",
@@ -199,3 +202,26 @@ def test_an_evaluation_is_reused_only_for_the_same_weights_and_views(tmp_path: P
     assert current_evaluation(out_dir, weights, None) is None
     weights.write_bytes(b"retrained")
     assert current_evaluation(out_dir, weights, views) is None
+
+
+def test_a_run_stopped_before_its_first_epoch_ended_trains_on_the_next_study_command(
+    tiny_ham_dataset: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LESIONLAB_CACHE", str(tmp_path / "cache"))
+    data = tiny_ham_dataset(images_per_class=20, images_per_lesion=1)
+    train_stages = runner.run_stages
+
+    def stopped_in_its_first_epoch(*args: object, **kwargs: object) -> object:
+        raise TrainingStopped(signal.SIGTERM)
+
+    monkeypatch.setattr(runner, "run_stages", stopped_in_its_first_epoch)
+    with pytest.raises(TrainingStopped):
+        run_study(tiny_study(tmp_path), data=data, runs_dir=tmp_path / "runs", only=("a",))
+    stopped = tmp_path / "runs" / "study-tiny" / "a"
+    assert json.loads((stopped / "run.json").read_text())["status"] == "stopped"
+    assert not (stopped / "state.json").exists()
+
+    monkeypatch.setattr(runner, "run_stages", train_stages)
+    folder = run_study(tiny_study(tmp_path), data=data, runs_dir=tmp_path / "runs", only=("a",))
+    assert json.loads((folder / "a" / "run.json").read_text())["status"] == "finished"
+    assert (folder / "a" / "eval" / "test" / "metrics.json").is_file()

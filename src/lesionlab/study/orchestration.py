@@ -68,13 +68,16 @@ def run_status(run_dir: Path) -> str | None:
 
 
 def train_study_run(run: StudyRun, recipe: Recipe, table: SampleTable, split: Split, run_dir: Path) -> None:
-    """Train a run unless it finished before; continue it where an earlier attempt stopped."""
+    """Train a run unless it finished before; continue it where an earlier attempt stopped.
+
+    Any run with a run.json is resumed, also one stopped before its first epoch ended: resuming such a run
+    starts it from its first epoch in its own folder, where starting it as new would refuse the folder.
+    """
     status = run_status(run_dir)
     if status == "finished":
         log.info("%s: already trained, skipped", run.name)
         return
-    resumable = status is not None and (run_dir / "state.json").exists()
-    train_run(recipe, table, split, run_dir, resume=resumable)
+    train_run(recipe, table, split, run_dir, resume=status is not None)
 
 
 @dataclass(frozen=True)
