@@ -5,8 +5,10 @@ These are the passes `precision: auto | bf16` moves to bf16 (see `lesionlab.prec
 BatchNorm-folded copy of the model (`lesionlab.models.fold`), and whose engine `forward_backend: auto` picks
 (`lesionlab.forward_backend`: eager for the feature cache, ONNX Runtime in fp32 for TTA), timed through
 lesionlab's own functions on the same N real images, in one process run. The rows of lesionlab's own choice
-are marked `(lesionlab)`. The baseline of every row is eager fp32 without folding, the way these passes
-ran before folding existed: the same code with `fold_batchnorm` replaced by the identity.
+are marked `(lesionlab)`. The baseline of every row is eager fp32 without folding, each loader batch in one
+forward call, the way these passes ran before folding and forward chunks existed: the same code with
+`fold_batchnorm` replaced by the identity and `lesionlab.device.CPU_FORWARD_CHUNK` above the batch size.
+Every other row runs forward calls of `CPU_FORWARD_CHUNK` images, as lesionlab does on a CPU.
 - the stage-1 feature cache: `FeatureCache.build` (pooled backbone features of `--cache-views` augmented
   views of every image, the backbone frozen as in a head-only stage) inside `forward_precision`, as
   `train_stage` runs it;
@@ -17,10 +19,10 @@ processes hurts all alike and the first pass's kernel set-up does not count. ima
 image is 6 forward passes).
 
 With `--evaluate`, `lesionlab evaluate RUN --tta` on the run's test part (needs `--run`) is timed whole,
-eager fp32 unfolded (the baseline) against lesionlab as it is (the recipe's `forward_backend: auto`: ONNX
-Runtime in fp32), with `--forward-backend torch` (the recipe's `precision: auto`: a parity check, then bf16
-where it passes) and with `--forward-backend torch --precision fp32` (eager, folded), alternating, its
-output written to a temporary folder.
+eager fp32 unfolded in whole batches (the baseline) against lesionlab as it is (the recipe's
+`forward_backend: auto`: ONNX Runtime in fp32), with `--forward-backend torch` (the recipe's
+`precision: auto`: a parity check, then bf16 where it passes) and with `--forward-backend torch --precision
+fp32` (eager, folded), alternating, its output written to a temporary folder.
 
 Parity on the same images: `lesionlab.precision.check_parity` on the plain (identity) view, the same judgement
 applied to the TTA-averaged probabilities, and how far the cached features move. Top-1 agreement is only
@@ -39,6 +41,7 @@ import contextlib
 import io
 import json
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -72,18 +75,19 @@ from lesionlab.views import DEFAULT_VIEWS
 
 ARCH = "mobilenet_v3_small"
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
-VARIANTS: tuple[tuple[str, bool, str], ...] = (("fp32", False, TORCH), ("fp32", True, TORCH),
-                                               ("fp32", True, ONNXRUNTIME), ("bf16", False, TORCH),
-                                               ("bf16", True, TORCH))
+Variant = tuple[str, bool, str, bool]  # precision, BatchNorm folded, engine, forward calls in chunks
+VARIANTS: tuple[Variant, ...] = (("fp32", False, TORCH, False), ("fp32", False, TORCH, True),
+                                 ("fp32", True, TORCH, True), ("fp32", True, ONNXRUNTIME, True),
+                                 ("bf16", False, TORCH, True), ("bf16", True, TORCH, True))
 BASELINE = VARIANTS[0]
 FOLDING_USERS = ("lesionlab.evaluation.inference", "lesionlab.training.features", "lesionlab.precision")
 DEFAULT_SIZE = 224
 CACHE_SEED = 0
-EVALUATIONS: dict[str, tuple[str | None, bool | None, str | None]] = {
-    "eager fp32 unfolded": ("fp32", False, TORCH),
-    "lesionlab": (None, None, None),
-    "recipe, torch": (None, None, TORCH),
-    "fp32, torch": ("fp32", None, TORCH),
+EVALUATIONS: dict[str, tuple[str | None, bool | None, str | None, bool]] = {
+    "eager fp32 unfolded": ("fp32", False, TORCH, False),
+    "lesionlab": (None, None, None, True),
+    "recipe, torch": (None, None, TORCH, True),
+    "fp32, torch": ("fp32", None, TORCH, True),
 }
 
 
@@ -116,20 +120,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def variant_name(precision: str, fold: bool, engine: str = TORCH) -> str:
-    """A variant's key, e.g. `bf16 folded` or `fp32 folded, onnxruntime`."""
+def variant_name(precision: str, fold: bool, engine: str = TORCH, chunked: bool = True) -> str:
+    """A variant's key, e.g. `bf16 folded`, `fp32 folded, onnxruntime` or `fp32 unfolded, whole batches`."""
     on = ", onnxruntime" if engine == ONNXRUNTIME else ""
-    return f"{precision} {'folded' if fold else 'unfolded'}{on}"
+    whole = "" if chunked else ", whole batches"
+    return f"{precision} {'folded' if fold else 'unfolded'}{on}{whole}"
 
 
-def variant_label(precision: str, fold: bool, engine: str, features: bool) -> str:
+def variant_label(precision: str, fold: bool, engine: str, chunked: bool, features: bool) -> str:
     """A variant's row label, lesionlab's own choice for the precision and kind of pass marked: folded in
     fp32, on the engine `forward_engine` picks under `auto` (eager for features, ONNX Runtime for logits),
     and eager unfolded in bf16."""
     fp32 = precision == "fp32"
     chosen = forward_engine(AUTO, precision, torch.device("cpu"), features=features)
-    ours = " (lesionlab)" if fold == fp32 and engine == chosen else ""
-    return f"{variant_name(precision, fold, engine)}{ours}"
+    ours = " (lesionlab)" if fold == fp32 and engine == chosen and chunked else ""
+    return f"{variant_name(precision, fold, engine, chunked)}{ours}"
 
 
 @contextlib.contextmanager
@@ -145,6 +150,17 @@ def folding(fold: bool | None) -> Iterator[None]:
     with contextlib.ExitStack() as stack:
         for module in FOLDING_USERS:
             stack.enter_context(mock.patch(f"{module}.fold_for", choice))
+        yield
+
+
+@contextlib.contextmanager
+def chunking(chunked: bool) -> Iterator[None]:
+    """Forward calls of `CPU_FORWARD_CHUNK` images as lesionlab makes them (True), or each loader batch in one
+    call (False), as before chunks existed."""
+    if chunked:
+        yield
+        return
+    with mock.patch("lesionlab.device.CPU_FORWARD_CHUNK", sys.maxsize):
         yield
 
 
@@ -210,18 +226,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         features: dict[str, torch.Tensor] = {}
         logits: dict[str, np.ndarray] = {}
 
-        def build_cache(precision: str, fold: bool, engine: str) -> None:
+        def build_cache(precision: str, fold: bool, engine: str, chunked: bool) -> None:
             set_train_mode(model, spec, head_plan)
-            with folding(fold), forward_precision(precision, device):
-                features[variant_name(precision, fold, engine)] = FeatureCache.build(
+            with folding(fold), chunking(chunked), forward_precision(precision, device):
+                features[variant_name(precision, fold, engine, chunked)] = FeatureCache.build(
                     pixels, train_set, args.cache_views, args.batch_size, args.workers, CACHE_SEED, device,
                     True, forward_backend=engine).views
 
-        def tta(precision: str, fold: bool, engine: str) -> None:
+        def tta(precision: str, fold: bool, engine: str, chunked: bool) -> None:
             settings = InferenceSettings(device, args.batch_size, args.workers, True, precision, engine)
-            with folding(fold):
-                logits[variant_name(precision, fold, engine)] = infer_view_logits(
-                    pixels, eval_set, settings, DEFAULT_VIEWS, f"TTA {variant_name(precision, fold, engine)}")
+            name = variant_name(precision, fold, engine, chunked)
+            with folding(fold), chunking(chunked):
+                logits[name] = infer_view_logits(pixels, eval_set, settings, DEFAULT_VIEWS, f"TTA {name}")
 
         measures: dict[str, Callable[[], object]] = {}
         for key, run_pass in (("cache", build_cache), ("tta", tta)):
@@ -230,10 +246,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                     lambda run_pass=run_pass, variant=variant: run_pass(*variant))
         evaluation_root = Path(cache_root) / "evaluate"
         if args.evaluate:
-            for name, (precision, fold, backend) in EVALUATIONS.items():
+            for name, setting in EVALUATIONS.items():
                 measures[f"evaluate/{name}"] = (
-                    lambda name=name, precision=precision, fold=fold, backend=backend: evaluate_tta(
-                        args.run, evaluation_root / name, precision, fold, backend))
+                    lambda name=name, setting=setting: evaluate_tta(args.run, evaluation_root / name,
+                                                                    *setting))
         progress = tqdm(total=len(measures) * args.repeats + 1, desc="bench_forward", unit="pass")
         seconds = fastest(measures, args.repeats, progress)
         progress.set_postfix_str("parity")
@@ -264,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             name = ""
     if args.evaluate:
         baseline = seconds["evaluate/eager fp32 unfolded"]
-        labels = {"eager fp32 unfolded": "eager fp32 unfolded",
+        labels = {"eager fp32 unfolded": "eager fp32 unfolded, whole batches",
                   "lesionlab": f"recipe's auto: {engine_checks} (lesionlab)",
                   "recipe, torch": f"--forward-backend torch: {evaluated} (lesionlab)",
                   "fp32, torch": "--forward-backend torch --precision fp32: folded (lesionlab)"}
@@ -273,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             speed_rows.append((name, label, f"{seconds[f'evaluate/{key}']:.1f} s",
                                f"{baseline / seconds[f'evaluate/{key}']:.2f}x"))
             name = ""
-    print(format_table(Table(("forward-only pass", "variant", "img/s", "vs fp32 unfolded"), tuple(speed_rows),
+    print(format_table(Table(("forward-only pass", "variant", "img/s", "vs baseline"), tuple(speed_rows),
                              numeric_from=2)))
 
     labels = np.asarray([sample.label for sample in samples])
@@ -315,12 +331,13 @@ def main(argv: Sequence[str] | None = None) -> None:
           f"{engine_tta:.1e}, top-1 agreement {engine_top1:.4f}")
 
 
-def evaluate_tta(run: str, out: Path, precision: str | None, fold: bool | None, backend: str | None) -> None:
+def evaluate_tta(run: str, out: Path, precision: str | None, fold: bool | None, backend: str | None,
+                 chunked: bool) -> None:
     """`lesionlab evaluate RUN --tta` on the run's test part, written to `out`; `precision=None` and
     `backend=None` are the recipe's own."""
     options = EvaluationOptions(tta_views=tuple(DEFAULT_VIEWS), out_dir=out, precision=precision,
                                 forward_backend=backend)
-    with folding(fold), contextlib.redirect_stdout(io.StringIO()):
+    with folding(fold), chunking(chunked), contextlib.redirect_stdout(io.StringIO()):
         evaluate_run(run, options)
 
 

@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from lesionlab.data.split import Split
+from lesionlab.device import CPU_FORWARD_CHUNK, forward_in_chunks
 from lesionlab.errors import ConfigError
 from lesionlab.evaluation.inference import InferenceSettings, infer_view_logits
 from lesionlab.forward_backend import (
@@ -123,9 +124,9 @@ def test_engine_matches_eager_and_is_kept(model: nn.Module) -> None:
 def test_disagreement_falls_back_to_eager(model: nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
     real = ENGINE_RUNS[ONNXRUNTIME]
 
-    def skewed(graph: bytes, threads: int) -> Callable[[tuple[torch.Tensor, ...]], torch.Tensor]:
+    def skewed(graph: bytes, threads: int) -> Callable[..., torch.Tensor]:
         run = real(graph, threads)
-        return lambda inputs: run(inputs) + torch.linspace(0, 1, 7)
+        return lambda *inputs: run(*inputs) + torch.linspace(0, 1, 7)
 
     monkeypatch.setitem(ENGINE_RUNS, ONNXRUNTIME, skewed)
     folded = fold_batchnorm(model)
@@ -141,7 +142,7 @@ def test_disagreement_falls_back_to_eager(model: nn.Module, monkeypatch: pytest.
 
 @torch.inference_mode()
 def test_engine_failure_falls_back_to_eager(model: nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(graph: bytes, threads: int) -> Callable[[tuple[torch.Tensor, ...]], torch.Tensor]:
+    def broken(graph: bytes, threads: int) -> Callable[..., torch.Tensor]:
         raise RuntimeError("no kernel for this node")
 
     monkeypatch.setitem(ENGINE_RUNS, ONNXRUNTIME, broken)
@@ -184,3 +185,46 @@ def test_inference_same_on_every_engine(model: nn.Module) -> None:
     assert logits[TORCH].shape == (10, 3, 7)
     assert abs(logits[TORCH] - logits[ONNXRUNTIME]).max() < 1e-4
     assert [check.engine for check in checks] == [ONNXRUNTIME]
+
+
+@torch.inference_mode()
+def test_forward_passes_on_a_cpu_run_in_chunks_with_the_whole_batch_output(
+    model: nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = ENGINE_RUNS[ONNXRUNTIME]
+    batch_sizes: list[int] = []
+
+    def counting(graph: bytes, threads: int) -> Callable[..., torch.Tensor]:
+        run = real(graph, threads)
+
+        def call(*inputs: torch.Tensor) -> torch.Tensor:
+            batch_sizes.append(len(inputs[0]))
+            return run(*inputs)
+
+        return call
+
+    monkeypatch.setitem(ENGINE_RUNS, ONNXRUNTIME, counting)
+    folded = fold_batchnorm(model)
+    images = torch.rand(2 * CPU_FORWARD_CHUNK + 3, 3, SIZE, SIZE)
+    forward = EngineForward(folded, ONNXRUNTIME, "test", logits=True)
+    forward(images)
+    assert forward.check is not None and forward.check.engine == ONNXRUNTIME
+    batch_sizes.clear()
+    output = forward(images)
+    assert batch_sizes == [CPU_FORWARD_CHUNK, CPU_FORWARD_CHUNK, 3]
+    assert torch.allclose(output, folded(images), atol=1e-4)
+
+    eager_batches: list[int] = []
+
+    def network(pixels: torch.Tensor, fields: torch.Tensor) -> torch.Tensor:
+        eager_batches.append(len(pixels))
+        return folded(pixels) + fields.sum(dim=1, keepdim=True)
+
+    fields = torch.rand(len(images), 4)
+    pair = forward_in_chunks(lambda inputs: network(*inputs), (images, fields))
+    assert eager_batches == [CPU_FORWARD_CHUNK, CPU_FORWARD_CHUNK, 3]
+    assert torch.allclose(pair, folded(images) + fields.sum(dim=1, keepdim=True), atol=1e-5)
+    feature_batches: list[int] = []
+    features = torch.rand(100, 576)  # cached features, not images: one call
+    forward_in_chunks(lambda batch: feature_batches.append(len(batch)) or batch, features)
+    assert feature_batches == [100]

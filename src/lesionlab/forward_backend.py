@@ -49,6 +49,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lesionlab.device import forward_in_chunks
 from lesionlab.errors import ConfigError
 from lesionlab.scoring import softmax
 
@@ -63,7 +64,7 @@ PROBABILITY_TOLERANCE = 1e-4
 RELATIVE_TOLERANCE = 1e-4
 OPSET = 17
 
-GraphRun = Callable[[tuple[torch.Tensor, ...]], torch.Tensor]
+GraphRun = Callable[..., torch.Tensor]
 
 
 def check_backend_choice(choice: str, precision: str) -> None:
@@ -197,7 +198,7 @@ def onnxruntime_run(graph: bytes, threads: int) -> GraphRun:
     )
     names = [entry.name for entry in session.get_inputs()]
 
-    def run(inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    def run(*inputs: torch.Tensor) -> torch.Tensor:
         feeds = {
             name: tensor.contiguous().float().numpy() for name, tensor in zip(names, inputs, strict=True)
         }
@@ -217,7 +218,7 @@ def openvino_run(graph: bytes, threads: int) -> GraphRun:
     )
     request = compiled.create_infer_request()
 
-    def run(inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    def run(*inputs: torch.Tensor) -> torch.Tensor:
         request.infer([tensor.contiguous().float().numpy() for tensor in inputs])
         return torch.from_numpy(np.array(request.get_output_tensor(0).data, dtype=np.float32))
 
@@ -250,22 +251,22 @@ class EngineForward:
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
         if self._run is not None:
-            return self._run(inputs)
+            return forward_in_chunks(self._run, *inputs)
         if self.engine == TORCH or self.check is not None:
-            return self.module(*inputs)
+            return forward_in_chunks(self.module, *inputs)
         return self._first_batch(inputs)
 
     def _first_batch(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """Build the engine and compare it with eager on this batch; keep it only where they agree."""
         start = time.perf_counter()
-        expected = self.module(*inputs).float()
+        expected = forward_in_chunks(self.module, *inputs).float()
         difference, agreement, fallback = None, None, None
         if importlib.util.find_spec(ENGINE_MODULES[self.engine]) is None:
             fallback = f"{ENGINE_MODULES[self.engine]} is not installed"
         else:
             try:
                 run = ENGINE_RUNS[self.engine](onnx_graph(self.module, inputs), torch.get_num_threads())
-                got = run(inputs)
+                got = forward_in_chunks(run, *inputs)
             except Exception as error:  # an optional engine failing is a reason to run eager, not to stop
                 fallback = f"{self.engine} could not run this model: {type(error).__name__}: {error}"
             else:

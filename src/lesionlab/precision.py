@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lesionlab.device import to_device
+from lesionlab.device import Forward, forward_in_chunks, to_device
 from lesionlab.errors import ConfigError
 from lesionlab.evaluation.metrics import balanced_accuracy
 from lesionlab.models.fold import fold_for
@@ -42,8 +42,6 @@ DECIDED_MARGIN = 0.1
 MAX_BALANCED_ACCURACY_DROP = 0.01
 MIN_DECIDED_SHARE = 0.5
 PARITY_IMAGES = 256
-
-Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -123,9 +121,9 @@ def check_parity(forward: Forward, batches: Iterable[tuple[torch.Tensor, torch.T
     fp32, bf16, labels = [], [], []
     for inputs, batch_labels in batches:
         inputs = to_device(inputs, device, channels_last=False)
-        fp32.append(fp32_forward(inputs).float().cpu().numpy())
+        fp32.append(forward_in_chunks(fp32_forward, inputs).float().cpu().numpy())
         with forward_precision("bf16", device):
-            bf16.append(forward(inputs).float().cpu().numpy())
+            bf16.append(forward_in_chunks(forward, inputs).float().cpu().numpy())
         labels.append(batch_labels.numpy())
     return parity_from_logits(np.concatenate(fp32), np.concatenate(bf16), np.concatenate(labels))
 

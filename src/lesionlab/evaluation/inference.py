@@ -50,12 +50,14 @@ def infer_view_logits(
 
     In fp32 the batches run through a copy of the model with its BatchNorms folded into their convolutions
     (`lesionlab.models.fold`): the same function, much faster on a CPU; on `settings.engine` where its first
-    batch agrees with eager (`lesionlab.forward_backend`), the pass's check appended to `checks`.
+    batch agrees with eager (`lesionlab.forward_backend`), the pass's check appended to `checks`. An engine
+    reads NCHW arrays, so its pixels stay NCHW: in channels-last they would be copied back for every view.
     """
-    model.eval().to(settings.device)
-    if settings.channels_last:
-        model.to(memory_format=torch.channels_last)
     engine = settings.engine if settings.precision == "fp32" else TORCH
+    channels_last = settings.channels_last and engine == TORCH
+    model.eval().to(settings.device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     model = EngineForward(fold_for(model, settings.precision), engine, description, logits=True)
     loader = DataLoader(
         dataset,
@@ -66,7 +68,7 @@ def infer_view_logits(
     )
     batches = []
     for images, _ in tqdm(loader, desc=description, unit="batch", leave=False):
-        inputs = to_device(images, settings.device, settings.channels_last)
+        inputs = to_device(images, settings.device, channels_last)
         pixels, *metadata = inputs if isinstance(inputs, tuple) else (inputs,)
         with forward_precision(settings.precision, settings.device):
             per_view = [model(apply_view(view, pixels), *metadata).float().cpu() for view in views]

@@ -19,6 +19,7 @@ from PIL import Image
 from torch import nn
 
 from lesionlab.data.metadata import PatientMetadata
+from lesionlab.device import forward_in_chunks
 from lesionlab.evaluation.calibration import load_temperature, temperature_path
 from lesionlab.inference.backends import FP32, checkpoint_weights_path
 from lesionlab.inference.base import Explanation, Predictor
@@ -92,7 +93,7 @@ class TorchPredictor(Predictor):
         fields = () if metadata is None else (torch.from_numpy(np.ascontiguousarray(metadata,
                                                                                    dtype=np.float32)),)
         with torch.inference_mode(), forward_precision(self.precision, torch.device("cpu")):
-            logits = self.forward_model()(inputs, *fields)
+            logits = forward_in_chunks(self.forward_model(), inputs, *fields)
         return logits.float().numpy()
 
     def explain(self, image: Image.Image, prediction: Prediction | None = None,

@@ -262,7 +262,7 @@ def compute_teacher_logits(teachers: Sequence[Teacher], views: Sequence[Augmente
 
     `views[t]` renders teacher `t`'s input (its size and colour mode) of each (item, view).
     """
-    from lesionlab.device import to_device
+    from lesionlab.device import forward_in_chunks, to_device
 
     items = len(views[0])
     out = torch.empty(len(teachers), view_count, items, teachers[0].card.num_classes)
@@ -285,6 +285,7 @@ def compute_teacher_logits(teachers: Sequence[Teacher], views: Sequence[Augmente
             inputs = to_device(images, device, channels_last)
             flat = torch.arange(start, start + len(images))
             for member in members:
-                out[member, flat // items, flat % items] = teachers[member].model(inputs).float().cpu()
+                logits = forward_in_chunks(teachers[member].model, inputs)
+                out[member, flat // items, flat % items] = logits.float().cpu()
             start += len(images)
     return out

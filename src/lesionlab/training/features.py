@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from tqdm import tqdm
 
-from lesionlab.device import to_device
+from lesionlab.device import Forward, to_device
 from lesionlab.forward_backend import AUTO, EngineForward, forward_engine
 from lesionlab.models.fold import fold_for
 from lesionlab.models.freeze import FreezePlan
@@ -35,7 +35,6 @@ from lesionlab.precision import forward_precision
 from lesionlab.training import distributed
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-Forward = Callable[[torch.Tensor], torch.Tensor]
 log = logging.getLogger(__name__)
 
 

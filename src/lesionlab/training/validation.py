@@ -7,7 +7,7 @@ stage keeps is chosen on the same numbers `lesionlab evaluate` reports.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, default_collate
 
-from lesionlab.device import to_device
+from lesionlab.device import Forward, forward_in_chunks, to_device
 from lesionlab.evaluation.metrics import headline_metrics
 from lesionlab.models.pixel_input import PixelInput
 from lesionlab.precision import PARITY_IMAGES, ParityCheck, check_parity, resolve_precision
@@ -24,8 +24,6 @@ from lesionlab.training.batches import Batch, StageData
 from lesionlab.training.recipe import Recipe
 
 log = logging.getLogger(__name__)
-
-Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
 def score(labels: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
@@ -41,7 +39,7 @@ def evaluate(
     """Unweighted cross-entropy, labels and predictions over the validation set."""
     loss_sum, labels_seen, predictions = 0.0, [], []
     for inputs, labels in batches:
-        logits = forward(to_device(inputs, data.device, data.channels_last)).float().cpu()
+        logits = forward_in_chunks(forward, to_device(inputs, data.device, data.channels_last)).float().cpu()
         loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
         labels_seen.append(labels.numpy())
         predictions.append(logits.argmax(dim=1).numpy())
