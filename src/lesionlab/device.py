@@ -36,6 +36,7 @@ def to_device(images: torch.Tensor | tuple[torch.Tensor, ...] | list[torch.Tenso
 
 
 Forward = Callable[..., torch.Tensor]
+"""A forward-only pass: a model, or a function of a batch (and a metadata model's fields), giving outputs."""
 
 CPU_FORWARD_CHUNK = 16
 """Images per forward-only call on a CPU. On 2 cores (MobileNetV3-Small, 257 px, 2 threads; benchmarks/
@@ -53,13 +54,15 @@ def _chunks(value: Any, size: int) -> list[Any]:
 
 
 def _first_tensor(value: Any) -> torch.Tensor:
+    """The image batch of `inputs[0]`: the tensor itself, or the first of a `(images, metadata)` pair."""
     return _first_tensor(value[0]) if isinstance(value, (tuple, list)) else value
 
 
 def forward_in_chunks(forward: Forward, *inputs: Any) -> torch.Tensor:
     """`forward(*inputs)` on an image batch, run `CPU_FORWARD_CHUNK` images at a time on a CPU and in one
-    call elsewhere (a GPU wants large batches) or on inputs that are not images (cached features). Every
-    image's output is its own, so the concatenation is the whole batch's output."""
+    call elsewhere (a GPU wants large batches) or on inputs that are not images (cached features). For a
+    model in eval mode every image's output is its own, so the concatenation is the whole batch's output;
+    training steps never come here (BatchNorm in train mode normalises by the whole batch)."""
     first = _first_tensor(inputs[0])
     if first.device.type != "cpu" or first.dim() != 4 or len(first) <= CPU_FORWARD_CHUNK:
         return forward(*inputs)
