@@ -14,7 +14,7 @@ Paths, against (a):
     all of it (cache build included);
 (b') lesionlab head-only without the cache: backbone under no_grad per batch, graph for the head only;
 (c) lesionlab full fine-tune (every layer trains) from the decoded-image cache, with and without
-    channels_last.
+    channels_last, and (c'') with the default's MixUp/CutMix on every batch (the default mixes half).
 
 Progressive resizing, against full fine-tuning at a fixed `--size`: one epoch at each size of `--schedule`,
 then the schedule's average over a stage of `--epochs` epochs, each size weighted by the epochs
@@ -48,6 +48,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as tv1
 from tqdm import tqdm
 
+from lesionlab.classes import NUM_CLASSES
 from lesionlab.data.cache import DecodedImageCache
 from lesionlab.data.dataset import ImageTransform, LesionDataset
 from lesionlab.data.readers import read_dataset
@@ -62,11 +63,14 @@ from lesionlab.training.batches import StageData, image_batches
 from lesionlab.training.features import FeatureCache, frozen_prefix_forward
 from lesionlab.training.imbalance import make_criterion
 from lesionlab.training.loop import train_epoch
-from lesionlab.training.recipe import StageConfig, load_recipe
+from lesionlab.training.mixing import batch_mixer
+from lesionlab.training.recipe import MixingConfig, StageConfig, load_recipe
 
 ARCH = "mobilenet_v3_small"
 FREEZE_PLANS: tuple[str, ...] = ("all", "features.2-12,head", "features.4-12,head", "features.7-12,head")
 WARMUP_BATCHES = 2
+EVERY_BATCH_MIXED = MixingConfig(mixup_alpha=0.2, cutmix_alpha=1.0, probability=1.0)
+"""The default's mixing on every batch rather than half of them: the most it can cost."""
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -198,9 +202,10 @@ def lesionlab_head_cached(data: StageData, args: argparse.Namespace) -> float:
 
 
 def lesionlab_image_path(data: StageData, args: argparse.Namespace, trainable: str, bn: str,
-                         image_size: int | None = None, prefix: str | None = "fp32") -> float:
+                         image_size: int | None = None, prefix: str | None = "fp32",
+                         mixing: MixingConfig | None = None) -> float:
     """(b'), (c) and the other image-path rows: lesionlab's image loader and `train_epoch`, as `train_stage`
-    runs them (the training transform at the epoch's size, the plan's forward)."""
+    runs them (the training transform at the epoch's size, the plan's forward, the stage's batch mixing)."""
     model, plan, optimizer, criterion = stage_setup(trainable, bn, data, args.pretrained)
     stage = load_recipe(None, [f"stages.1.batch_size={args.batch_size}"]).stages[1]
     data.train_set.transform = data.augment(image_size or args.size)
@@ -210,7 +215,7 @@ def lesionlab_image_path(data: StageData, args: argparse.Namespace, trainable: s
         loader = image_batches(data, stage, epoch_seed=0)
         batches = itertools.islice(loader, limit)
         _, seen, _ = train_epoch(forward, batches, limit or len(loader), criterion, optimizer, None, data,
-                                 trainable)
+                                 trainable, mixer=batch_mixer(mixing, NUM_CLASSES))
         return seen
 
     return timed(epoch)
@@ -272,6 +277,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             ("b'", lambda: lesionlab_image_path(fast, args, "head", "frozen")),
             (f"all@{args.size}", lambda: lesionlab_image_path(fast, args, "all", "train")),
             ("c'", lambda: lesionlab_image_path(plain_layout, args, "all", "train")),
+            ("c''", lambda: lesionlab_image_path(fast, args, "all", "train", mixing=EVERY_BATCH_MIXED)),
         ]
         jobs += [(f"all@{size}", lambda size=size: lesionlab_image_path(fast, args, "all", "train", size))
                  for size in args.schedule if size != args.size]
@@ -297,7 +303,8 @@ def main(argv: Sequence[str] | None = None) -> None:
               rates["b"]),
              ("(b') lesionlab head-only, no-grad backbone per batch", rates["b'"]),
              ("(c) lesionlab full fine-tune, channels_last", rates[f"all@{args.size}"]),
-             ("(c') lesionlab full fine-tune, contiguous", rates["c'"])]
+             ("(c') lesionlab full fine-tune, contiguous", rates["c'"]),
+             ("(c'') lesionlab full fine-tune, channels_last, MixUp or CutMix on every batch", rates["c''"])]
     print(format_table(Table(("path", "images/s", "vs (a)"), ratio_rows(paths))))
 
     total_epochs = sum(epochs_at.values())

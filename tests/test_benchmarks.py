@@ -38,6 +38,7 @@ def test_bench_training_prints_every_table(tiny_ham_dataset: Callable[..., Path]
     ])
     output = capsys.readouterr().out
     assert "(a) plain torchvision loop" in output
+    assert "(c'') lesionlab full fine-tune, channels_last, MixUp or CutMix on every batch" in output
     assert "schedule 48/64, average over 2 epochs" in output
     assert "features.7-12,head" in output and "features.0-6" in output and "fp32 prefix img/s" in output
     assert "load average" in output

@@ -4,7 +4,8 @@ bit-identical to an uninterrupted run, and so does a fresh run given the run's o
 Each run is a real `lesionlab train` subprocess on 42 real HAM10000 images in the class-folder layout, whose
 dataset order differs from image-id order (the order an older split.csv held), with a tiny CNN at 32 px, two
 stages of two epochs, one process and deterministic algorithms. The runs start together (`concurrent_runs`),
-each on one thread, so two cores run two at a time.
+each on one thread, so two cores run two at a time. Stage 2 mixes half its batches (MixUp or CutMix), so
+the mixing draws are part of what must resume exactly.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ RECIPE = (
     "{trainable: head, bn: frozen, feature_cache: {views: 2}, epochs: 2, batch_size: 8, eval_batch_size: 16,"
     " lr: 0.01},"
     "{trainable: all, bn: train, epochs: 2, batch_size: 8, eval_batch_size: 16, lr: 0.001,"
-    " optimizer: adamw}]",
+    " optimizer: adamw, mixing: {mixup_alpha: 0.2, cutmix_alpha: 1.0, probability: 0.5}}]",
 )
 WEIGHT_FILES = ("state.safetensors", "best.safetensors", "stage1-best.safetensors", "stage2-best.safetensors")
 RUN_SECONDS = 900

@@ -131,7 +131,8 @@ def test_a_distilled_run_trains_caches_teacher_logits_and_resumes_exactly(
 
     table, split = tiny_split
     teacher = train_run(tiny_recipe(), table, split, tmp_path / "runs" / "teacher")
-    student_recipe = tiny_recipe(f"teacher={teacher}", "distill.views=3", "distill.alpha=0.7")
+    student_recipe = tiny_recipe(f"teacher={teacher}", "distill.views=3", "distill.alpha=0.7",
+                                 "stages.1.mixing={mixup_alpha: 0.2, cutmix_alpha: 1.0, probability: 0.5}")
     student = train_run(student_recipe, table, split, tmp_path / "runs" / "student")
 
     record = json.loads((student / "run.json").read_text())["distill"]

@@ -17,6 +17,7 @@ from lesionlab.data.readers.samples import SampleTable
 from lesionlab.data.split import Split, make_split
 from lesionlab.errors import CheckpointError, ConfigError
 from lesionlab.evaluation.evaluate import EvaluationOptions, EvaluationResult, evaluate_run
+from lesionlab.evaluation.run_offsets import RunModel, write_run_model
 from lesionlab.evaluation.sources import run_data
 from lesionlab.tracking import check_available, log_evaluation
 from lesionlab.training import distributed
@@ -44,15 +45,18 @@ class PipelineOptions:
     resume: bool = False
     release: Path | None = None
     """A validated run to refit on train + val (`lesionlab.training.release`) instead of a new recipe."""
+    class_offsets: bool = True
+    """Choose class offsets on the validation part and write `RUN/model.json` (needs a validation part)."""
 
 
 @dataclass(frozen=True)
 class PipelineResult:
-    """The trained run's folder and its test-part evaluation (None on the other processes of a torchrun
-    run: rank 0 alone evaluates)."""
+    """The trained run's folder, its test-part evaluation and its `model.json` step (None on the other
+    processes of a torchrun run: rank 0 alone evaluates; `run_model` None also where the step was skipped)."""
 
     run_dir: Path
     evaluation: EvaluationResult | None
+    run_model: RunModel | None = None
 
 
 def new_run_split(
@@ -113,4 +117,7 @@ def run_pipeline(options: PipelineOptions) -> PipelineResult:
         return PipelineResult(run_dir, None)
     evaluation = evaluate_run(run_dir, EvaluationOptions(split="test", tta_views=options.tta_views))
     log_evaluation(run_dir, recipe.tracking, evaluation.out_dir, evaluation.metrics)
-    return PipelineResult(run_dir, evaluation)
+    run_model = None
+    if options.class_offsets and split.parts.get("val"):
+        run_model = write_run_model(run_dir, options.tta_views)
+    return PipelineResult(run_dir, evaluation, run_model)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lesionlab.commands._common import (
     add_data_arguments,
@@ -16,6 +17,9 @@ from lesionlab.commands._common import (
     resumed_run_dir,
     tta_views,
 )
+
+if TYPE_CHECKING:
+    from lesionlab.evaluation.run_offsets import RunModel
 
 RESUME_CONFLICTS = ("data", "format", "config", "set", "image_size", "epochs_scale", "subset", "workers",
                     "precision", "tensorboard", "mlflow")
@@ -30,7 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Make a lesion-grouped 70/15/15 split of the dataset, train the recipe (configs/default.yaml "
             "unless --config) into runs/<name>/, fit a temperature on the validation part, evaluate the best "
             "model once on the test part (with test-time augmentation unless --no-tta) and write "
-            "runs/<name>/eval/<data>-test/report.html."
+            "runs/<name>/eval/<data>-test/report.html; then choose class offsets on the validation part "
+            "(kept where they beat the plain decisions out of fold), write runs/<name>/model.json and, "
+            "where the offsets were kept, score it on the test part too."
         ),
     )
     add_data_arguments(parser)
@@ -42,6 +48,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="score the test part on single views; by default it is scored with test-time augmentation, "
         "which validation chose (docs/results.md)",
+    )
+    parser.add_argument(
+        "--no-class-offsets",
+        action="store_true",
+        help="skip the class-offsets step and runs/<name>/model.json (by default offsets are fitted on "
+        "the validation part and kept only where they beat the plain decisions there out of fold)",
     )
     add_resume_argument(parser, then=", then evaluate it")
     parser.add_argument(
@@ -92,6 +104,7 @@ def run_run(args: argparse.Namespace) -> int:
             tta_views=test_views(args),
             resume=resumed is not None,
             release=args.release,
+            class_offsets=not args.no_class_offsets,
         )
     )
     if result.evaluation is None:
@@ -101,4 +114,19 @@ def run_run(args: argparse.Namespace) -> int:
     print(f"test part ({metrics['samples']} images, {metrics['evaluation']['variant_description']}):")
     print(console_summary(metrics, with_classification_report=False))
     print(f"\nreport: {result.evaluation.out_dir / 'report.html'}")
+    if result.run_model is not None:
+        print_run_model(result.run_model)
     return 0
+
+
+def print_run_model(run_model: RunModel) -> None:
+    """The class-offsets choice, the model file to deploy, and its test figures where offsets were kept."""
+    print(f"\n{run_model.choice.describe()}")
+    if run_model.evaluation is not None:
+        from lesionlab.evaluation.report import console_summary
+
+        metrics = run_model.evaluation.metrics
+        print(f"\ntest part ({metrics['samples']} images), {run_model.model_file}: "
+              f"{metrics['evaluation']['rule']}:")
+        print(console_summary(metrics, with_classification_report=False))
+    print(f"\nmodel to deploy: {run_model.model_file} (lesionlab predict / serve / export take it)")

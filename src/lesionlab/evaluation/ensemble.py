@@ -88,7 +88,8 @@ def evaluate_ensemble(run_dirs: Sequence[Path], options: EvaluationOptions,
                        "model_file": None if source is None else str(source),
                        "class_offsets": (None if scoring.class_offsets is None
                                          else list(scoring.class_offsets)),
-                       "rule": "mean of the members' probabilities (each with its temperature)"
+                       "rule": ("the member's probabilities (with its temperature)" if len(run_dirs) == 1
+                                else "mean of the members' probabilities (each with its temperature)")
                                + ("" if scoring.class_offsets is None else ", then the class offsets")},
         **compute_metrics(evaluated, malignancy=rule),
         "variants": {},

@@ -56,6 +56,7 @@ from lesionlab.training.features import (
 )
 from lesionlab.training.imbalance import class_counts, loss_class_weights, make_criterion, sampled_prior
 from lesionlab.training.interrupt import check as check_stop_request
+from lesionlab.training.mixing import BatchMixer, batch_mixer
 from lesionlab.training.optim import make_optimizer, make_scheduler, weight_average
 from lesionlab.training.progress import (
     RunProgress,
@@ -177,6 +178,8 @@ def train_stage(
     )
     if data.views is not None:
         criterion = DistillationLoss(criterion, recipe.distill.alpha, recipe.distill.temperature)
+    mixer = batch_mixer(stage.mixing, len(counts),
+                        recipe.distill.temperature if data.views is not None else None)
     optimizer = make_optimizer(stage, [p for p in model.parameters() if p.requires_grad])
     steps = steps_per_epoch(data, stage)
     scheduler, per_batch = make_scheduler(stage, optimizer, steps)
@@ -268,6 +271,7 @@ def train_stage(
                 description,
                 average,
                 model,
+                mixer if cache is None else None,
             )
         except DivergedError as error:
             raise DivergedError(
@@ -378,8 +382,10 @@ def train_epoch(
     description: str,
     average: AveragedModel | None = None,
     model: nn.Module | None = None,
+    mixer: BatchMixer | None = None,
 ) -> tuple[float, int, float]:
-    """One pass over the training batches, updating `average` from `model` after every step.
+    """One pass over the training batches, updating `average` from `model` after every step; `mixer`
+    (MixUp/CutMix) blends image batches and their labels before the forward pass.
 
     Returns (mean loss, items seen, seconds).
     """
@@ -398,6 +404,8 @@ def train_epoch(
         inputs = to_device(inputs, data.device, data.channels_last)
         targets = targets_to_device(targets, data.device)
         labels = targets[0] if isinstance(targets, tuple) else targets
+        if mixer is not None:
+            inputs, targets = mixer(inputs, targets)
         loss = criterion(forward(inputs), targets)
         if not torch.isfinite(loss):
             raise DivergedError(f"batch {batch_index}: training loss is {loss.item()}")

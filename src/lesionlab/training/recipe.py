@@ -45,6 +45,18 @@ class FeatureCacheConfig:
 
 
 @dataclass
+class MixingConfig:
+    """MixUp and CutMix on training batches (`lesionlab.training.mixing`): each batch is mixed with
+    `probability`, by one of the two drawn at random where both alphas are above 0."""
+
+    mixup_alpha: float
+    """Beta(alpha, alpha) draws the mixing weight of whole images; 0 turns MixUp off."""
+    cutmix_alpha: float
+    """Beta(alpha, alpha) draws the area of the pasted box; 0 turns CutMix off."""
+    probability: float
+
+
+@dataclass
 class DistillConfig:
     """How a student learns from its `teacher` runs (`lesionlab.training.distill`)."""
 
@@ -103,6 +115,7 @@ class StageConfig:
     ema_decay: float | None
     image_size: int | list[int] | None
     feature_cache: FeatureCacheConfig | None
+    mixing: MixingConfig | None
 
     def epoch_image_size(self, epoch: int, final_size: int) -> int:
         """The training image size of a 1-based epoch: a schedule's sizes share the epochs in equal runs.
@@ -284,11 +297,26 @@ def _validate(recipe: Recipe) -> None:
             raise ConfigError(f"recipe key '{key}.lr' must be positive")
         if stage.feature_cache is not None and stage.feature_cache.views < 1:
             raise ConfigError(f"recipe key '{key}.feature_cache.views' must be at least 1")
+        if stage.mixing is not None:
+            _validate_mixing(stage, stage.mixing, key)
         if (recipe.teacher_runs() and stage.feature_cache is not None
                 and stage.feature_cache.views > recipe.distill.views):
             raise ConfigError(f"recipe key '{key}.feature_cache.views': {stage.feature_cache.views} cached "
                               f"views, but a distilled run has only distill.views = {recipe.distill.views} "
                               f"views with teacher logits; use at most that many.")
+
+
+def _validate_mixing(stage: StageConfig, mixing: MixingConfig, key: str) -> None:
+    """Alphas and probability in range; mixing blends images, so a stage on cached features cannot mix."""
+    if mixing.mixup_alpha < 0 or mixing.cutmix_alpha < 0 or mixing.mixup_alpha + mixing.cutmix_alpha == 0:
+        raise ConfigError(f"recipe key '{key}.mixing': alphas must be 0 or more and one of them above 0 (got "
+                          f"mixup_alpha {mixing.mixup_alpha}, cutmix_alpha {mixing.cutmix_alpha}); or set "
+                          f"mixing to null")
+    if not 0.0 < mixing.probability <= 1.0:
+        raise ConfigError(f"recipe key '{key}.mixing.probability': {mixing.probability} must be in (0, 1]")
+    if stage.feature_cache is not None:
+        raise ConfigError(f"recipe key '{key}.mixing' blends images, and this stage trains on cached "
+                          f"features ('{key}.feature_cache'); set one of them to null")
 
 
 def _validate_metadata(metadata: MetadataConfig) -> None:
@@ -354,6 +382,8 @@ def _known_keys_at(path: list[str]) -> set[str] | None:
             return set(_field_types(StageConfig))
         if rest == ["feature_cache"]:
             return set(_field_types(FeatureCacheConfig))
+        if rest == ["mixing"]:
+            return set(_field_types(MixingConfig))
     if path == ["distill"]:
         return set(_field_types(DistillConfig))
     if path == ["metadata"]:
