@@ -18,10 +18,9 @@ from lesionlab.cli import main
 from lesionlab.evaluation import run_offsets
 from lesionlab.evaluation.metrics import balanced_accuracy
 from lesionlab.evaluation.predictions import Predictions, read_predictions
-from lesionlab.evaluation.run_offsets import CHOICE_FILE, RUN_MODEL_FILE, OffsetsChoice, choose_offsets
-from lesionlab.inference.model_file import read_model_file
-
-TINY_RECIPE = ("arch=small_cnn", "pretrained=none", "image_size=32", "workers=0", "channels_last=false")
+from lesionlab.evaluation.run_offsets import OFFSETS_CHOICE_FILE, OffsetsChoice, choose_offsets
+from lesionlab.inference.model_file import MODEL_FILE_NAME, read_model_file
+from test_pipeline import TINY_RECIPE
 
 
 def generated_predictions(bias: float, per_class: int = 40, seed: int = 0) -> Predictions:
@@ -81,20 +80,20 @@ def test_run_writes_a_model_file_whose_offsets_score_the_test_part(
     assert tiny_run(data, tmp_path / "runs") == 0
     printed = capsys.readouterr().out
     run_dir = tmp_path / "runs" / "tiny"
-    choice = json.loads((run_dir / CHOICE_FILE).read_text())
+    choice = json.loads((run_dir / OFFSETS_CHOICE_FILE).read_text())
     assert choice["kept"] and "class offsets fitted on validation" in printed
     offsets = load_class_offsets(run_dir / CLASS_OFFSETS_FILE)
     assert offsets.members == ("tiny",) and offsets.fitted_on == "val"
-    model = read_model_file(run_dir / RUN_MODEL_FILE)
+    model = read_model_file(run_dir / MODEL_FILE_NAME)
     assert model.views == ("identity", "hflip") and model.class_offsets is not None
     assert model.malignancy is not None and model.malignancy.fitted_on == "val"
-    assert f"model to deploy: {run_dir / RUN_MODEL_FILE}" in printed
+    assert f"model to deploy: {run_dir / MODEL_FILE_NAME}" in printed
     plain = read_predictions(run_dir / "eval" / f"{data.name}-test" / "predictions.csv")
     shifted = apply_class_offsets(plain.probabilities, offsets.as_array())
     scored = json.loads((run_dir / "eval" / "model-test" / "metrics.json").read_text())
     assert scored["balanced_accuracy"] == pytest.approx(
         balanced_accuracy(plain.labels, shifted.argmax(axis=1)))
-    assert main(["evaluate", str(run_dir / RUN_MODEL_FILE), "--split", "test"]) == 0
+    assert main(["evaluate", str(run_dir / MODEL_FILE_NAME), "--split", "test"]) == 0
     again = json.loads((run_dir / "eval" / "model-test" / "metrics.json").read_text())
     assert again["balanced_accuracy"] == scored["balanced_accuracy"]
 
@@ -105,4 +104,4 @@ def test_run_without_class_offsets_writes_no_model_file(
     monkeypatch.setenv("LESIONLAB_CACHE", str(tmp_path / "cache"))
     assert tiny_run(tiny_ham_dataset(images_per_class=12), tmp_path / "runs", "--no-class-offsets") == 0
     run_dir = tmp_path / "runs" / "tiny"
-    assert not (run_dir / RUN_MODEL_FILE).exists() and not (run_dir / CHOICE_FILE).exists()
+    assert not (run_dir / MODEL_FILE_NAME).exists() and not (run_dir / OFFSETS_CHOICE_FILE).exists()

@@ -14,6 +14,7 @@ from lesionlab.errors import ConfigError
 from lesionlab.training import loop
 from lesionlab.training.mixing import BatchMixer, batch_mixer
 from lesionlab.training.recipe import MixingConfig, load_recipe
+from test_pipeline import TINY_RECIPE
 
 MIXING = "stages.1.mixing={mixup_alpha: 0.2, cutmix_alpha: 1.0, probability: 0.5}"
 
@@ -105,8 +106,7 @@ def test_a_tiny_run_mixes_its_image_batches(tiny_ham_dataset: Callable[..., Path
     arguments = ["run", "--no-class-offsets", "--data", str(tiny_ham_dataset(images_per_class=12)),
                  "--name", "mixed", "--runs-dir", str(tmp_path / "runs"), "--epochs-scale", "0.1",
                  "--set", MIXING]
-    for assignment in ("arch=small_cnn", "pretrained=none", "image_size=32", "workers=0",
-                       "channels_last=false", "stages.1.mixing.probability=1.0", *extra):
+    for assignment in (*TINY_RECIPE, "stages.1.mixing.probability=1.0", *extra):
         arguments += ["--set", assignment]
     assert main(arguments) == 0
     assert mixed_batches and all(mixed_batches), "every stage-2 batch was mixed, no stage-1 feature batch"

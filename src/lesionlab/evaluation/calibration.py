@@ -20,6 +20,7 @@ from torch.nn import functional
 
 from lesionlab.errors import CheckpointError
 from lesionlab.io_utils import atomic_write_json, file_sha256
+from lesionlab.models.checkpoint import checkpoint_stem
 
 TEMPERATURE_SUFFIX = ".temperature.json"
 TEMPERATURE_RANGE: tuple[float, float] = (0.05, 20.0)
@@ -98,3 +99,8 @@ def load_temperature(path: Path, checkpoint: Path) -> TemperatureFit | None:
     except (ValueError, TypeError) as error:
         raise CheckpointError(f"{path}: unreadable temperature file ({error}); delete it to refit") from error
     return fit if fit.checkpoint_sha256 == file_sha256(checkpoint) else None
+
+
+def checkpoint_temperature(weights: Path) -> TemperatureFit | None:
+    """The temperature saved beside a checkpoint's weights file for exactly those weights, else None."""
+    return load_temperature(temperature_path(checkpoint_stem(weights)), weights)

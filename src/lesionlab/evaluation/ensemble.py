@@ -17,7 +17,7 @@ from typing import Any
 
 from lesionlab.class_offsets import load_class_offsets
 from lesionlab.errors import CheckpointError, ConfigError
-from lesionlab.evaluation.calibration import load_temperature, temperature_path
+from lesionlab.evaluation.calibration import checkpoint_temperature
 from lesionlab.evaluation.evaluate import EvaluationOptions, EvaluationResult, evaluate_run
 from lesionlab.evaluation.metrics import compute_metrics, fit_malignancy_threshold
 from lesionlab.evaluation.predictions import Predictions, read_predictions, write_predictions
@@ -26,7 +26,6 @@ from lesionlab.inference.backends import ONNX_SUFFIX, OPENVINO_SUFFIX, checkpoin
 from lesionlab.inference.model_file import ResolvedModel, record_threshold
 from lesionlab.io_utils import atomic_write_json
 from lesionlab.malignancy import FALLBACK_RULE, MalignancyRule, ThresholdFit
-from lesionlab.models.checkpoint import checkpoint_stem
 
 ENSEMBLE_SHA256 = "ensemble"
 
@@ -113,8 +112,7 @@ def evaluate_model_file(model: ResolvedModel, options: EvaluationOptions) -> Eva
         if member.suffix.lower() in (ONNX_SUFFIX, OPENVINO_SUFFIX):
             raise ConfigError(f"{model.source}: {member} is an exported file; evaluate needs the PyTorch "
                               f"members (run directories), so write the model file from the runs.")
-        weights = checkpoint_weights_path(member)
-        fit = load_temperature(temperature_path(checkpoint_stem(weights)), weights)
+        fit = checkpoint_temperature(checkpoint_weights_path(member))
         if (fit.temperature if fit else None) != recorded:
             raise CheckpointError(f"{model.source}: {member} now applies temperature "
                                   f"{fit.temperature if fit else None}, not the {recorded} the model file "

@@ -19,19 +19,18 @@ from typing import Any
 import numpy as np
 
 from lesionlab.class_offsets import CLASS_OFFSETS_FILE, ClassOffsets, save_class_offsets
-from lesionlab.evaluation.calibration import load_temperature, temperature_path
+from lesionlab.evaluation.calibration import checkpoint_temperature
 from lesionlab.evaluation.decision import fit_class_offsets, out_of_fold_offsets
 from lesionlab.evaluation.ensemble import evaluate_model_file
 from lesionlab.evaluation.evaluate import EvaluationOptions, EvaluationResult, evaluate_run
 from lesionlab.evaluation.metrics import balanced_accuracy
 from lesionlab.evaluation.predictions import Predictions, read_predictions
-from lesionlab.inference.model_file import resolve_model_file, write_model_file
+from lesionlab.inference.model_file import MODEL_FILE_NAME, resolve_model_file, write_model_file
 from lesionlab.io_utils import atomic_write_json
 from lesionlab.models.checkpoint import BEST_STEM, WEIGHTS_SUFFIX, read_card
 from lesionlab.views import IDENTITY
 
-CHOICE_FILE = "class-offsets-choice.json"
-RUN_MODEL_FILE = "model.json"
+OFFSETS_CHOICE_FILE = "class-offsets-choice.json"
 CHOICE_FOLD_SEEDS = (0, 1, 2)
 """Three fold assignments: one assignment's balanced accuracy moves by a point with which df and vasc images
 share a fold, and the choice should not hang on that."""
@@ -94,7 +93,7 @@ def write_run_model(run_dir: Path, tta_views: tuple[str, ...] | None) -> RunMode
     class offsets there, write `model.json`, and score it on the test part where the offsets were kept."""
     result = evaluate_run(run_dir, EvaluationOptions(split="val", tta_views=tta_views))
     choice = choose_offsets(read_predictions(result.out_dir / "predictions.csv"))
-    atomic_write_json(run_dir / CHOICE_FILE, choice.to_dict())
+    atomic_write_json(run_dir / OFFSETS_CHOICE_FILE, choice.to_dict())
     offsets_path = None
     if choice.kept:
         run_name = read_card(run_dir / BEST_STEM).run_name
@@ -102,9 +101,8 @@ def write_run_model(run_dir: Path, tta_views: tuple[str, ...] | None) -> RunMode
             tuple(choice.offsets), tuple(choice.offsets.values()), "val", (run_name,), choice.samples))
     else:
         (run_dir / CLASS_OFFSETS_FILE).unlink(missing_ok=True)
-    weights = (run_dir / BEST_STEM).with_suffix(WEIGHTS_SUFFIX)
-    fit = load_temperature(temperature_path(run_dir / BEST_STEM), weights)
-    model_file = write_model_file(run_dir / RUN_MODEL_FILE, [(run_dir, fit.temperature if fit else None)],
+    fit = checkpoint_temperature((run_dir / BEST_STEM).with_suffix(WEIGHTS_SUFFIX))
+    model_file = write_model_file(run_dir / MODEL_FILE_NAME, [(run_dir, fit.temperature if fit else None)],
                                   tta_views or (IDENTITY,), offsets_path)
     evaluation = None
     if choice.kept:

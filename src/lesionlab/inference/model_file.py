@@ -26,6 +26,8 @@ from lesionlab.io_utils import atomic_write_json, file_sha256
 from lesionlab.malignancy import ThresholdFit
 
 MODEL_FILE_SUFFIX = ".json"
+MODEL_FILE_NAME = "model.json"
+"""The name `lesionlab run` and `lesionlab study` give the model file they write."""
 FORMAT = "lesionlab-model"
 VERSION = 2
 READABLE_VERSIONS = (1, 2)  # version 1 files carry no malignancy threshold

@@ -20,7 +20,7 @@ from torch import nn
 
 from lesionlab.data.metadata import PatientMetadata
 from lesionlab.device import forward_in_chunks
-from lesionlab.evaluation.calibration import load_temperature, temperature_path
+from lesionlab.evaluation.calibration import checkpoint_temperature
 from lesionlab.inference.backends import FP32, checkpoint_weights_path
 from lesionlab.inference.base import Explanation, Predictor
 from lesionlab.inference.prediction import Prediction
@@ -65,7 +65,7 @@ class TorchPredictor(Predictor):
         it under CPU bf16 autocast."""
         weights = checkpoint_weights_path(path)
         model, card = load_checkpoint(weights)
-        fit = load_temperature(temperature_path(checkpoint_stem(weights)), weights) if calibrated else None
+        fit = checkpoint_temperature(weights) if calibrated else None
         digest = file_sha256(weights)
         predictor = cls(model, card, Path(path), digest, threads, fit.temperature if fit else None, precision)
         stem = checkpoint_stem(weights)

@@ -14,6 +14,7 @@ from lesionlab.classes import CLASS_CODES
 from lesionlab.errors import ConfigError
 from lesionlab.evaluation.report import number
 from lesionlab.inference.backends import checkpoint_weights_path
+from lesionlab.inference.model_file import MODEL_FILE_NAME
 from lesionlab.io_utils import atomic_write_json, atomic_write_text
 from lesionlab.malignancy import DEFAULT_TARGET_SENSITIVITY, ThresholdFit
 from lesionlab.study.budget import Budget
@@ -21,8 +22,6 @@ from lesionlab.study.schema import CLASS_OFFSETS, Study, views
 from lesionlab.tables import Table, format_table
 from lesionlab.training.rundir import RunDirectory
 from lesionlab.views import IDENTITY
-
-MODEL_FILE = "model.json"
 
 
 def best_row(rows: list[dict[str, Any]]) -> int:
@@ -92,8 +91,8 @@ def write_study_outputs(
         f"Data: `{data_root}`; lesion-grouped split seed {study.split['seed']} "
         f"(val {study.split['val']}, test {study.split['test']}); budget: {budget.describe()}.",
         "Metrics on the test part; the row marked best has the highest validation balanced accuracy.",
-        f"It is saved as `{MODEL_FILE}` in this folder: `lesionlab predict {MODEL_FILE} IMAGE` (or `serve`, "
-        f"`evaluate`, `lesionlab.load`) scores as that row.",
+        f"It is saved as `{MODEL_FILE_NAME}` in this folder: `lesionlab predict {MODEL_FILE_NAME} IMAGE` (or "
+        f"`serve`, `evaluate`, `lesionlab.load`) scores as that row.",
         "",
         format_table(study_table(rows)),
         "",
@@ -160,16 +159,14 @@ def write_recommended_model(study: Study, folder: Path, row: dict[str, Any]) -> 
     """`model.json` for the recommended row: its members with the temperatures they were scored with, the
     study's TTA views, the row's class offsets and the malignancy threshold fitted on its validation part,
     so `lesionlab predict model.json` scores and flags as the row."""
-    from lesionlab.evaluation.calibration import load_temperature, temperature_path
+    from lesionlab.evaluation.calibration import checkpoint_temperature
     from lesionlab.inference.model_file import write_model_file
-    from lesionlab.models.checkpoint import checkpoint_stem
 
     members, offsets = recommended_members(study, folder, row)
     temperatures = []
     for member in members:
-        weights = checkpoint_weights_path(member)
-        fit = load_temperature(temperature_path(checkpoint_stem(weights)), weights)
+        fit = checkpoint_temperature(checkpoint_weights_path(member))
         temperatures.append(fit.temperature if fit else None)
-    return write_model_file(folder / MODEL_FILE, list(zip(members, temperatures, strict=True)),
+    return write_model_file(folder / MODEL_FILE_NAME, list(zip(members, temperatures, strict=True)),
                             views(study) or (IDENTITY,), offsets,
                             recommended_threshold(study, folder, row, offsets))

@@ -271,7 +271,7 @@ def train_stage(
                 description,
                 average,
                 model,
-                mixer if cache is None else None,
+                mixer,
             )
         except DivergedError as error:
             raise DivergedError(
