@@ -23,10 +23,20 @@ from lesionlab.evaluation.predictions import read_predictions
 from lesionlab.inference import load_predictor
 from lesionlab.inference.model_file import read_model_file
 from lesionlab.io_utils import file_sha256
-from lesionlab.study import Budget, current_evaluation, load_study, run_recipe, run_study, study_table
+from lesionlab.study import (
+    Budget,
+    current_evaluation,
+    load_study,
+    prepare_jobs,
+    run_recipe,
+    run_study,
+    study_table,
+)
+from lesionlab.study.budget import check_budget, recorded_budget
 from lesionlab.study.output import best_row
 from lesionlab.training import runner
 from lesionlab.training.interrupt import TrainingStopped
+from lesionlab.training.recipe import load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["arch=small_cnn", "pretrained=none", "head_hidden=null", "dropout=null", "image_size=32",
@@ -108,6 +118,36 @@ def test_budget_scales_epochs_and_size() -> None:
     recipe = run_recipe(study.runs[1], Budget(image_size=96, epochs_scale=0.5))
     assert recipe.image_size == 96
     assert [stage.epochs for stage in recipe.stages] == [8, 3]
+
+
+def test_study_overrides_apply_to_every_run_and_a_run_s_own_set_wins() -> None:
+    study = load_study(REPO / "configs" / "study-recommended.yaml")
+    budget = Budget(overrides=("stages.1.mixing=null", "seed=7"))
+    recipes = {run.name: run_recipe(run, budget) for run in study.runs}
+    assert all(recipe.stages[1].mixing is None for recipe in recipes.values())
+    assert load_recipe("default").stages[1].mixing is not None
+    assert recipes["default"].seed == 7
+    assert recipes["default-s1"].seed == 1
+    assert "every run with stages.1.mixing=null, seed=7" in budget.describe()
+
+
+def test_study_overrides_are_recorded_and_a_resume_without_them_is_refused(tmp_path: Path) -> None:
+    budget = Budget(overrides=("stages.1.mixing=null",))
+    check_budget(tmp_path, budget)
+    assert recorded_budget(tmp_path) == budget
+    check_budget(tmp_path, budget)
+    with pytest.raises(ConfigError, match=r"started with budget \(.*every run with stages.1.mixing=null"):
+        check_budget(tmp_path, Budget())
+
+
+def test_study_overrides_reach_the_separate_jobs_commands(
+    tiny_ham_dataset: Callable[..., Path], tmp_path: Path
+) -> None:
+    data = tiny_ham_dataset(images_per_class=4, images_per_lesion=1)
+    commands = prepare_jobs(tiny_study(tmp_path), data=data, runs_dir=tmp_path / "runs",
+                            budget=Budget(overrides=("stages.0.lr=2.0e-3",)))
+    for command, own in zip(commands, ("--set seed=1", "--set seed=2"), strict=True):
+        assert command.index("--set stages.0.lr=2.0e-3") < command.index(own)
 
 
 def test_study_table_marks_the_best_by_validation_never_by_test() -> None:

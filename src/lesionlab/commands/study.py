@@ -26,6 +26,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--subset", type=int, help="budget: a class-stratified, lesion-grouped subset of about N images"
     )
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a recipe key in every run, before each run's own `set` (repeatable; recorded in the "
+        "study folder like the budget), e.g. --set stages.1.mixing=null",
+    )
     parser.add_argument("--only", nargs="+", default=(), metavar="RUN", help="run just these runs")
     separate = parser.add_mutually_exclusive_group()
     separate.add_argument(
@@ -45,7 +50,8 @@ def handle(args: argparse.Namespace) -> int:
     from lesionlab.study import Budget, collect_study, prepare_jobs, run_study
     from lesionlab.training import distributed
 
-    budget = Budget(image_size=args.image_size, epochs_scale=args.epochs_scale, subset=args.subset)
+    budget = Budget(image_size=args.image_size, epochs_scale=args.epochs_scale, subset=args.subset,
+                    overrides=tuple(args.overrides))
     where = {"data": args.data, "fmt": args.format, "runs_dir": args.runs_dir, "only": tuple(args.only)}
     if args.jobs:
         print("\n".join(prepare_jobs(args.config, budget=budget, **where)))

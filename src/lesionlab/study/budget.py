@@ -1,5 +1,5 @@
-"""A study's budget: what it was shrunk to so it fits a machine, applied to each recipe and recorded so a
-resumed study never mixes budgets."""
+"""A study's budget: what it was shrunk to so it fits a machine, and the recipe keys it overrides in every
+run, applied to each recipe and recorded so a resumed study never mixes budgets."""
 
 from __future__ import annotations
 
@@ -15,11 +15,18 @@ from lesionlab.training.recipe import Recipe, load_recipe, scale_epochs
 
 @dataclass(frozen=True)
 class Budget:
-    """What a study was shrunk to so it fits a machine: stated in every table it produces."""
+    """What a study was shrunk to so it fits a machine, and the `--set` overrides it gives every run (e.g. to
+    rerun an older study with a key the default has since gained switched off): stated in every table it
+    produces."""
 
     image_size: int | None = None
     epochs_scale: float = 1.0
     subset: int | None = None
+    overrides: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # budget.json gives the overrides back as a JSON list; as a tuple, equal budgets compare equal.
+        object.__setattr__(self, "overrides", tuple(self.overrides))
 
     def describe(self) -> str:
         parts = [
@@ -27,13 +34,22 @@ class Budget:
             f"epochs x{self.epochs_scale:g}",
             f"subset of about {self.subset} images" if self.subset else "the whole dataset",
         ]
+        if self.overrides:
+            parts.append("every run with " + ", ".join(self.overrides))
         return ", ".join(parts)
+
+
+def run_overrides(run: StudyRun, budget: Budget) -> list[str]:
+    """The `--set` overrides that make a run's recipe from its base, in the order they apply: the study's
+    overrides first (as if the base recipe had been edited), then the run's own `set`, which therefore wins
+    where both name a key, then the budget's image size."""
+    size = [f"image_size={budget.image_size}"] if budget.image_size else []
+    return [*budget.overrides, *run.overrides, *size]
 
 
 def run_recipe(run: StudyRun, budget: Budget) -> Recipe:
     """The run's recipe with the study's budget applied."""
-    overrides = [*run.overrides, *([f"image_size={budget.image_size}"] if budget.image_size else [])]
-    recipe = load_recipe(run.base, overrides)
+    recipe = load_recipe(run.base, run_overrides(run, budget))
     return scale_epochs(recipe, budget.epochs_scale) if budget.epochs_scale != 1.0 else recipe
 
 

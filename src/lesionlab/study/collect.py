@@ -18,7 +18,7 @@ from lesionlab.data.readers import read_dataset
 from lesionlab.data.readers.samples import SampleTable
 from lesionlab.data.split import Split, read_split
 from lesionlab.errors import ConfigError
-from lesionlab.study.budget import Budget, check_budget, recorded_budget, run_recipe
+from lesionlab.study.budget import Budget, check_budget, recorded_budget, run_overrides, run_recipe
 from lesionlab.study.orchestration import (
     check_only,
     prepare_study,
@@ -33,11 +33,10 @@ from lesionlab.training.rundir import RunDirectory
 
 
 def train_command(run: StudyRun, budget: Budget, table: SampleTable, fmt: str | None, folder: Path) -> str:
-    """The `lesionlab train` command that trains `run` as `lesionlab study` would: its base recipe, its
-    overrides then the budget's image size (the order `run_recipe` applies them), the study's split, and
-    the study folder as its place."""
+    """The `lesionlab train` command that trains `run` as `lesionlab study` would: its base recipe, the
+    overrides in the order `run_recipe` applies them, the study's split, and the study folder as its place."""
     words = ["lesionlab", "train", "--config", run.base]
-    for override in (*run.overrides, *([f"image_size={budget.image_size}"] if budget.image_size else [])):
+    for override in run_overrides(run, budget):
         words += ["--set", override]
     if budget.epochs_scale != 1.0:
         words += ["--epochs-scale", repr(budget.epochs_scale)]
