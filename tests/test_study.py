@@ -157,11 +157,34 @@ def test_study_table_marks_the_best_by_validation_never_by_test() -> None:
     assert labels == ["x", "**best** y", "z"]
 
 
-def test_a_lesion_level_row_is_never_marked_best() -> None:
+@pytest.mark.parametrize("flag", ["lesion_level", "fields_withheld"])
+def test_a_lesion_level_or_fields_withheld_row_is_never_marked_best(flag: str) -> None:
     rows = [{"label": name, "accuracy": 0.5, "val_balanced_accuracy": val, "balanced_accuracy": 0.5,
-             "macro_f1": 0.4, "lesion_level": lesion} for name, val, lesion in (("x", 0.3, False),
-                                                                               ("y", 0.9, True))]
+             "macro_f1": 0.4, flag: flagged} for name, val, flagged in (("x", 0.3, False), ("y", 0.9, True))]
     assert [line[0] for line in study_table(rows).rows] == ["**best** x", "y"]
+
+
+def test_a_metadata_run_is_also_scored_with_its_fields_withheld(
+    tiny_ham_dataset: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LESIONLAB_CACHE", str(tmp_path / "cache"))
+    data = tiny_ham_dataset(images_per_class=20, images_per_lesion=1)
+    config = write_study(tmp_path, {
+        "name": "fields",
+        "set": [*TINY, "metadata={fields: [age, sex, site], dropout: 0.3, hidden: 8}"],
+        "stages": [{"trainable": "all", "epochs": 1, "batch_size": 16, "feature_cache": None}],
+        "runs": [{"name": "m", "label": "with metadata"}],
+    })
+    folder = run_study(config, data=data, runs_dir=tmp_path / "runs")
+    rows = json.loads((folder / "study.json").read_text())["rows"]
+    assert [(row["run"], row["label"]) for row in rows] == [
+        ("m", "with metadata"), ("m-no-metadata", "with metadata, fields withheld")]
+    assert rows[best_row(rows)]["run"] == "m"
+    for part in ("val", "test"):
+        withheld = json.loads((folder / "m" / "eval" / f"{part}-no-metadata" / "metrics.json").read_text())
+        assert withheld["evaluation"]["metadata"]["withheld"] is True
+        assert withheld["balanced_accuracy"] == pytest.approx(
+            rows[1]["val_balanced_accuracy" if part == "val" else "balanced_accuracy"])
 
 
 def test_a_study_runs_on_one_split_skips_finished_runs_and_averages_an_ensemble(

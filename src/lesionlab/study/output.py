@@ -26,8 +26,10 @@ from lesionlab.views import IDENTITY
 
 def best_row(rows: list[dict[str, Any]]) -> int:
     """The index of the recommended row (-1: none): the highest validation balanced accuracy, never test,
-    among the per-image rows (a lesion-level row answers another question; see `evaluation.decision`)."""
-    eligible = [index for index, row in enumerate(rows) if not row.get("lesion_level")]
+    among the per-image rows that score as their model file would (a lesion-level row answers another
+    question, see `evaluation.decision`; a fields-withheld row is its metadata model used without fields)."""
+    eligible = [index for index, row in enumerate(rows)
+                if not row.get("lesion_level") and not row.get("fields_withheld")]
     return max(eligible, key=lambda i: rows[i]["val_balanced_accuracy"]) if eligible else -1
 
 

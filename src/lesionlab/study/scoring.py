@@ -90,39 +90,58 @@ def current_evaluation(
     return None
 
 
+WITHHELD_SUFFIX = "-no-metadata"
+"""Row name and eval folder suffix of a metadata model scored with every patient field withheld."""
+
+
+def _part_scores(study: Study, run_dir: Path, stem: Path | None, tag: str,
+                 metadata: bool) -> dict[str, dict[str, Any]]:
+    """The metrics of one checkpoint on the validation and the test part, with the study's views and the
+    patient fields given (`metadata`) or withheld; read back where already on disk for these weights."""
+    scores = {}
+    for part in ("val", "test"):
+        out_dir = run_dir / "eval" / f"{part}{tag}{'' if metadata else WITHHELD_SUFFIX}"
+        weights = (stem or run_dir / BEST_STEM).with_suffix(WEIGHTS_SUFFIX)
+        scores[part] = current_evaluation(out_dir, weights, views(study))
+        if scores[part] is None:
+            options = EvaluationOptions(
+                split=part, tta_views=views(study), checkpoint=stem, out_dir=out_dir, metadata=metadata
+            )
+            scores[part] = evaluate_run(run_dir, options).metrics
+    return scores
+
+
 def evaluate_study_run(study: Study, run: StudyRun, recipe: Recipe, run_dir: Path) -> list[dict[str, Any]]:
     """Evaluate each chosen checkpoint of a trained run on the validation part (the column a reader picks
-    by) and on the test part (reported), both with the study's test-time augmentation; one row each. An
+    by) and on the test part (reported), both with the study's test-time augmentation; one row each, and
+    for a metadata model a second row with every patient field withheld (what a prediction without them
+    gets; never the recommended row, since the model file would then be scored with the fields). An
     evaluation already on disk for the same weights and views is read back, not repeated."""
     rows = []
     for stage, stem in _evaluations(study, recipe, run_dir):
         tag = f"-stage{stage}" if stage else ""
-        scores = {}
-        for part in ("val", "test"):
-            out_dir = run_dir / "eval" / f"{part}{tag}"
-            weights = (stem or run_dir / BEST_STEM).with_suffix(WEIGHTS_SUFFIX)
-            scores[part] = current_evaluation(out_dir, weights, views(study))
-            if scores[part] is None:
-                options = EvaluationOptions(
-                    split=part, tta_views=views(study), checkpoint=stem, out_dir=out_dir
-                )
-                scores[part] = evaluate_run(run_dir, options).metrics
-        metrics = scores["test"]
         minutes, speed = training_effort(run_dir, stage)
-        extra = {
-            "val_balanced_accuracy": scores["val"]["balanced_accuracy"],
-            "val_macro_f1": scores["val"]["macro_f1"],
-            "arch": recipe.arch,
-            "pretrained": recipe.pretrained if recipe.pretrained in ("imagenet", "none") else "file",
-            "image_size": recipe.image_size,
-            "parameters": metrics["model"]["parameters"],
-            "train_minutes": minutes,
-            "train_images_per_s": speed,
-            "report": (run_dir / "eval" / f"test{tag}" / "report.md").relative_to(run_dir.parent).as_posix(),
-            "note": run.note,
-        }
         suffix = f" / stage {stage}" if stage else ""
-        rows.append(_row(run.name + tag, run.label + suffix, metrics, extra))
+        for metadata in (True, False) if recipe.metadata is not None else (True,):
+            scores = _part_scores(study, run_dir, stem, tag, metadata)
+            metrics = scores["test"]
+            extra = {
+                "val_balanced_accuracy": scores["val"]["balanced_accuracy"],
+                "val_macro_f1": scores["val"]["macro_f1"],
+                "arch": recipe.arch,
+                "pretrained": recipe.pretrained if recipe.pretrained in ("imagenet", "none") else "file",
+                "image_size": recipe.image_size,
+                "parameters": metrics["model"]["parameters"],
+                "train_minutes": minutes,
+                "train_images_per_s": speed,
+                "report": (run_dir / "eval" / f"test{tag}{'' if metadata else WITHHELD_SUFFIX}" / "report.md")
+                .relative_to(run_dir.parent).as_posix(),
+                "note": run.note if metadata else "every patient field withheld (`evaluate --no-metadata`)",
+                "fields_withheld": not metadata,
+            }
+            name = run.name + tag + ("" if metadata else WITHHELD_SUFFIX)
+            label = run.label + suffix + ("" if metadata else ", fields withheld")
+            rows.append(_row(name, label, metrics, extra))
     return rows
 
 
