@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import class_image
 from lesionlab.class_offsets import CLASS_OFFSETS_FILE, apply_class_offsets, load_class_offsets
 from lesionlab.classes import CLASS_CODES
 from lesionlab.cli import main
@@ -96,6 +97,18 @@ def test_run_writes_a_model_file_whose_offsets_score_the_test_part(
     assert main(["evaluate", str(run_dir / MODEL_FILE_NAME), "--split", "test"]) == 0
     again = json.loads((run_dir / "eval" / "model-test" / "metrics.json").read_text())
     assert again["balanced_accuracy"] == scored["balanced_accuracy"]
+
+    other = tmp_path / "other"
+    for index, code in enumerate(CLASS_CODES * 2):
+        (other / code).mkdir(parents=True, exist_ok=True)
+        image = class_image(CLASS_CODES.index(code), np.random.default_rng(index))
+        image.save(other / code / f"x{index}.png")
+    written = (run_dir / MODEL_FILE_NAME).read_bytes()
+    assert main(["evaluate", str(run_dir / MODEL_FILE_NAME), "--data", str(other)]) == 0
+    elsewhere = json.loads((run_dir / "eval" / "model-all" / "metrics.json").read_text())
+    assert elsewhere["malignancy"]["threshold"] == pytest.approx(model.malignancy.threshold)
+    assert elsewhere["malignancy"]["threshold_fit"]["fitted_on"] == "val"
+    assert (run_dir / MODEL_FILE_NAME).read_bytes() == written, "other data refits nothing"
 
 
 def test_run_without_class_offsets_writes_no_model_file(

@@ -55,10 +55,13 @@ def ensemble_predictions(run_dirs: Sequence[Path], scoring: MemberScoring,
     return predictions[0].with_probabilities(ensemble_probabilities(logits, names, scoring.class_offsets))
 
 
-def ensemble_rule(validation: Predictions | None, target_sensitivity: float) -> MalignancyRule:
-    """The malignant threshold fitted on the ensemble's validation probabilities, else the fallback."""
+def ensemble_rule(validation: Predictions | None, target_sensitivity: float,
+                  recorded: ThresholdFit | None = None) -> MalignancyRule:
+    """The malignant threshold fitted on the ensemble's validation probabilities; without them (other data
+    than the members' own), the threshold a model file recorded from its own validation part, which is the
+    rule `predict` and `serve` flag with; else the fallback."""
     if validation is None:
-        return FALLBACK_RULE
+        return FALLBACK_RULE if recorded is None else MalignancyRule(recorded.threshold, recorded)
     fit = fit_malignancy_threshold(validation.probabilities, validation.labels, validation.class_codes,
                                    target_sensitivity, "val", None, ENSEMBLE_SHA256)
     return MalignancyRule(fit.threshold, fit) if fit is not None else FALLBACK_RULE
@@ -66,10 +69,11 @@ def ensemble_rule(validation: Predictions | None, target_sensitivity: float) -> 
 
 def evaluate_ensemble(run_dirs: Sequence[Path], options: EvaluationOptions,
                       scoring: MemberScoring | None = None, out_dir: Path | None = None,
-                      source: Path | None = None) -> EvaluationResult:
+                      source: ResolvedModel | None = None) -> EvaluationResult:
     """Score the members together; write predictions.csv and metrics.json. `scoring` defaults to every
     member under `options` without offsets (`evaluate RUN --ensemble RUN2`); a `model.json` gives its own
-    (`evaluate_model_file`), and `source` names it in metrics.json.
+    (`evaluate_model_file`), and `source` names it in metrics.json and gives its recorded malignancy
+    threshold to data that has no validation part of the members' split.
 
     Output: `options.out_dir`, else `out_dir`, else `<first member>/eval/ensemble-<members>-<split>`.
     """
@@ -79,12 +83,13 @@ def evaluate_ensemble(run_dirs: Sequence[Path], options: EvaluationOptions,
     validation = None
     if options.data is None and (options.split or "test") != "val":
         validation = ensemble_predictions(run_dirs, scoring, split="val")
-    rule = ensemble_rule(validation, options.malignant_sensitivity)
+    rule = ensemble_rule(validation, options.malignant_sensitivity,
+                         None if source is None else source.malignancy)
     metrics: dict[str, Any] = {
         "evaluation": {"members": [str(run_dir) for run_dir in run_dirs], "data": str(options.data or "own"),
                        "split": options.split or ("test" if options.data is None else "all"),
                        "tta_views": list(options.tta_views) if options.tta_views else None,
-                       "model_file": None if source is None else str(source),
+                       "model_file": None if source is None else str(source.source),
                        "class_offsets": (None if scoring.class_offsets is None
                                          else list(scoring.class_offsets)),
                        "rule": ("the member's probabilities (with its temperature)" if len(run_dirs) == 1
@@ -126,8 +131,8 @@ def evaluate_model_file(model: ResolvedModel, options: EvaluationOptions) -> Eva
     split = options.split or ("test" if options.data is None else "all")
     result = evaluate_ensemble(run_dirs, replace(options, tta_views=views),
                                MemberScoring(member_options, offsets),
-                               model.source.parent / "eval" / f"{model.source.stem}-{split}", model.source)
+                               model.source.parent / "eval" / f"{model.source.stem}-{split}", model)
     fit = result.metrics["malignancy"]["threshold_fit"]
-    if fit is not None:
+    if fit is not None and options.data is None:
         record_threshold(model.source, ThresholdFit(**fit))
     return result
