@@ -120,7 +120,7 @@ def test_budget_scales_epochs_and_size() -> None:
     assert [stage.epochs for stage in recipe.stages] == [8, 3]
 
 
-def test_study_overrides_apply_to_every_run_and_a_run_s_own_set_wins() -> None:
+def test_study_overrides_apply_to_every_run_before_its_own_set() -> None:
     study = load_study(REPO / "configs" / "study-recommended.yaml")
     budget = Budget(overrides=("stages.1.mixing=null", "seed=7"))
     recipes = {run.name: run_recipe(run, budget) for run in study.runs}

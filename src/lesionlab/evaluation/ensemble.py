@@ -69,10 +69,10 @@ def ensemble_rule(validation: Predictions | None, target_sensitivity: float,
 
 def evaluate_ensemble(run_dirs: Sequence[Path], options: EvaluationOptions,
                       scoring: MemberScoring | None = None, out_dir: Path | None = None,
-                      source: ResolvedModel | None = None) -> EvaluationResult:
+                      model_file: ResolvedModel | None = None) -> EvaluationResult:
     """Score the members together; write predictions.csv and metrics.json. `scoring` defaults to every
     member under `options` without offsets (`evaluate RUN --ensemble RUN2`); a `model.json` gives its own
-    (`evaluate_model_file`), and `source` names it in metrics.json and gives its recorded malignancy
+    (`evaluate_model_file`), and `model_file` names it in metrics.json and gives its recorded malignancy
     threshold to data that has no validation part of the members' split.
 
     Output: `options.out_dir`, else `out_dir`, else `<first member>/eval/ensemble-<members>-<split>`.
@@ -84,12 +84,12 @@ def evaluate_ensemble(run_dirs: Sequence[Path], options: EvaluationOptions,
     if options.data is None and (options.split or "test") != "val":
         validation = ensemble_predictions(run_dirs, scoring, split="val")
     rule = ensemble_rule(validation, options.malignant_sensitivity,
-                         None if source is None else source.malignancy)
+                         None if model_file is None else model_file.malignancy)
     metrics: dict[str, Any] = {
         "evaluation": {"members": [str(run_dir) for run_dir in run_dirs], "data": str(options.data or "own"),
                        "split": options.split or ("test" if options.data is None else "all"),
                        "tta_views": list(options.tta_views) if options.tta_views else None,
-                       "model_file": None if source is None else str(source.source),
+                       "model_file": None if model_file is None else str(model_file.source),
                        "class_offsets": (None if scoring.class_offsets is None
                                          else list(scoring.class_offsets)),
                        "rule": ("the member's probabilities (with its temperature)" if len(run_dirs) == 1

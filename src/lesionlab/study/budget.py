@@ -24,10 +24,6 @@ class Budget:
     subset: int | None = None
     overrides: tuple[str, ...] = ()
 
-    def __post_init__(self) -> None:
-        # budget.json gives the overrides back as a JSON list; as a tuple, equal budgets compare equal.
-        object.__setattr__(self, "overrides", tuple(self.overrides))
-
     def describe(self) -> str:
         parts = [
             f"image size {self.image_size} px" if self.image_size else "each recipe's image size",
@@ -59,7 +55,9 @@ def recorded_budget(folder: Path) -> Budget | None:
         path = folder / name
         if path.is_file():
             record = json.loads(path.read_text(encoding="utf-8"))
-            return Budget(**(record[key] if key else record))
+            fields = record[key] if key else record
+            # JSON gives the overrides back as a list; as a tuple, equal budgets compare equal
+            return Budget(**{**fields, "overrides": tuple(fields.get("overrides", ()))})
     return None
 
 

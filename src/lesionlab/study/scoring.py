@@ -94,14 +94,15 @@ WITHHELD_SUFFIX = "-no-metadata"
 """Row name and eval folder suffix of a metadata model scored with every patient field withheld."""
 
 
-def _part_scores(study: Study, run_dir: Path, stem: Path | None, tag: str,
+def _part_scores(study: Study, run_dir: Path, stem: Path | None, folder_tag: str,
                  metadata: bool) -> dict[str, dict[str, Any]]:
-    """The metrics of one checkpoint on the validation and the test part, with the study's views and the
-    patient fields given (`metadata`) or withheld; read back where already on disk for these weights."""
+    """The metrics of one checkpoint on the validation and the test part (`eval/<part><folder_tag>`), with
+    the study's views and the patient fields given (`metadata`) or withheld; read back where already on disk
+    for these weights."""
+    weights = (stem or run_dir / BEST_STEM).with_suffix(WEIGHTS_SUFFIX)
     scores = {}
     for part in ("val", "test"):
-        out_dir = run_dir / "eval" / f"{part}{tag}{'' if metadata else WITHHELD_SUFFIX}"
-        weights = (stem or run_dir / BEST_STEM).with_suffix(WEIGHTS_SUFFIX)
+        out_dir = run_dir / "eval" / f"{part}{folder_tag}"
         scores[part] = current_evaluation(out_dir, weights, views(study))
         if scores[part] is None:
             options = EvaluationOptions(
@@ -123,7 +124,8 @@ def evaluate_study_run(study: Study, run: StudyRun, recipe: Recipe, run_dir: Pat
         minutes, speed = training_effort(run_dir, stage)
         suffix = f" / stage {stage}" if stage else ""
         for metadata in (True, False) if recipe.metadata is not None else (True,):
-            scores = _part_scores(study, run_dir, stem, tag, metadata)
+            variant = tag + ("" if metadata else WITHHELD_SUFFIX)
+            scores = _part_scores(study, run_dir, stem, variant, metadata)
             metrics = scores["test"]
             extra = {
                 "val_balanced_accuracy": scores["val"]["balanced_accuracy"],
@@ -134,14 +136,13 @@ def evaluate_study_run(study: Study, run: StudyRun, recipe: Recipe, run_dir: Pat
                 "parameters": metrics["model"]["parameters"],
                 "train_minutes": minutes,
                 "train_images_per_s": speed,
-                "report": (run_dir / "eval" / f"test{tag}{'' if metadata else WITHHELD_SUFFIX}" / "report.md")
+                "report": (run_dir / "eval" / f"test{variant}" / "report.md")
                 .relative_to(run_dir.parent).as_posix(),
                 "note": run.note if metadata else "every patient field withheld (`evaluate --no-metadata`)",
                 "fields_withheld": not metadata,
             }
-            name = run.name + tag + ("" if metadata else WITHHELD_SUFFIX)
             label = run.label + suffix + ("" if metadata else ", fields withheld")
-            rows.append(_row(name, label, metrics, extra))
+            rows.append(_row(run.name + variant, label, metrics, extra))
     return rows
 
 
