@@ -151,3 +151,28 @@ def test_a_distilled_run_trains_caches_teacher_logits_and_resumes_exactly(
     assert history_without_timings(resumed) == history_without_timings(student)
     expected, got = load_file(student / "best.safetensors"), load_file(resumed / "best.safetensors")
     assert all(torch.equal(expected[key], got[key]) for key in expected)
+
+
+def test_a_metadata_teacher_scores_each_view_with_its_images_own_fields(
+        tiny_split: tuple[Any, Split], tmp_path: Path) -> None:
+    from lesionlab.data.metadata import encode
+    from lesionlab.training.distill import AugmentedViews, load_teachers
+
+    table, split = tiny_split
+    teacher_dir = train_run(tiny_recipe("precision=fp32",
+                                        "metadata={fields: [age, sex, site], dropout: 0.0, hidden: 4}"),
+                            table, split, tmp_path / "runs" / "teacher")
+    student = train_run(tiny_recipe("precision=fp32", f"teacher={teacher_dir}", "distill.views=2",
+                                    "stages.1.epochs=1"),
+                        table, split, tmp_path / "runs" / "student")
+    cached = load_file(json.loads((student / "run.json").read_text())["distill"]["cache"])["logits"]
+
+    teacher = load_teachers([teacher_dir])[0]
+    train_set = LesionDataset(split.parts["train"], 32)
+    views = AugmentedViews(train_set, 0, train_transform("dermoscopy", teacher.card.input_size, False))
+    images = torch.stack([views.view(index, 1) for index in range(len(train_set))])
+    fields = torch.stack([encode(sample.metadata, ["age", "sex", "site"]) for sample in train_set.samples])
+    with torch.no_grad():
+        with_fields, without = teacher.model(images, fields), teacher.model(images)
+    assert torch.allclose(cached[0, 1], with_fields, atol=1e-4)
+    assert not torch.allclose(cached[0, 1], without, atol=1e-3), "the fields change what the teacher says"

@@ -12,6 +12,8 @@ CPU means running the teachers once, not every epoch, so augmentation becomes a 
   and cached as one safetensors file keyed by the teachers' weight hashes, the views, the sizes, the
   augmentation and the training images (`TeacherCache`). The key is stored inside the file; a cache whose key
   differs (stale) or that does not read back (half-written, corrupt) is rebuilt, never used.
+- A metadata teacher reads each training image's own patient fields beside its view (`teacher_fields`), so
+  an image-only student learns from what the fields told the teacher; the student itself sees pixels only.
 - Each epoch the sampler's draws each get a uniformly drawn view index (`ViewSampler`), and the loss mixes
   the hard-label loss with the KL divergence to the teachers' mean tempered probabilities
   (`DistillationLoss`).
@@ -45,7 +47,8 @@ from lesionlab.models.pixel_input import PixelInput
 
 log = logging.getLogger(__name__)
 
-TEACHER_CACHE_VERSION = 1
+TEACHER_CACHE_VERSION = 2
+"""2: the key names the patient fields a metadata teacher reads."""
 ViewKey = tuple[int, int]
 """(item index in the training set, view index)."""
 
@@ -244,7 +247,8 @@ def teacher_key(teachers: Sequence[Teacher], train_set: LesionDataset, view_coun
         "version": TEACHER_CACHE_VERSION,
         "teachers": [{"weights_sha256": teacher.weights_sha256, "arch": teacher.card.arch,
                       "input_size": teacher.card.input_size, "mean": teacher.card.mean,
-                      "std": teacher.card.std, "grayscale": teacher.card.grayscale} for teacher in teachers],
+                      "std": teacher.card.std, "grayscale": teacher.card.grayscale,
+                      "metadata": teacher.card.metadata} for teacher in teachers],
         "views": view_count,
         "view_seed": seed,
         "augment": augment,
@@ -254,17 +258,35 @@ def teacher_key(teachers: Sequence[Teacher], train_set: LesionDataset, view_coun
     }
 
 
+def teacher_fields(teachers: Sequence[Teacher], train_set: LesionDataset) -> list[torch.Tensor | None]:
+    """Per teacher, the encoded patient fields of every training image `(items, width)` when it is a
+    metadata model, else None.
+
+    A metadata teacher scores a view as it was trained to score it, with the image's own fields (the training
+    part's, never another part's), so what it learnt from them reaches an image-only student through its
+    probabilities; without them it would teach as if every field were missing.
+    """
+    from lesionlab.data.metadata import encode
+
+    return [None if teacher.card.metadata is None
+            else torch.stack([encode(sample.metadata, teacher.card.metadata["fields"])
+                              for sample in train_set.samples])
+            for teacher in teachers]
+
+
 @torch.inference_mode()
 def compute_teacher_logits(teachers: Sequence[Teacher], views: Sequence[AugmentedViews], view_count: int,
                            batch_size: int, workers: int, device: torch.device,
                            channels_last: bool) -> torch.Tensor:
     """Logits `(teachers, views, items, classes)`; teachers sharing an input pipeline share one pass.
 
-    `views[t]` renders teacher `t`'s input (its size and colour mode) of each (item, view).
+    `views[t]` renders teacher `t`'s input (its size and colour mode) of each (item, view). A metadata
+    teacher reads each training image's own patient fields beside its view (`teacher_fields`).
     """
     from lesionlab.device import forward_in_chunks, to_device
 
     items = len(views[0])
+    fields = teacher_fields(teachers, views[0].base)
     out = torch.empty(len(teachers), view_count, items, teachers[0].card.num_classes)
     groups: dict[tuple[Any, ...], list[int]] = {}
     for index, teacher in enumerate(teachers):
@@ -285,7 +307,8 @@ def compute_teacher_logits(teachers: Sequence[Teacher], views: Sequence[Augmente
             inputs = to_device(images, device, channels_last)
             flat = torch.arange(start, start + len(images))
             for member in members:
-                logits = forward_in_chunks(teachers[member].model, inputs)
+                extra = [] if fields[member] is None else [fields[member][flat % items].to(device)]
+                logits = forward_in_chunks(teachers[member].model, inputs, *extra)
                 out[member, flat // items, flat % items] = logits.float().cpu()
             start += len(images)
     return out
