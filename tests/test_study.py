@@ -124,7 +124,9 @@ def test_study_overrides_apply_to_every_run_before_its_own_set() -> None:
     study = load_study(REPO / "configs" / "study-recommended.yaml")
     budget = Budget(overrides=("stages.1.mixing=null", "seed=7"))
     recipes = {run.name: run_recipe(run, budget) for run in study.runs}
+    mixed_by_its_own_set = recipes.pop("default-mix-all").stages[1].mixing
     assert all(recipe.stages[1].mixing is None for recipe in recipes.values())
+    assert mixed_by_its_own_set is not None and mixed_by_its_own_set.probability == 1.0, "its own set wins"
     assert load_recipe("default").stages[1].mixing is not None
     assert recipes["default"].seed == 7
     assert recipes["default-s1"].seed == 1
