@@ -306,9 +306,10 @@ def compute_teacher_logits(teachers: Sequence[Teacher], views: Sequence[Augmente
                               leave=False):
             inputs = to_device(images, device, channels_last)
             flat = torch.arange(start, start + len(images))
+            item, view = flat % items, flat // items
             for member in members:
-                extra = [] if fields[member] is None else [fields[member][flat % items].to(device)]
+                extra = [] if fields[member] is None else [fields[member][item].to(device)]
                 logits = forward_in_chunks(teachers[member].model, inputs, *extra)
-                out[member, flat // items, flat % items] = logits.float().cpu()
+                out[member, view, item] = logits.float().cpu()
             start += len(images)
     return out
