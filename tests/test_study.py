@@ -17,7 +17,7 @@ from conftest import class_image
 from lesionlab.classes import CLASS_CODES
 from lesionlab.cli import main
 from lesionlab.data.readers import read_dataset
-from lesionlab.data.split import read_split, shared_lesions
+from lesionlab.data.split import read_split, shared_lesions, write_split
 from lesionlab.errors import ConfigError
 from lesionlab.evaluation.predictions import read_predictions
 from lesionlab.inference import load_predictor
@@ -250,6 +250,30 @@ def test_a_study_runs_on_one_split_skips_finished_runs_and_averages_an_ensemble(
     assert json.loads((folder / "study.json").read_text())["rows"][0]["run"] == "a"
     with pytest.raises(ConfigError, match="started with budget"):
         run_study(tiny_study(tmp_path), data=data, runs_dir=tmp_path / "runs", budget=Budget(image_size=48))
+
+
+def test_a_finished_run_with_another_recipe_or_split_is_refused_not_skipped(
+    tiny_ham_dataset: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LESIONLAB_CACHE", str(tmp_path / "cache"))
+    data = tiny_ham_dataset(images_per_class=20, images_per_lesion=1)
+    folder = run_study(tiny_study(tmp_path), data=data, runs_dir=tmp_path / "runs", only=("a",))
+    (tmp_path / "changed").mkdir()
+    changed = write_study(tmp_path / "changed", {
+        **yaml.safe_load(tiny_study(tmp_path).read_text()),
+        "runs": [{"name": "a", "set": ["seed=5"]}, {"name": "b", "set": ["seed=2"]}],
+    })
+    trained = (folder / "a" / "best.safetensors").stat().st_mtime_ns
+    with pytest.raises(ConfigError, match=r"a/config\.yaml: run a was trained with another recipe.*seed"):
+        run_study(changed, data=data, runs_dir=tmp_path / "runs", only=("a",))
+    assert (folder / "a" / "best.safetensors").stat().st_mtime_ns == trained, "nothing retrained or lost"
+
+    table = read_dataset(data)
+    moved = read_split(folder / "a" / "split.csv", table)
+    moved.parts["train"].append(moved.parts["val"].pop())
+    write_split(folder / "a" / "split.csv", moved)
+    with pytest.raises(ConfigError, match=r"a/split\.csv: run a was trained on another split"):
+        run_study(tiny_study(tmp_path), data=data, runs_dir=tmp_path / "runs", only=("a",))
 
 
 def test_an_evaluation_is_reused_only_for_the_same_weights_and_views(tmp_path: Path) -> None:

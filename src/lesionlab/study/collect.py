@@ -16,11 +16,12 @@ from pathlib import Path
 
 from lesionlab.data.readers import read_dataset
 from lesionlab.data.readers.samples import SampleTable
-from lesionlab.data.split import Split, read_split
+from lesionlab.data.split import read_split
 from lesionlab.errors import ConfigError
 from lesionlab.study.budget import Budget, check_budget, recorded_budget, run_overrides, run_recipe
 from lesionlab.study.orchestration import (
     check_only,
+    check_study_member,
     prepare_study,
     run_status,
     score_study,
@@ -28,8 +29,6 @@ from lesionlab.study.orchestration import (
     study_folder,
 )
 from lesionlab.study.schema import StudyRun, load_study
-from lesionlab.training.recipe import load_recipe
-from lesionlab.training.rundir import RunDirectory
 
 
 def train_command(run: StudyRun, budget: Budget, table: SampleTable, fmt: str | None, folder: Path) -> str:
@@ -76,7 +75,7 @@ def collect_study(config: str | Path, *, data: str | Path | None = None, fmt: st
     table = read_dataset(data, fmt)
     split = read_split(folder / "split.csv", table)
     for run in runs:
-        _check_member(folder / run.name, run, budget, table, split)
+        check_study_member(folder / run.name, run, run_recipe(run, budget), table, split)
     score_study(study, folder, budget, table.root, only)
     return folder
 
@@ -95,19 +94,3 @@ def _check_finished(folder: Path, runs: list[StudyRun]) -> None:
     if problems:
         raise ConfigError(f"{folder}: cannot collect the study yet:\n  " + "\n  ".join(problems))
 
-
-def _check_member(run_dir: Path, run: StudyRun, budget: Budget, table: SampleTable, split: Split) -> None:
-    """A run trained elsewhere belongs to the study only with the study's recipe for it and its split."""
-    trained = load_recipe(RunDirectory(run_dir).config).to_dict()
-    expected = run_recipe(run, budget).to_dict()
-    differing = [key for key in expected if trained.get(key) != expected[key]]
-    if differing:
-        raise ConfigError(f"{run_dir}/config.yaml: run {run.name} was trained with another recipe than the "
-                          f"study gives it ({', '.join(differing)} differ); train it with the command "
-                          f"`lesionlab study ... --jobs` prints.")
-    member = read_split(RunDirectory(run_dir).split, table)
-    for part, samples in split.parts.items():
-        if {sample.image_id for sample in member.parts.get(part, [])} != {s.image_id for s in samples}:
-            raise ConfigError(f"{run_dir}/split.csv: run {run.name} was trained on another split than the "
-                              f"study's ({part} part differs); train it with "
-                              f"`--split {run_dir.parent / 'split.csv'}`.")
