@@ -28,6 +28,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "evaluate",
     "run",
     "study",
+    "cv",
     "predict",
     "export",
     "bench",

@@ -130,6 +130,32 @@ def assign_groups(
     return part_of_group[group_of_sample]
 
 
+def fold_splits(split: Split, folds: int, seed: int) -> list[Split]:
+    """`folds` splits for lesion-grouped K-fold cross-validation: the split's train and val parts pooled and
+    cut into K class-stratified folds by `assign_groups` (equal targets), each fold in turn the validation
+    part and the rest training; the test part stays the split's own, untouched by every fold.
+
+    Why: one validation part of 1,502 images holds 17 df and 21 vasc images, so one image moves its balanced
+    accuracy by almost a point; the pooled out-of-fold predictions of K folds score every train + val image
+    once, with K-fold more images per class. The folds follow the split's grouping, so no lesion spans two.
+    """
+    if folds < 2:
+        raise ConfigError(f"cross-validation needs at least 2 folds, not {folds}")
+    pool = [*split.parts.get("train", []), *split.parts.get("val", [])]
+    group = split.group if split.group in GROUPINGS else "lesion"
+    labels = np.array([sample.label for sample in pool], dtype=np.int64)
+    fold_of = assign_groups(labels, [_group_key(sample, group) for sample in pool],
+                            np.full(folds, 1.0 / folds), seed)
+    test = list(split.parts.get("test", []))
+    return [
+        Split({"train": [sample for sample, fold in zip(pool, fold_of, strict=True) if fold != held],
+               "val": [sample for sample, fold in zip(pool, fold_of, strict=True) if fold == held],
+               "test": test},
+              split.fingerprint, split.seed, split.group)
+        for held in range(folds)
+    ]
+
+
 def shared_lesions(split: Split) -> set[str]:
     """Lesion ids that occur in more than one part (empty for a leak-free split)."""
     part_of_lesion: dict[str, str] = {}
@@ -156,6 +182,17 @@ def write_split(path: str | os.PathLike[str], split: Split) -> Path:
         for sample in split.parts.get(part, []):
             writer.writerow((sample.image_id, sample.label, sample.code, sample.lesion_id or "", part))
     return atomic_write_text(path, buffer.getvalue())
+
+
+def read_part_ids(path: str | os.PathLike[str], part: str) -> frozenset[str]:
+    """The image ids a split file puts in one part, read without the dataset (to compare two runs' parts)."""
+    source = Path(path)
+    try:
+        lines = source.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"{source}: cannot read split file ({error})") from None
+    _parse_header(source, lines[0] if lines else "")
+    return frozenset(row["image_id"] for row in csv.DictReader(lines[1:]) if row.get("part") == part)
 
 
 def _parse_header(path: Path, first_line: str) -> dict[str, str]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lesionlab.class_offsets import load_class_offsets
+from lesionlab.data.split import read_part_ids
 from lesionlab.errors import CheckpointError, ConfigError
 from lesionlab.evaluation.calibration import checkpoint_temperature
 from lesionlab.evaluation.evaluate import EvaluationOptions, EvaluationResult, evaluate_run
@@ -26,6 +27,7 @@ from lesionlab.inference.backends import ONNX_SUFFIX, OPENVINO_SUFFIX, checkpoin
 from lesionlab.inference.model_file import ResolvedModel, record_threshold
 from lesionlab.io_utils import atomic_write_json
 from lesionlab.malignancy import FALLBACK_RULE, MalignancyRule, ThresholdFit
+from lesionlab.training.rundir import RunDirectory
 
 ENSEMBLE_SHA256 = "ensemble"
 
@@ -67,6 +69,13 @@ def ensemble_rule(validation: Predictions | None, target_sensitivity: float,
     return MalignancyRule(fit.threshold, fit) if fit is not None else FALLBACK_RULE
 
 
+def share_validation(run_dirs: Sequence[Path]) -> bool:
+    """Whether the members' splits hold the same validation part. The folds of a cross-validation
+    (`lesionlab cv`) do not: their ensemble keeps the malignancy threshold its model file recorded, fitted
+    on the out-of-fold predictions."""
+    return len({read_part_ids(RunDirectory(run_dir).split, "val") for run_dir in run_dirs}) == 1
+
+
 def evaluate_ensemble(run_dirs: Sequence[Path], options: EvaluationOptions,
                       scoring: MemberScoring | None = None, out_dir: Path | None = None,
                       model_file: ResolvedModel | None = None) -> EvaluationResult:
@@ -79,9 +88,15 @@ def evaluate_ensemble(run_dirs: Sequence[Path], options: EvaluationOptions,
     """
     names = [run_dir.name for run_dir in run_dirs]
     scoring = scoring or MemberScoring(tuple(options for _ in run_dirs))
+    own_validation = share_validation(run_dirs)
+    if options.data is None and options.split == "val" and not own_validation:
+        raise ConfigError(f"{', '.join(map(str, run_dirs))}: these members validated on different parts "
+                          f"(the folds of a cross-validation), so each trained on the others' validation "
+                          f"images; read their out-of-fold figures in the cross-validation folder "
+                          f"(out-of-fold/metrics.json), or evaluate the test part or other data.")
     evaluated = ensemble_predictions(run_dirs, scoring)
     validation = None
-    if options.data is None and (options.split or "test") != "val":
+    if options.data is None and (options.split or "test") != "val" and own_validation:
         validation = ensemble_predictions(run_dirs, scoring, split="val")
     rule = ensemble_rule(validation, options.malignant_sensitivity,
                          None if model_file is None else model_file.malignancy)

@@ -20,15 +20,15 @@ from lesionlab.data.split import read_split
 from lesionlab.errors import ConfigError
 from lesionlab.study.budget import Budget, check_budget, recorded_budget, run_overrides, run_recipe
 from lesionlab.study.orchestration import (
+    JOBS_HINT,
     check_only,
-    check_study_member,
     prepare_study,
-    run_status,
     score_study,
     selected_runs,
     study_folder,
 )
 from lesionlab.study.schema import StudyRun, load_study
+from lesionlab.training.reuse import check_run_matches, run_status
 
 
 def train_command(run: StudyRun, budget: Budget, table: SampleTable, fmt: str | None, folder: Path) -> str:
@@ -75,7 +75,7 @@ def collect_study(config: str | Path, *, data: str | Path | None = None, fmt: st
     table = read_dataset(data, fmt)
     split = read_split(folder / "split.csv", table)
     for run in runs:
-        check_study_member(folder / run.name, run, run_recipe(run, budget), table, split)
+        check_run_matches(folder / run.name, run.name, run_recipe(run, budget), table, split, JOBS_HINT)
     score_study(study, folder, budget, table.root, only)
     return folder
 

@@ -16,15 +16,12 @@ from lesionlab.data.readers.samples import SampleTable
 from lesionlab.data.split import Split, read_split, write_split
 from lesionlab.errors import ConfigError
 from lesionlab.pipeline import new_run_split
-from lesionlab.run_json import RUN_JSON, read_run_json
 from lesionlab.study.budget import Budget, check_budget, run_recipe
 from lesionlab.study.output import write_study_outputs
 from lesionlab.study.schema import Study, StudyRun, load_study
 from lesionlab.study.scoring import decision_rows, ensemble_row, evaluate_study_run
 from lesionlab.training import distributed
-from lesionlab.training.recipe import Recipe, load_recipe
-from lesionlab.training.rundir import RunDirectory
-from lesionlab.training.runner import train_run
+from lesionlab.training.reuse import train_or_reuse
 
 log = logging.getLogger("lesionlab.study")
 
@@ -63,44 +60,7 @@ def study_split(study: Study, table: SampleTable, folder: Path, budget: Budget) 
     return split
 
 
-def run_status(run_dir: Path) -> str | None:
-    """The run's recorded status (`finished`, `stopped`, ...), or None when it was never started."""
-    return read_run_json(run_dir).get("status") if (run_dir / RUN_JSON).is_file() else None
-
-
-def check_study_member(run_dir: Path, run: StudyRun, recipe: Recipe, table: SampleTable,
-                       split: Split) -> None:
-    """A finished run in the study folder (trained by an earlier study command, as a separate job, or copied
-    in) belongs to the study only with the study's recipe for it and its split: otherwise the table would
-    compare it on something other than it states."""
-    trained = load_recipe(RunDirectory(run_dir).config).to_dict()
-    expected = recipe.to_dict()
-    differing = [key for key in expected if trained.get(key) != expected[key]]
-    if differing:
-        raise ConfigError(f"{run_dir}/config.yaml: run {run.name} was trained with another recipe than the "
-                          f"study gives it ({', '.join(differing)} differ); train it with the command "
-                          f"`lesionlab study ... --jobs` prints, or move the folder away to retrain it here.")
-    member = read_split(RunDirectory(run_dir).split, table)
-    for part, samples in split.parts.items():
-        if {sample.image_id for sample in member.parts.get(part, [])} != {s.image_id for s in samples}:
-            raise ConfigError(f"{run_dir}/split.csv: run {run.name} was trained on another split than the "
-                              f"study's ({part} part differs); train it with "
-                              f"`--split {run_dir.parent / 'split.csv'}`.")
-
-
-def train_study_run(run: StudyRun, recipe: Recipe, table: SampleTable, split: Split, run_dir: Path) -> None:
-    """Train a run unless it finished before; continue it where an earlier attempt stopped.
-
-    A finished run is kept only after `check_study_member` accepts its recipe and split. Any run with a
-    run.json is resumed, also one stopped before its first epoch ended: resuming such a run starts it from
-    its first epoch in its own folder, where starting it as new would refuse the folder.
-    """
-    status = run_status(run_dir)
-    if status == "finished":
-        check_study_member(run_dir, run, recipe, table, split)
-        log.info("%s: already trained, skipped", run.name)
-        return
-    train_run(recipe, table, split, run_dir, resume=status is not None)
+JOBS_HINT = "train it with the command `lesionlab study ... --jobs` prints"
 
 
 @dataclass(frozen=True)
@@ -141,7 +101,8 @@ def run_study(
     study, folder = prepared.study, prepared.folder
     for run in selected_runs(study, only):
         log.info("study %s: run %s", study.name, run.name)
-        train_study_run(run, run_recipe(run, budget), prepared.table, prepared.split, folder / run.name)
+        train_or_reuse(run.name, run_recipe(run, budget), prepared.table, prepared.split, folder / run.name,
+                       JOBS_HINT)
     if distributed.is_main():
         score_study(study, folder, budget, prepared.table.root, only)
     return folder

@@ -94,19 +94,20 @@ WITHHELD_SUFFIX = "-no-metadata"
 """Row name and eval folder suffix of a metadata model scored with every patient field withheld."""
 
 
-def _part_scores(study: Study, run_dir: Path, stem: Path | None, folder_tag: str,
-                 metadata: bool) -> dict[str, dict[str, Any]]:
+def part_scores(run_dir: Path, tta_views: tuple[str, ...] | None, stem: Path | None = None,
+                folder_tag: str = "", metadata: bool = True) -> dict[str, dict[str, Any]]:
     """The metrics of one checkpoint on the validation and the test part (`eval/<part><folder_tag>`), with
-    the study's views and the patient fields given (`metadata`) or withheld; read back where already on disk
-    for these weights."""
+    these views and the patient fields given (`metadata`) or withheld; read back where already on disk for
+    these weights. Validation comes first: its evaluation fits the temperature the test part is scored
+    with."""
     weights = (stem or run_dir / BEST_STEM).with_suffix(WEIGHTS_SUFFIX)
     scores = {}
     for part in ("val", "test"):
         out_dir = run_dir / "eval" / f"{part}{folder_tag}"
-        scores[part] = current_evaluation(out_dir, weights, views(study))
+        scores[part] = current_evaluation(out_dir, weights, tta_views)
         if scores[part] is None:
             options = EvaluationOptions(
-                split=part, tta_views=views(study), checkpoint=stem, out_dir=out_dir, metadata=metadata
+                split=part, tta_views=tta_views, checkpoint=stem, out_dir=out_dir, metadata=metadata
             )
             scores[part] = evaluate_run(run_dir, options).metrics
     return scores
@@ -125,7 +126,7 @@ def evaluate_study_run(study: Study, run: StudyRun, recipe: Recipe, run_dir: Pat
         suffix = f" / stage {stage}" if stage else ""
         for metadata in (True, False) if recipe.metadata is not None else (True,):
             variant = tag + ("" if metadata else WITHHELD_SUFFIX)
-            scores = _part_scores(study, run_dir, stem, variant, metadata)
+            scores = part_scores(run_dir, views(study), stem, variant, metadata)
             metrics = scores["test"]
             extra = {
                 "val_balanced_accuracy": scores["val"]["balanced_accuracy"],
