@@ -12,13 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lesionlab.classes import CLASS_CODES
 from lesionlab.cli import main
+from lesionlab.crossval import CrossValidationResult
 from lesionlab.data.readers import read_dataset
 from lesionlab.data.readers.samples import Sample
 from lesionlab.data.split import Split, fold_splits, make_split
 from lesionlab.errors import USER_ERROR, ConfigError
-from lesionlab.evaluation.predictions import read_predictions
+from lesionlab.evaluation.metrics import compute_metrics
+from lesionlab.evaluation.predictions import Predictions, read_predictions
 from lesionlab.evaluation.view_logits import LOGITS_FILE, ensemble_probabilities, read_view_logits
+from lesionlab.tables import format_table
 
 TINY = ["arch=small_cnn", "pretrained=none", "head_hidden=null", "dropout=null", "image_size=32",
         "workers=0", "channels_last=false", "cache=false", "stages=[{trainable: all, epochs: 1, "
@@ -112,3 +116,14 @@ def test_a_cross_validation_trains_its_folds_scores_out_of_fold_and_deploys_the_
     assert "started with 2 folds, not 3" in capsys.readouterr().err
     assert main(cv("--set", "seed=4")) == USER_ERROR
     assert "fold-0/config.yaml: run fold-0 was trained with another recipe" in capsys.readouterr().err
+
+
+def test_the_summary_table_shows_a_class_a_part_lacks_as_a_dash() -> None:
+    labels = np.array([0, 1, 2, 3, 4, 5, 0, 1])  # no vasc
+    probabilities = np.eye(7)[labels] * 0.9 + 0.1 / 7
+    predictions = Predictions(tuple(f"i{n}" for n in range(8)), (None,) * 8, labels, probabilities,
+                              CLASS_CODES)
+    metrics = compute_metrics(predictions)
+    result = CrossValidationResult(Path("cv"), ({"val": metrics, "test": metrics},), metrics, metrics)
+    text = format_table(result.table())
+    assert "rec vasc" in text and text.splitlines()[-1].rstrip().endswith("—")

@@ -34,6 +34,7 @@ from lesionlab.evaluation.ensemble import ENSEMBLE_SHA256
 from lesionlab.evaluation.evaluate import write_figures
 from lesionlab.evaluation.metrics import compute_metrics, fit_malignancy_threshold
 from lesionlab.evaluation.predictions import Predictions, read_predictions, write_predictions
+from lesionlab.evaluation.report import number
 from lesionlab.evaluation.view_logits import LOGITS_FILE, ensemble_probabilities, read_view_logits
 from lesionlab.inference.backends import checkpoint_weights_path
 from lesionlab.inference.model_file import MODEL_FILE_NAME, write_model_file
@@ -126,7 +127,7 @@ class CrossValidationResult:
         def cells(name: str, metrics: dict[str, Any]) -> tuple[str, ...]:
             return (name, str(metrics["samples"]), f"{metrics['balanced_accuracy']:.3f}",
                     f"{metrics['macro_f1']:.3f}", f"{metrics['accuracy']:.3f}",
-                    *(f"{metrics['per_class'][code]['recall']:.2f}" for code in metrics["classes"]))
+                    *(number(metrics["per_class"][code]["recall"], 2) for code in metrics["classes"]))
 
         codes = self.out_of_fold["classes"]
         rows = [cells(f"fold {fold}, its validation fold", scores["val"])
