@@ -5,6 +5,7 @@ it, and reruns that continue the same folds or refuse to change them."""
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +21,7 @@ from lesionlab.data.readers.samples import Sample
 from lesionlab.data.split import Split, fold_splits, make_split
 from lesionlab.errors import USER_ERROR, ConfigError
 from lesionlab.evaluation.metrics import compute_metrics
-from lesionlab.evaluation.predictions import Predictions, read_predictions
+from lesionlab.evaluation.predictions import Predictions, read_predictions, write_predictions
 from lesionlab.evaluation.view_logits import LOGITS_FILE, ensemble_probabilities, read_view_logits
 from lesionlab.tables import format_table
 
@@ -111,6 +112,17 @@ def test_a_cross_validation_trains_its_folds_scores_out_of_fold_and_deploys_the_
     assert deployed["malignancy"]["threshold"] == pytest.approx(metrics["malignancy"]["threshold"])
     assert main(["evaluate", str(folder / "model.json"), "--split", "val"]) == USER_ERROR
     assert "validated on different parts" in capsys.readouterr().err
+
+    assert main([*command, "--compare", str(folder)]) == 0
+    printed = capsys.readouterr().out
+    assert "95% interval (paired)" in printed
+    assert re.search(r"balanced accuracy +(\S+) +\1 +\+0\.000 +\+0\.000 to \+0\.000", printed)
+    other = tmp_path / "other"
+    write_predictions(other / "out-of-fold" / "predictions.csv", Predictions(
+        out_of_fold.image_ids[1:], out_of_fold.lesion_ids[1:], out_of_fold.labels[1:],
+        out_of_fold.probabilities[1:], out_of_fold.class_codes))
+    assert main([*command, "--compare", str(other)]) == USER_ERROR
+    assert "not this cross-validation's" in capsys.readouterr().err
 
     assert main(cv(folds=3)) == USER_ERROR
     assert "started with 2 folds, not 3" in capsys.readouterr().err

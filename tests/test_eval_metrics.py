@@ -14,6 +14,7 @@ from lesionlab.evaluation.metrics import (
     compute_metrics,
     confusion_from_counts,
     expected_calibration_error,
+    paired_differences,
     reliability_bins,
 )
 from lesionlab.evaluation.predictions import Predictions
@@ -155,3 +156,22 @@ def test_classification_report_uses_the_reference_layout() -> None:
     assert lines[0].split() == ["precision", "recall", "f1-score", "support"]
     assert [line.split()[0] for line in lines[2:9]] == list(CLASS_CODES)
     assert "1.00" in lines[2] and "1.000" not in report
+
+
+def test_a_paired_difference_is_exact_at_its_estimate_and_tighter_than_one_models_interval() -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 7, size=600)
+    clusters = np.arange(600) // 2  # two images per lesion
+    baseline = np.where(rng.random(600) < 0.6, labels, rng.integers(0, 7, size=600))
+    better = np.where(rng.random(600) < 0.3, labels, baseline)  # fixes some of the baseline's errors
+
+    same = paired_differences(labels, baseline, baseline, clusters, 7)
+    assert all(d == {"estimate": 0.0, "low": 0.0, "high": 0.0} for d in same.values())
+
+    differences = paired_differences(labels, better, baseline, clusters, 7)
+    expected = balanced_accuracy_score(labels, better) - balanced_accuracy_score(labels, baseline)
+    assert differences["balanced_accuracy"]["estimate"] == pytest.approx(expected)
+    paired = differences["balanced_accuracy"]["high"] - differences["balanced_accuracy"]["low"]
+    separate = bootstrap_intervals(labels, better, clusters, 7)["balanced_accuracy"]
+    assert differences["balanced_accuracy"]["low"] > 0.0, "a real improvement is told apart"
+    assert paired < separate[1] - separate[0], "the shared images cancel: narrower than one model's interval"

@@ -32,7 +32,15 @@ from lesionlab.errors import ConfigError
 from lesionlab.evaluation.calibration import checkpoint_temperature
 from lesionlab.evaluation.ensemble import ENSEMBLE_SHA256
 from lesionlab.evaluation.evaluate import write_figures
-from lesionlab.evaluation.metrics import compute_metrics, fit_malignancy_threshold
+from lesionlab.evaluation.metrics import (
+    BOOTSTRAP_RESAMPLES,
+    INTERVAL_METRICS,
+    cluster_ids,
+    compute_metrics,
+    fit_malignancy_threshold,
+    headline_metrics,
+    paired_differences,
+)
 from lesionlab.evaluation.predictions import Predictions, read_predictions, write_predictions
 from lesionlab.evaluation.report import number
 from lesionlab.evaluation.view_logits import LOGITS_FILE, ensemble_probabilities, read_view_logits
@@ -236,3 +244,39 @@ def _write_summary(cv: CrossValidation, result: CrossValidationResult) -> None:
         "",
     ]
     atomic_write_text(cv.folder / "cv.md", "\n".join(lines))
+
+
+def compare_cv(folder: Path, baseline: Path) -> Table:
+    """This cross-validation's out-of-fold figures against another's on the same images, with paired
+    bootstrap intervals of the differences (`metrics.paired_differences`, lesions resampled): the way to
+    tell whether one recipe beats another. Saved as `compare-<baseline name>.json`; test figures are left
+    out on purpose, as the choice is made out of fold."""
+    ours = read_predictions(folder / OUT_OF_FOLD / "predictions.csv")
+    path = baseline / OUT_OF_FOLD / "predictions.csv"
+    if not path.is_file():
+        raise ConfigError(f"{path}: no out-of-fold predictions to compare with; give a cross-validation "
+                          f"folder that `lesionlab cv` has scored.")
+    theirs = read_predictions(path)
+    if sorted(theirs.image_ids) != sorted(ours.image_ids):
+        raise ConfigError(f"{baseline}: its out-of-fold images are not this cross-validation's; compare "
+                          f"cross-validations made on the same --split.")
+    order = {image: index for index, image in enumerate(theirs.image_ids)}
+    baseline_decisions = theirs.predicted[[order[image] for image in ours.image_ids]]
+    clusters, unit = cluster_ids(ours.image_ids, ours.lesion_ids)
+    differences = paired_differences(ours.labels, ours.predicted, baseline_decisions, clusters,
+                                     len(ours.class_codes))
+    atomic_write_json(folder / f"compare-{baseline.name}.json",
+                      {"baseline": str(baseline), "images": len(ours.labels), "unit": unit,
+                       "resamples": BOOTSTRAP_RESAMPLES, "differences": differences})
+    rows = []
+    for name in INTERVAL_METRICS:
+        difference = differences[name]
+        rows.append((name.replace("_", " "), f"{_metric(ours, name):.3f}", f"{_metric(theirs, name):.3f}",
+                     f"{difference['estimate']:+.3f}",
+                     f"{difference['low']:+.3f} to {difference['high']:+.3f}"))
+    return Table(("out of fold", folder.name, baseline.name, "difference", "95% interval (paired)"),
+                 tuple(rows))
+
+
+def _metric(predictions: Predictions, name: str) -> float:
+    return float(headline_metrics(predictions.labels, predictions.predicted)[name])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from lesionlab.commands._common import (
     add_data_arguments,
@@ -40,6 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--fold", type=int, nargs="+", default=(), metavar="K",
                         help="train just these folds, then stop (score with a later command once all are "
                         "trained)")
+    parser.add_argument("--compare", type=Path, metavar="CV_DIR",
+                        help="once scored, compare the out-of-fold figures with another cross-validation "
+                        "of the same split (a paired bootstrap interval of each difference)")
     add_tta_arguments(parser)
     parser.add_argument("--no-tta", action="store_true",
                         help="score on single views; by default with test-time augmentation, as `run` does")
@@ -49,11 +53,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def handle(args: argparse.Namespace) -> int:
     """Set up or continue the cross-validation, train its folds, and score it once all are trained."""
     from lesionlab.commands.run import test_views
-    from lesionlab.crossval import prepare_cv, score_cv, train_folds
+    from lesionlab.crossval import compare_cv, prepare_cv, score_cv, train_folds
     from lesionlab.data.readers import read_dataset
     from lesionlab.data.split import read_split
     from lesionlab.errors import ConfigError
     from lesionlab.pipeline import new_run_split
+    from lesionlab.tables import format_table
     from lesionlab.training import distributed
     from lesionlab.training.recipe import load_recipe, scale_epochs
 
@@ -77,4 +82,6 @@ def handle(args: argparse.Namespace) -> int:
         return 0
     score_cv(cv, test_views(args))
     print((cv.folder / "cv.md").read_text(encoding="utf-8"))
+    if args.compare:
+        print(format_table(compare_cv(cv.folder, args.compare)))
     return 0
