@@ -221,6 +221,13 @@ def test_a_study_runs_on_one_split_skips_finished_runs_and_averages_an_ensemble(
 
     study_rows = json.loads((folder / "study.json").read_text())["rows"]
     best = study_rows[best_row(study_rows)]
+    compared = [row for row in study_rows if row is not best]
+    assert compared and all("val_vs_best" in row for row in compared), "each other row paired with the best"
+    for row in compared:
+        behind = row["val_balanced_accuracy"] - best["val_balanced_accuracy"]
+        assert row["val_vs_best"] == pytest.approx(behind)
+        assert row["val_vs_best_low"] <= row["val_vs_best"] <= row["val_vs_best_high"]
+    assert "val vs best (paired 95%)" in (folder / "study.md").read_text()
     recorded = read_model_file(folder / "model.json")
     assert [member.ref.path for member in recorded.members] == best.get("members", [best["run"]])
     assert (recorded.class_offsets is not None) == ("class-offsets" in best.get("decisions", ()))

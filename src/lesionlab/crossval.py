@@ -250,7 +250,9 @@ def compare_cv(folder: Path, baseline: Path) -> Table:
     """This cross-validation's out-of-fold figures against another's on the same images, with paired
     bootstrap intervals of the differences (`metrics.paired_differences`, lesions resampled): the way to
     tell whether one recipe beats another. Saved as `compare-<baseline name>.json`; test figures are left
-    out on purpose, as the choice is made out of fold."""
+    out on purpose, as the choice is made out of fold. The intervals cover which images were drawn; each
+    image's decision comes from one trained model, so a recipe's training noise is averaged over the folds
+    but not removed."""
     ours = read_predictions(folder / OUT_OF_FOLD / "predictions.csv")
     path = baseline / OUT_OF_FOLD / "predictions.csv"
     if not path.is_file():

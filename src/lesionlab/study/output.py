@@ -12,6 +12,8 @@ from typing import Any
 from lesionlab.class_offsets import CLASS_OFFSETS_FILE
 from lesionlab.classes import CLASS_CODES
 from lesionlab.errors import ConfigError
+from lesionlab.evaluation.metrics import cluster_ids, paired_differences
+from lesionlab.evaluation.predictions import read_predictions
 from lesionlab.evaluation.report import number
 from lesionlab.inference.backends import checkpoint_weights_path
 from lesionlab.inference.model_file import MODEL_FILE_NAME
@@ -19,6 +21,7 @@ from lesionlab.io_utils import atomic_write_json, atomic_write_text
 from lesionlab.malignancy import DEFAULT_TARGET_SENSITIVITY, ThresholdFit
 from lesionlab.study.budget import Budget
 from lesionlab.study.schema import CLASS_OFFSETS, Study, views
+from lesionlab.study.scoring import VAL_PREDICTIONS
 from lesionlab.tables import Table, format_table
 from lesionlab.training.rundir import RunDirectory
 from lesionlab.views import IDENTITY
@@ -33,12 +36,42 @@ def best_row(rows: list[dict[str, Any]]) -> int:
     return max(eligible, key=lambda i: rows[i]["val_balanced_accuracy"]) if eligible else -1
 
 
+def compare_with_best(folder: Path, rows: list[dict[str, Any]]) -> None:
+    """Add to each row `val_vs_best` (with `_low`, `_high`): its validation balanced accuracy minus the best
+    row's, with a paired bootstrap interval (`metrics.paired_differences`: both rows' decisions on the same
+    resampled lesions). A row whose interval holds 0 is one validation cannot tell from the best, so the
+    choice between them is a coin toss at this sample size. The interval is over the images, for these
+    trained models: it does not cover the training seed, which can move one recipe by more."""
+    best = best_row(rows)
+    if best < 0 or VAL_PREDICTIONS not in rows[best]:
+        return
+    reference = read_predictions(folder / rows[best][VAL_PREDICTIONS])
+    clusters, _ = cluster_ids(reference.image_ids, reference.lesion_ids)
+    for index, row in enumerate(rows):
+        if index == best or VAL_PREDICTIONS not in row:
+            continue
+        predictions = read_predictions(folder / row[VAL_PREDICTIONS])
+        if predictions.image_ids != reference.image_ids:
+            continue
+        difference = paired_differences(reference.labels, predictions.predicted, reference.predicted,
+                                        clusters, len(reference.class_codes))["balanced_accuracy"]
+        row.update(val_vs_best=difference["estimate"], val_vs_best_low=difference["low"],
+                   val_vs_best_high=difference["high"])
+
+
+def _versus_best(row: dict[str, Any]) -> str:
+    if row.get("val_vs_best") is None:
+        return ""
+    return f"{row['val_vs_best']:+.3f} ({row['val_vs_best_low']:+.3f} to {row['val_vs_best_high']:+.3f})"
+
+
 def study_table(rows: list[dict[str, Any]]) -> Table:
     """The comparison table, the row `best_row` recommends marked best."""
     best = best_row(rows)
     header = [
         "run",
         "val bal acc",
+        "val vs best (paired 95%)",
         "acc",
         "bal acc",
         "macro F1",
@@ -55,6 +88,7 @@ def study_table(rows: list[dict[str, Any]]) -> Table:
             [
                 ("**best** " if index == best else "") + row["label"],
                 f"{row['val_balanced_accuracy']:.3f}",
+                _versus_best(row),
                 f"{row['accuracy']:.3f}",
                 f"{row['balanced_accuracy']:.3f}",
                 f"{row['macro_f1']:.3f}",
@@ -70,8 +104,11 @@ def study_table(rows: list[dict[str, Any]]) -> Table:
 def write_study_outputs(
     study: Study, folder: Path, budget: Budget, data_root: Path, rows: list[dict[str, Any]]
 ) -> None:
-    """study.json, study.csv, study.md and the figure, all from the same rows."""
+    """study.json, study.csv, study.md and the figure, all from the same rows (each compared with the best
+    on validation first)."""
     from lesionlab.evaluation.plots import plot_study
+
+    compare_with_best(folder, rows)
 
     atomic_write_json(
         folder / "study.json",
@@ -92,7 +129,11 @@ def write_study_outputs(
         "",
         f"Data: `{data_root}`; lesion-grouped split seed {study.split['seed']} "
         f"(val {study.split['val']}, test {study.split['test']}); budget: {budget.describe()}.",
-        "Metrics on the test part; the row marked best has the highest validation balanced accuracy.",
+        "Metrics on the test part; the row marked best has the highest validation balanced accuracy. "
+        "`val vs best` is a row's validation balanced accuracy minus the best row's, with a paired "
+        "bootstrap interval over the validation lesions: where it holds 0, validation cannot tell the two "
+        "trained models apart. It covers which images were drawn, not training noise: two training seeds "
+        "of one recipe can differ by more.",
         f"It is saved as `{MODEL_FILE_NAME}` in this folder: `lesionlab predict {MODEL_FILE_NAME} IMAGE` (or "
         f"`serve`, `evaluate`, `lesionlab.load`) scores as that row.",
         "",

@@ -21,7 +21,7 @@ from lesionlab.class_offsets import (
 from lesionlab.evaluation.decision import fit_class_offsets, lesion_mean, out_of_fold_offsets
 from lesionlab.evaluation.evaluate import EvaluationOptions, evaluate_run
 from lesionlab.evaluation.metrics import compute_metrics
-from lesionlab.evaluation.predictions import Predictions, read_predictions
+from lesionlab.evaluation.predictions import Predictions, read_predictions, write_predictions
 from lesionlab.evaluation.view_logits import LOGITS_FILE, ViewLogits, ensemble_probabilities, read_view_logits
 from lesionlab.io_utils import atomic_write_json, file_sha256
 from lesionlab.models.checkpoint import BEST_STEM, WEIGHTS_SUFFIX
@@ -90,6 +90,11 @@ def current_evaluation(
     return None
 
 
+VAL_PREDICTIONS = "val_predictions"
+"""Row key: the row's validation predictions, relative to the study folder (compared in `output`)."""
+VAL_PREDICTIONS_FILE = "val-predictions.csv"
+"""An ensemble or decision row's validation predictions, beside its metrics.json."""
+
 WITHHELD_SUFFIX = "-no-metadata"
 """Row name and eval folder suffix of a metadata model scored with every patient field withheld."""
 
@@ -139,6 +144,8 @@ def evaluate_study_run(study: Study, run: StudyRun, recipe: Recipe, run_dir: Pat
                 "train_images_per_s": speed,
                 "report": (run_dir / "eval" / f"test{variant}" / "report.md")
                 .relative_to(run_dir.parent).as_posix(),
+                VAL_PREDICTIONS: (run_dir / "eval" / f"val{variant}" / "predictions.csv")
+                .relative_to(run_dir.parent).as_posix(),
                 "note": run.note if metadata else "every patient field withheld (`evaluate --no-metadata`)",
                 "fields_withheld": not metadata,
             }
@@ -179,9 +186,11 @@ def predictions_row(
     metrics = compute_metrics(test)
     validation = compute_metrics(val)
     atomic_write_json(out_dir / "metrics.json", {**extra, **metrics, "validation": validation})
+    write_predictions(out_dir / VAL_PREDICTIONS_FILE, val)
     scores = {
         "val_balanced_accuracy": validation["balanced_accuracy"],
         "val_macro_f1": validation["macro_f1"],
+        VAL_PREDICTIONS: f"{out_dir.name}/{VAL_PREDICTIONS_FILE}",
     }
     return _row(name, label, metrics, {**scores, **extra})
 
