@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import lesionlab
 from lesionlab.classes import CLASS_CODES
 from lesionlab.cli import main
 from lesionlab.crossval import CrossValidationResult
@@ -81,8 +82,7 @@ def test_a_cross_validation_trains_its_folds_scores_out_of_fold_and_deploys_the_
     assert not (folder / "model.json").exists()
     trained = (folder / "fold-0" / "best.safetensors").stat().st_mtime_ns
 
-    assert main(command) == 0
-    assert "Out of fold (choose by this)" in capsys.readouterr().out
+    result = lesionlab.cross_validate(out=folder, data=data, overrides=TINY, folds=2)  # the Python API
     assert (folder / "fold-0" / "best.safetensors").stat().st_mtime_ns == trained, "a finished fold is kept"
 
     table = read_dataset(data)
@@ -104,7 +104,8 @@ def test_a_cross_validation_trains_its_folds_scores_out_of_fold_and_deploys_the_
     assert metrics["malignancy"]["threshold_fit"]["fitted_on"] == "out-of-fold"
     assert (folder / "out-of-fold" / "figures" / "confusion-matrix.png").stat().st_size > 0
     record = json.loads((folder / "cv.json").read_text())
-    assert record["results"]["out-of-fold"]["samples"] == len(pooled)
+    assert record["results"]["out-of-fold"]["samples"] == len(pooled) == result.out_of_fold["samples"]
+    assert result.test["balanced_accuracy"] == metrics["balanced_accuracy"]
 
     assert main(["evaluate", str(folder / "model.json")]) == 0
     deployed = json.loads((folder / "eval" / "model-test" / "metrics.json").read_text())
@@ -115,7 +116,7 @@ def test_a_cross_validation_trains_its_folds_scores_out_of_fold_and_deploys_the_
 
     assert main([*command, "--compare", str(folder)]) == 0
     printed = capsys.readouterr().out
-    assert "95% interval (paired)" in printed
+    assert "Out of fold (choose by this)" in printed and "95% interval (paired)" in printed
     assert re.search(r"balanced accuracy +(\S+) +\1 +\+0\.000 +\+0\.000 to \+0\.000", printed)
     other = tmp_path / "other"
     write_predictions(other / "out-of-fold" / "predictions.csv", Predictions(

@@ -2,7 +2,7 @@
 
 from importlib.metadata import version
 
-from lesionlab.api import Model, Result, evaluate, load, train
+from lesionlab.api import Model, Result, cross_validate, evaluate, load, train
 
-__all__ = ["Model", "Result", "evaluate", "load", "train"]
+__all__ = ["Model", "Result", "cross_validate", "evaluate", "load", "train"]
 __version__ = version("lesionlab")

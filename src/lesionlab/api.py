@@ -1,9 +1,11 @@
-"""lesionlab from Python, for notebooks: `load` a model, `Model.predict` an image, `train` and `evaluate`.
+"""lesionlab from Python, for notebooks: `load` a model, `Model.predict` an image, `train`, `cross_validate`
+and `evaluate`.
 
 A thin layer over the code the command line runs, so a notebook and `lesionlab predict` / `train` / `evaluate`
 give the same numbers: `load` is `inference.load_predictor` (the flags of `predict` as keywords), `predict`
 is the predictor's own TTA, temperature, ensemble, class-offset and malignancy rules, `train` is
-`training.runner.train_run` with the split `lesionlab train` would make, and `evaluate` is
+`training.runner.train_run` with the split `lesionlab train` would make, `cross_validate` is `lesionlab cv`
+(`lesionlab.crossval`), and `evaluate` is
 `evaluation.evaluate.evaluate_run` (or `evaluate_ensemble` for an ensemble). Heavy modules load on first use,
 so `import lesionlab` stays quick.
 """
@@ -24,6 +26,7 @@ from lesionlab.errors import ConfigError
 from lesionlab.inference.prediction import Prediction, RankedClass
 
 if TYPE_CHECKING:
+    from lesionlab.crossval import CrossValidationResult
     from lesionlab.evaluation.evaluate import EvaluationResult
     from lesionlab.inference.base import Predictor
     from lesionlab.malignancy import ThresholdFit
@@ -191,22 +194,38 @@ def train(recipe: str | os.PathLike[str] | None = None, *, data: str | os.PathLi
     `overrides` are `--set KEY=VALUE` assignments, `subset` trains on about that many images (a
     lesion-grouped part), `split` reuses a split.csv."""
     from lesionlab.data.readers import read_dataset
-    from lesionlab.data.split import read_split
-    from lesionlab.pipeline import new_run_split
+    from lesionlab.pipeline import training_split
     from lesionlab.training.recipe import load_recipe
     from lesionlab.training.runner import train_run
 
     resolved = load_recipe(recipe, overrides)
     table = read_dataset(data, data_format)
-    if split is not None:
-        if subset is not None:
-            raise ConfigError("subset makes a new split; it cannot be combined with split")
-        run_split = read_split(split, table)
-    else:
-        run_split = new_run_split(table, subset, resolved.seed)
+    run_split = training_split(table, split, subset, resolved.seed)
     name = f"{resolved.arch}-{datetime.now():%Y%m%d-%H%M%S}"
     run_dir = Path(out) if out is not None else Path("runs") / name
     return load(train_run(resolved, table, run_split, run_dir))
+
+
+def cross_validate(recipe: str | os.PathLike[str] | None = None, *, out: str | os.PathLike[str],
+                   data: str | os.PathLike[str] | None = None, overrides: Sequence[str] = (),
+                   folds: int = 5, split: str | os.PathLike[str] | None = None, subset: int | None = None,
+                   tta: bool = True, data_format: str | None = None) -> CrossValidationResult:
+    """Cross-validate `recipe` on `folds` lesion-grouped folds of the split's train + val parts into `out`,
+    as `lesionlab cv` does (a rerun continues it), and return its figures: `.out_of_fold` (every train + val
+    image scored once, the figure to choose by) and `.test` (the folds as one ensemble on the test part),
+    both metrics.json payloads; `out/model.json` is that ensemble."""
+    from lesionlab.crossval import prepare_cv, score_cv, train_folds
+    from lesionlab.data.readers import read_dataset
+    from lesionlab.pipeline import training_split
+    from lesionlab.training.recipe import load_recipe
+    from lesionlab.views import parse_views
+
+    resolved = load_recipe(recipe, overrides)
+    table = read_dataset(data, data_format)
+    cv = prepare_cv(Path(out), resolved, table, training_split(table, split, subset, resolved.seed), folds,
+                    given=split is not None)
+    train_folds(cv)
+    return score_cv(cv, parse_views(None) if tta else None)
 
 
 def evaluate(model: Model | str | os.PathLike[str], *, data: str | os.PathLike[str] | None = None,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from lesionlab.data.readers import read_dataset
 from lesionlab.data.readers.samples import SampleTable
-from lesionlab.data.split import Split, make_split
+from lesionlab.data.split import Split, make_split, read_split
 from lesionlab.errors import CheckpointError, ConfigError
 from lesionlab.evaluation.evaluate import EvaluationOptions, EvaluationResult, evaluate_run
 from lesionlab.evaluation.run_offsets import RunModel, write_run_model
@@ -75,6 +75,18 @@ def new_run_split(
     source = subset_table(table, subset, seed) if subset else table
     made = make_split(source, val, test, seed, group=group)
     return Split(made.parts, table.fingerprint, made.seed, made.group)
+
+
+def training_split(table: SampleTable, split: str | Path | None, subset: int | None, seed: int) -> Split:
+    """The split a new training trains on: a given split file, else a new lesion-grouped split (of a subset
+    of about `subset` images when asked), as `lesionlab train`, `lesionlab cv` and `lesionlab.train` make it.
+    A subset makes its own split, so the two together are refused."""
+    if split is None:
+        return new_run_split(table, subset, seed)
+    if subset:
+        raise ConfigError("a subset (--subset) makes its own split; give a subset or a split file "
+                          "(--split), not both")
+    return read_split(split, table)
 
 
 def resolve_recipe(options: PipelineOptions) -> Recipe:

@@ -55,22 +55,19 @@ def handle(args: argparse.Namespace) -> int:
     from lesionlab.commands.run import test_views
     from lesionlab.crossval import compare_cv, prepare_cv, score_cv, train_folds
     from lesionlab.data.readers import read_dataset
-    from lesionlab.data.split import read_split
     from lesionlab.errors import ConfigError
-    from lesionlab.pipeline import new_run_split
+    from lesionlab.pipeline import training_split
     from lesionlab.tables import format_table
     from lesionlab.training import distributed
     from lesionlab.training.recipe import load_recipe, scale_epochs
 
     if not args.name:
         raise ConfigError("lesionlab cv needs --name NAME: the folder runs/NAME/ that a rerun continues")
-    if args.split and args.subset:
-        raise ConfigError("--subset makes a new split; it cannot be combined with --split")
     recipe = load_recipe(args.config, recipe_overrides(args))
     if args.epochs_scale is not None:
         recipe = scale_epochs(recipe, args.epochs_scale)
     table = read_dataset(args.data, args.format)
-    split = read_split(args.split, table) if args.split else new_run_split(table, args.subset, recipe.seed)
+    split = training_split(table, args.split, args.subset, recipe.seed)
     cv = prepare_cv(args.runs_dir / args.name, recipe, table, split, args.folds, given=bool(args.split))
     train_folds(cv, tuple(args.fold))
     if not distributed.is_main():

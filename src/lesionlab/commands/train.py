@@ -41,8 +41,7 @@ def run_train(args: argparse.Namespace) -> int:
     """Resolve recipe, data and split, train, and print the summary table."""
     from lesionlab.data.readers import read_dataset
     from lesionlab.data.split import read_split
-    from lesionlab.errors import ConfigError
-    from lesionlab.pipeline import new_run_split
+    from lesionlab.pipeline import training_split
     from lesionlab.tracking import check_available
     from lesionlab.training.recipe import load_recipe, scale_epochs
     from lesionlab.training.runner import summary_table, train_run
@@ -60,12 +59,7 @@ def run_train(args: argparse.Namespace) -> int:
         if args.epochs_scale is not None:
             recipe = scale_epochs(recipe, args.epochs_scale)
         table = read_dataset(args.data, args.format)
-        if args.split:
-            if args.subset:
-                raise ConfigError("--subset makes a new split; it cannot be combined with --split")
-            split = read_split(args.split, table)
-        else:
-            split = new_run_split(table, args.subset, recipe.seed)
+        split = training_split(table, args.split, args.subset, recipe.seed)
         check_available(recipe.tracking)
         name = args.name or f"{recipe.arch}-{datetime.now():%Y%m%d-%H%M%S}"
         run_dir = Path(args.runs_dir) / name
