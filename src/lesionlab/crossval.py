@@ -56,7 +56,7 @@ from lesionlab.views import IDENTITY
 
 CV_JSON = "cv.json"
 OUT_OF_FOLD = "out-of-fold"
-OUT_OF_FOLD_LABEL = "out-of-fold"
+"""The pooled out-of-fold part: its folder, and the `fitted_on` of the threshold fitted there."""
 ENSEMBLE_TEST = "test"
 RERUN_HINT = "rerun `lesionlab cv` with the recipe, --folds and split this folder was started with"
 
@@ -189,7 +189,7 @@ def score_cv(cv: CrossValidation, tta_views: tuple[str, ...] | None) -> CrossVal
         held_out[0].class_codes,
     )
     fit = fit_malignancy_threshold(out_of_fold.probabilities, out_of_fold.labels, out_of_fold.class_codes,
-                                   DEFAULT_TARGET_SENSITIVITY, OUT_OF_FOLD_LABEL, None, ENSEMBLE_SHA256)
+                                   DEFAULT_TARGET_SENSITIVITY, OUT_OF_FOLD, None, ENSEMBLE_SHA256)
     rule = MalignancyRule(fit.threshold, fit) if fit is not None else FALLBACK_RULE
     names = [run.name for run in runs]
     logits = [read_view_logits(run / "eval" / "test" / LOGITS_FILE) for run in runs]
@@ -201,7 +201,7 @@ def score_cv(cv: CrossValidation, tta_views: tuple[str, ...] | None) -> CrossVal
                                "train on it (its temperature), the folds pooled"})
     test_metrics = _write_part(cv.folder / ENSEMBLE_TEST, ensemble, rule, f"{cv.folder.name}: fold ensemble",
                                {**described, "rule": "mean of the fold models' probabilities (each with its "
-                                "temperature)", "malignancy_threshold_fitted_on": OUT_OF_FOLD_LABEL})
+                                "temperature)", "malignancy_threshold_fitted_on": OUT_OF_FOLD})
     temperatures = []
     for run in runs:
         fitted = checkpoint_temperature(checkpoint_weights_path(run))
