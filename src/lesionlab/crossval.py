@@ -43,12 +43,12 @@ from lesionlab.evaluation.metrics import (
 )
 from lesionlab.evaluation.predictions import Predictions, read_predictions, write_predictions
 from lesionlab.evaluation.report import number
+from lesionlab.evaluation.reuse import part_scores
 from lesionlab.evaluation.view_logits import LOGITS_FILE, ensemble_probabilities, read_view_logits
 from lesionlab.inference.backends import checkpoint_weights_path
 from lesionlab.inference.model_file import MODEL_FILE_NAME, write_model_file
 from lesionlab.io_utils import atomic_write_json, atomic_write_text
 from lesionlab.malignancy import DEFAULT_TARGET_SENSITIVITY, FALLBACK_RULE, MalignancyRule
-from lesionlab.study.scoring import part_scores
 from lesionlab.tables import Table, format_table
 from lesionlab.training.recipe import Recipe
 from lesionlab.training.reuse import run_status, train_or_reuse

@@ -13,12 +13,12 @@ resume), `collect` (runs trained as separate jobs), `scoring` (the rows) and `ou
 
 from __future__ import annotations
 
+from lesionlab.evaluation.reuse import current_evaluation
 from lesionlab.study.budget import Budget, run_recipe
 from lesionlab.study.collect import collect_study, prepare_jobs
 from lesionlab.study.orchestration import run_study
 from lesionlab.study.output import study_table
 from lesionlab.study.schema import Study, load_study
-from lesionlab.study.scoring import current_evaluation
 
 __all__ = ["Budget", "Study", "collect_study", "current_evaluation", "load_study", "prepare_jobs",
            "run_recipe", "run_study", "study_table"]

@@ -5,7 +5,6 @@ the validation score it is chosen by."""
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,12 +18,11 @@ from lesionlab.class_offsets import (
     save_class_offsets,
 )
 from lesionlab.evaluation.decision import fit_class_offsets, lesion_mean, out_of_fold_offsets
-from lesionlab.evaluation.evaluate import EvaluationOptions, evaluate_run
 from lesionlab.evaluation.metrics import compute_metrics
 from lesionlab.evaluation.predictions import Predictions, read_predictions, write_predictions
+from lesionlab.evaluation.reuse import part_scores
 from lesionlab.evaluation.view_logits import LOGITS_FILE, ViewLogits, ensemble_probabilities, read_view_logits
-from lesionlab.io_utils import atomic_write_json, file_sha256
-from lesionlab.models.checkpoint import BEST_STEM, WEIGHTS_SUFFIX
+from lesionlab.io_utils import atomic_write_json
 from lesionlab.study.schema import (
     CLASS_OFFSETS,
     DECISION_LABELS,
@@ -72,24 +70,6 @@ def training_effort(run_dir: Path, stage: int | None) -> tuple[float, float | No
     return round(minutes, 1), (float(np.mean(speeds)) if speeds else None)
 
 
-def current_evaluation(
-    out_dir: Path, weights: Path, tta_views: tuple[str, ...] | None
-) -> dict[str, Any] | None:
-    """The metrics an earlier run of the study wrote in `out_dir`, when they belong to these exact weights
-    (the sha256 their temperature was fitted for) and these views; None means evaluate again. This is what
-    makes rerunning a finished study cheap: only what changed is measured again."""
-    path = out_dir / "metrics.json"
-    if not all((out_dir / name).is_file() for name in ("predictions.csv", LOGITS_FILE)) or not path.is_file():
-        return None
-    metrics = json.loads(path.read_text(encoding="utf-8"))
-    evaluation = metrics.get("evaluation", {})
-    fit = evaluation.get("temperature") or {}
-    same_views = evaluation.get("tta_views") == (list(tta_views) if tta_views else None)
-    if same_views and fit.get("checkpoint_sha256") == file_sha256(weights):
-        return metrics
-    return None
-
-
 VAL_PREDICTIONS = "val_predictions"
 """Row key: the row's validation predictions, relative to the study folder (compared in `output`)."""
 VAL_PREDICTIONS_FILE = "val-predictions.csv"
@@ -97,25 +77,6 @@ VAL_PREDICTIONS_FILE = "val-predictions.csv"
 
 WITHHELD_SUFFIX = "-no-metadata"
 """Row name and eval folder suffix of a metadata model scored with every patient field withheld."""
-
-
-def part_scores(run_dir: Path, tta_views: tuple[str, ...] | None, stem: Path | None = None,
-                folder_tag: str = "", metadata: bool = True) -> dict[str, dict[str, Any]]:
-    """The metrics of one checkpoint on the validation and the test part (`eval/<part><folder_tag>`), with
-    these views and the patient fields given (`metadata`) or withheld; read back where already on disk for
-    these weights. Validation comes first: its evaluation fits the temperature the test part is scored
-    with."""
-    weights = (stem or run_dir / BEST_STEM).with_suffix(WEIGHTS_SUFFIX)
-    scores = {}
-    for part in ("val", "test"):
-        out_dir = run_dir / "eval" / f"{part}{folder_tag}"
-        scores[part] = current_evaluation(out_dir, weights, tta_views)
-        if scores[part] is None:
-            options = EvaluationOptions(
-                split=part, tta_views=tta_views, checkpoint=stem, out_dir=out_dir, metadata=metadata
-            )
-            scores[part] = evaluate_run(run_dir, options).metrics
-    return scores
 
 
 def evaluate_study_run(study: Study, run: StudyRun, recipe: Recipe, run_dir: Path) -> list[dict[str, Any]]:
