@@ -248,6 +248,14 @@ def percentile_interval(values: np.ndarray, level: float = CONFIDENCE_LEVEL) -> 
     return float(low), float(high)
 
 
+def cluster_confusions(labels: np.ndarray, predicted: np.ndarray, clusters: np.ndarray,
+                       num_classes: int) -> np.ndarray:
+    """One flattened confusion matrix per cluster, `(clusters, C * C)`: what the bootstrap resamples."""
+    per_cluster = np.zeros((int(clusters.max()) + 1, num_classes * num_classes))
+    np.add.at(per_cluster, (clusters, labels * num_classes + predicted), 1.0)
+    return per_cluster
+
+
 def bootstrap_intervals(
     labels: np.ndarray,
     predicted: np.ndarray,
@@ -262,11 +270,8 @@ def bootstrap_intervals(
     A cluster drawn k times contributes its images k times. One confusion matrix per cluster times the
     (resamples x clusters) draw counts gives every resample's confusion matrix in one matrix product.
     """
-    cluster_count = int(clusters.max()) + 1
-    cells = labels * num_classes + predicted
-    per_cluster = np.zeros((cluster_count, num_classes * num_classes))
-    np.add.at(per_cluster, (clusters, cells), 1.0)
-    draws = bootstrap_draws(cluster_count, resamples, seed)
+    per_cluster = cluster_confusions(labels, predicted, clusters, num_classes)
+    draws = bootstrap_draws(len(per_cluster), resamples, seed)
     confusion = (draws @ per_cluster).reshape(resamples, num_classes, num_classes)
     return {
         name: percentile_interval(values, level) for name, values in confusion_from_counts(confusion).items()
@@ -288,12 +293,10 @@ def paired_differences(
     clusters, so what the images have in common cancels and the interval is that of the difference alone,
     far narrower than two separate intervals suggest. A difference whose interval excludes 0 is one this
     data can tell apart."""
-    cluster_count = int(clusters.max()) + 1
-    draws = bootstrap_draws(cluster_count, resamples, seed)
+    draws = bootstrap_draws(int(clusters.max()) + 1, resamples, seed)
     scores = []
     for decisions in (predicted, baseline):
-        per_cluster = np.zeros((cluster_count, num_classes * num_classes))
-        np.add.at(per_cluster, (clusters, labels * num_classes + decisions), 1.0)
+        per_cluster = cluster_confusions(labels, decisions, clusters, num_classes)
         confusion = (draws @ per_cluster).reshape(resamples, num_classes, num_classes)
         scores.append((confusion_from_counts(per_cluster.sum(axis=0).reshape(num_classes, num_classes)),
                        confusion_from_counts(confusion)))
