@@ -97,11 +97,15 @@ def real_or_random(args: argparse.Namespace, part: str, count: int, preprocessin
 
 
 def quantize(onnx: Path, preset: str, calibration: np.ndarray, out: Path) -> Path:
-    """NNCF post-training int8 of the fp32 model with one preset, no accuracy control, written to `out`."""
+    """NNCF post-training int8 of the fp32 model with one preset, no accuracy control, written to `out`; its
+    constants folded first, as `lesionlab export --int8` does (`lesionlab.quantize.fold_constants`)."""
     os.environ.setdefault("NNCF_CI", "1")  # NNCF's switch for its usage telemetry: nothing goes online
     import nncf
 
-    model = nncf.quantize(ov.Core().read_model(onnx), nncf.Dataset(list(calibration[:, None])),
+    from lesionlab.quantize import fold_constants
+
+    folded = fold_constants(ov.Core().read_model(onnx))
+    model = nncf.quantize(folded, nncf.Dataset(list(calibration[:, None])),
                           preset=getattr(nncf.QuantizationPreset, preset.upper()),
                           subset_size=len(calibration))
     out.mkdir(parents=True, exist_ok=True)

@@ -304,3 +304,41 @@ def test_forward_passes_run_on_openvino_as_eager_does() -> None:
     assert forward.check is not None and (forward.check.engine, forward.check.fallback) == (OPENVINO, None)
     assert torch.allclose(outputs[0], expected, atol=1e-4)
     assert torch.allclose(outputs[1], expected[:2], atol=1e-4)
+
+
+def test_folded_constants_let_the_depthwise_convolutions_run_in_int8(tmp_path: Path) -> None:
+    """OpenVINO's ONNX reader leaves a grouped convolution's weights behind a computed Reshape; quantized
+    that way, the CPU plugin runs the depthwise convolution in float. `fold_constants` (run before NNCF by
+    `quantize_model`) makes the weights Constants, and the quantized depthwise convolution runs in int8."""
+    import nncf
+    import torch
+
+    from lesionlab.export import OPSET
+    from lesionlab.quantize import fold_constants
+
+    network = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 16, 3, padding=1, groups=16), torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 8, 1), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+    ).eval()
+    example = torch.rand(2, 3, 32, 32)
+    program = torch.onnx.export(network, (example,), dynamo=True, opset_version=OPSET, verbose=False,
+                                dynamic_shapes=({0: torch.export.Dim("batch")},))
+    program.save(str(tmp_path / "depthwise.onnx"))
+
+    def weight_sources(model: ov.Model) -> set[str]:
+        return {op.input_value(1).get_node().get_type_name() for op in model.get_ordered_ops()
+                if op.get_type_name() == "GroupConvolution"}
+
+    model = ov.Core().read_model(tmp_path / "depthwise.onnx")
+    assert weight_sources(fold_constants(model)) == {"Constant"}
+    images = np.random.default_rng(0).random((16, 3, 32, 32), dtype=np.float32)
+    quantized = nncf.quantize(model, nncf.Dataset(list(images[:, None])), subset_size=16)
+    quantized.reshape({quantized.inputs[0]: [8, 3, 32, 32]})
+    compiled = ov.Core().compile_model(quantized, "CPU", {"PERF_COUNT": "YES",
+                                                          "INFERENCE_PRECISION_HINT": "f32"})
+    request = compiled.create_infer_request()
+    request.infer([images[:8]])
+    depthwise = {node.exec_type for node in request.profiling_info
+                 if node.node_type == "GroupConvolution" and node.status == node.Status.EXECUTED}
+    assert depthwise and all("i8" in kernel.lower() for kernel in depthwise), depthwise

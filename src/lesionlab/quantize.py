@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import openvino as ov
+from openvino import passes
 
 os.environ.setdefault("NNCF_CI", "1")  # NNCF's only switch for its usage telemetry: lesionlab stays offline
 import nncf
@@ -124,6 +125,23 @@ def output_layer_scope(model: ov.Model) -> nncf.IgnoredScope:
     return nncf.IgnoredScope(names=names, validate=False)
 
 
+def fold_constants(model: ov.Model) -> ov.Model:
+    """Fold the model's constant subgraphs in place before quantizing it.
+
+    OpenVINO's ONNX reader turns each grouped (depthwise) convolution's weights into a Reshape whose target
+    shape is computed by a small subgraph (Concat, Divide, VariadicSplit). NNCF puts its weight quantizer
+    after that Reshape, so the weights reach the quantizer through an operation that is not a Constant, and
+    the CPU plugin's low-precision transformations then leave every depthwise convolution in float, with
+    conversions around it (`brgconv_avx512_dw_f32` and 19-21% of the batch in `Reorder`). Folded first,
+    the weights are Constants, the depthwise convolutions run in int8 (`brgconv_avx512_dw_i8`), and int8
+    becomes faster than fp32 instead of slower (docs/results.md, "int8").
+    """
+    manager = passes.Manager()
+    manager.register_pass(passes.ConstantFolding())
+    manager.run_passes(model)
+    return model
+
+
 def quantize_model(model: ov.Model, calibration_images: np.ndarray, validation: ImageBatch,
                    classes: tuple[str, ...], max_drop: float) -> ov.Model:
     """NNCF accuracy-controlled int8 of `model`, with balanced accuracy on `validation` as the metric.
@@ -145,7 +163,7 @@ def quantize_model(model: ov.Model, calibration_images: np.ndarray, validation: 
         return balanced_accuracy(classes, probabilities, labels), correct
 
     return nncf.quantize_with_accuracy_control(
-        model,
+        fold_constants(model),
         calibration_dataset=nncf.Dataset(list(calibration_images[:, None])),
         validation_dataset=nncf.Dataset(items, lambda item: item[0][None]),
         validation_fn=validate,
