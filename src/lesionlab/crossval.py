@@ -9,9 +9,9 @@ fitted on its own fold, its validation and test parts scored with the same views
 
 Two figures come out of it:
 - **out of fold**: every train + val image scored once, by the fold model that did not train on it
-  (`RUN/out-of-fold/`). On HAM10000 that is 8,514 images (about 98 df and 120 vasc) instead of one validation
-  part's 1,502 (17 and 21), so two recipes cross-validated on the same folds can be told apart by smaller
-  differences. It is the figure to choose by; the test part is never used for a choice.
+  (`RUN/out-of-fold/`). On HAM10000's seed-0 split that is 8,514 images (98 df and 121 vasc) instead of one
+  validation part's 1,502 (17 and 21), so two recipes cross-validated on the same folds can be told apart by
+  smaller differences. It is the figure to choose by; the test part is never used for a choice.
 - **the fold ensemble on the test part**: the mean of the K models' probabilities, each under its temperature
   (`RUN/test/`), scored by `lesionlab.scoring`, the rule `RUN/model.json` deploys. Its malignancy threshold is
   fitted on the out-of-fold probabilities, the only validation figures the ensemble has.
