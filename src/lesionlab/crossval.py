@@ -29,15 +29,13 @@ import numpy as np
 from lesionlab.data.readers.samples import SampleTable
 from lesionlab.data.split import Split, fold_splits, read_split, write_split
 from lesionlab.errors import ConfigError
-from lesionlab.evaluation.calibration import checkpoint_temperature
-from lesionlab.evaluation.ensemble import ENSEMBLE_SHA256
+from lesionlab.evaluation.ensemble import ensemble_rule, member_temperature
 from lesionlab.evaluation.evaluate import write_figures
 from lesionlab.evaluation.metrics import (
     BOOTSTRAP_RESAMPLES,
     INTERVAL_METRICS,
     cluster_ids,
     compute_metrics,
-    fit_malignancy_threshold,
     headline_metrics,
     paired_differences,
 )
@@ -45,10 +43,9 @@ from lesionlab.evaluation.predictions import Predictions, read_predictions, writ
 from lesionlab.evaluation.report import number
 from lesionlab.evaluation.reuse import part_scores
 from lesionlab.evaluation.view_logits import LOGITS_FILE, ensemble_probabilities, read_view_logits
-from lesionlab.inference.backends import checkpoint_weights_path
 from lesionlab.inference.model_file import MODEL_FILE_NAME, write_model_file
 from lesionlab.io_utils import atomic_write_json, atomic_write_text
-from lesionlab.malignancy import DEFAULT_TARGET_SENSITIVITY, FALLBACK_RULE, MalignancyRule
+from lesionlab.malignancy import DEFAULT_TARGET_SENSITIVITY, MalignancyRule
 from lesionlab.tables import Table, format_table
 from lesionlab.training.recipe import Recipe
 from lesionlab.training.reuse import run_status, train_or_reuse
@@ -188,9 +185,7 @@ def score_cv(cv: CrossValidation, tta_views: tuple[str, ...] | None) -> CrossVal
         np.concatenate([part.probabilities for part in held_out]),
         held_out[0].class_codes,
     )
-    fit = fit_malignancy_threshold(out_of_fold.probabilities, out_of_fold.labels, out_of_fold.class_codes,
-                                   DEFAULT_TARGET_SENSITIVITY, OUT_OF_FOLD, None, ENSEMBLE_SHA256)
-    rule = MalignancyRule(fit.threshold, fit) if fit is not None else FALLBACK_RULE
+    rule = ensemble_rule(out_of_fold, DEFAULT_TARGET_SENSITIVITY, fitted_on=OUT_OF_FOLD)
     names = [run.name for run in runs]
     logits = [read_view_logits(run / "eval" / "test" / LOGITS_FILE) for run in runs]
     first_test = read_predictions(runs[0] / "eval" / "test" / "predictions.csv")
@@ -202,12 +197,8 @@ def score_cv(cv: CrossValidation, tta_views: tuple[str, ...] | None) -> CrossVal
     test_metrics = _write_part(cv.folder / ENSEMBLE_TEST, ensemble, rule, f"{cv.folder.name}: fold ensemble",
                                {**described, "rule": "mean of the fold models' probabilities (each with its "
                                 "temperature)", "malignancy_threshold_fitted_on": OUT_OF_FOLD})
-    temperatures = []
-    for run in runs:
-        fitted = checkpoint_temperature(checkpoint_weights_path(run))
-        temperatures.append(fitted.temperature if fitted else None)
-    write_model_file(cv.folder / MODEL_FILE_NAME, list(zip(runs, temperatures, strict=True)),
-                     tta_views or (IDENTITY,), None, fit)
+    write_model_file(cv.folder / MODEL_FILE_NAME, [(run, member_temperature(run)) for run in runs],
+                     tta_views or (IDENTITY,), None, rule.fit)
     result = CrossValidationResult(cv.folder, fold_scores, oof_metrics, test_metrics)
     _write_summary(cv, result)
     return result

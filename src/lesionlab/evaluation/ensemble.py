@@ -57,15 +57,22 @@ def ensemble_predictions(run_dirs: Sequence[Path], scoring: MemberScoring,
     return predictions[0].with_probabilities(ensemble_probabilities(logits, names, scoring.class_offsets))
 
 
+def member_temperature(member: Path) -> float | None:
+    """The temperature a member (a run directory or a checkpoint) applies now: the one saved beside its
+    weights for exactly those weights, else None. What a model file records per member."""
+    fit = checkpoint_temperature(checkpoint_weights_path(member))
+    return fit.temperature if fit else None
+
+
 def ensemble_rule(validation: Predictions | None, target_sensitivity: float,
-                  recorded: ThresholdFit | None = None) -> MalignancyRule:
+                  recorded: ThresholdFit | None = None, fitted_on: str = "val") -> MalignancyRule:
     """The malignant threshold fitted on the ensemble's validation probabilities; without them (other data
     than the members' own), the threshold a model file recorded from its own validation part, which is the
     rule `predict` and `serve` flag with; else the fallback."""
     if validation is None:
         return FALLBACK_RULE if recorded is None else MalignancyRule(recorded.threshold, recorded)
     fit = fit_malignancy_threshold(validation.probabilities, validation.labels, validation.class_codes,
-                                   target_sensitivity, "val", None, ENSEMBLE_SHA256)
+                                   target_sensitivity, fitted_on, None, ENSEMBLE_SHA256)
     return MalignancyRule(fit.threshold, fit) if fit is not None else FALLBACK_RULE
 
 
@@ -132,11 +139,10 @@ def evaluate_model_file(model: ResolvedModel, options: EvaluationOptions) -> Eva
         if member.suffix.lower() in (ONNX_SUFFIX, OPENVINO_SUFFIX):
             raise ConfigError(f"{model.source}: {member} is an exported file; evaluate needs the PyTorch "
                               f"members (run directories), so write the model file from the runs.")
-        fit = checkpoint_temperature(checkpoint_weights_path(member))
-        if (fit.temperature if fit else None) != recorded:
-            raise CheckpointError(f"{model.source}: {member} now applies temperature "
-                                  f"{fit.temperature if fit else None}, not the {recorded} the model file "
-                                  f"recorded; write the model file again.")
+        applied = member_temperature(member)
+        if applied != recorded:
+            raise CheckpointError(f"{model.source}: {member} now applies temperature {applied}, not the "
+                                  f"{recorded} the model file recorded; write the model file again.")
     views = model.views if len(model.views) > 1 else None
     member_options = tuple(replace(options, tta_views=views, calibrate=temperature is not None,
                                    checkpoint=None if member.is_dir() else member)

@@ -15,7 +15,6 @@ from lesionlab.errors import ConfigError
 from lesionlab.evaluation.metrics import cluster_ids, paired_differences
 from lesionlab.evaluation.predictions import read_predictions
 from lesionlab.evaluation.report import number
-from lesionlab.inference.backends import checkpoint_weights_path
 from lesionlab.inference.model_file import MODEL_FILE_NAME
 from lesionlab.io_utils import atomic_write_json, atomic_write_text
 from lesionlab.malignancy import DEFAULT_TARGET_SENSITIVITY, ThresholdFit
@@ -202,14 +201,11 @@ def write_recommended_model(study: Study, folder: Path, row: dict[str, Any]) -> 
     """`model.json` for the recommended row: its members with the temperatures they were scored with, the
     study's TTA views, the row's class offsets and the malignancy threshold fitted on its validation part,
     so `lesionlab predict model.json` scores and flags as the row."""
-    from lesionlab.evaluation.calibration import checkpoint_temperature
+    from lesionlab.evaluation.ensemble import member_temperature
     from lesionlab.inference.model_file import write_model_file
 
     members, offsets = recommended_members(study, folder, row)
-    temperatures = []
-    for member in members:
-        fit = checkpoint_temperature(checkpoint_weights_path(member))
-        temperatures.append(fit.temperature if fit else None)
-    return write_model_file(folder / MODEL_FILE_NAME, list(zip(members, temperatures, strict=True)),
+    calibrated = [(member, member_temperature(member)) for member in members]
+    return write_model_file(folder / MODEL_FILE_NAME, calibrated,
                             views(study) or (IDENTITY,), offsets,
                             recommended_threshold(study, folder, row, offsets))
